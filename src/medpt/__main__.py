@@ -1,0 +1,3 @@
+from medpt.cli import main
+
+raise SystemExit(main())

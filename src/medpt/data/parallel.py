@@ -1,0 +1,48 @@
+"""A minimal worker pool: tasks run in this process (one worker, small inputs) or in spawned processes.
+
+spawn, not fork: the parent may already hold torch/OpenMP or tokenizer threads, and forking a process with live
+threads can deadlock. Spawned workers import only numpy, tokenizers and medpt's data modules (well under a second).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+def _init_worker() -> None:
+    # Each worker tokenizes with one thread: the processes are the parallelism, and oversubscribing two cores with
+    # Rust threads as well only adds contention.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+class Workers:
+    def __init__(self, n: int):
+        self.n = n
+        self.pool = multiprocessing.get_context("spawn").Pool(n, initializer=_init_worker) if n > 1 else None
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if self.pool is None:
+            return
+        if exc_type is None:
+            self.pool.close()
+        else:
+            self.pool.terminate()  # do not wait for the other tasks of a failed run
+        self.pool.join()
+
+    def map(self, fn: Callable, tasks: Iterable) -> list:
+        """Results in task order; the first failing task (in order) raises its exception here."""
+        if self.pool is None:
+            return [fn(t) for t in tasks]
+        return list(self.pool.imap(fn, tasks))
+
+    def submit(self, fn: Callable, *args: Any) -> Callable[[], Any]:
+        """Start fn(*args) in the background (in-process: run it when the result is asked for)."""
+        if self.pool is None:
+            return lambda: fn(*args)
+        return self.pool.apply_async(fn, args).get

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny tokenizers and models built locally, an isolated cache, and no network, ever."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# Set before huggingface_hub or datasets are imported anywhere: they read these once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from medpt.samples import SAMPLE_QA  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDPT_CACHE", str(tmp_path / "medpt-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small BPE tokenizer trained on the bundled sample (adds BOS, has EOS, no pad: like deepseek-coder's)."""
+    from medpt.data.pipeline import read_texts
+    from medpt.model import train_tokenizer
+
+    directory = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(read_texts([str(SAMPLE_QA)]), 1024).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir: Path):
+    from medpt.model import load_tokenizer
+
+    return load_tokenizer(str(tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 5m tiny model as `medpt init-tiny` builds it (random weights, saved with save_pretrained)."""
+    from medpt.data.pipeline import read_texts
+    from medpt.model import init_tiny
+
+    directory = tmp_path_factory.mktemp("tiny") / "model"
+    init_tiny(directory, "5m", read_texts([str(SAMPLE_QA)]), seed=0)
+    return directory
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
+    return path
+
+
+def conv(*turns: str, roles: tuple[str, str] = ("human", "gpt")) -> dict:
+    """A ShareGPT record from alternating question/answer strings."""
+    return {"conversations": [{"from": roles[i % 2], "value": t} for i, t in enumerate(turns)]}
