@@ -62,3 +62,19 @@ def write_jsonl(path: Path, records: list) -> Path:
 def conv(*turns: str, roles: tuple[str, str] = ("human", "gpt")) -> dict:
     """A ShareGPT record from alternating question/answer strings."""
     return {"conversations": [{"from": roles[i % 2], "value": t} for i, t in enumerate(turns)]}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short LoRA run on the tiny model, shared by the eval / verify / merge / compare / report tests."""
+    from medpt.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    cache = tmp_path_factory.mktemp("cache")
+    argv = ["train", "--model_name_or_path", str(tiny_model_dir), "--train_file_dir", str(SAMPLE_QA),
+            "--validation_split_percentage", "10", "--block_size", "64", "--per_device_train_batch_size", "8",
+            "--max_steps", "30", "--learning_rate", "5e-3", "--logging_steps", "5", "--lora_rank", "8",
+            "--output_dir", str(out), "--data_cache_dir", str(cache), "--report_to", "none", "--disable_tqdm", "true",
+            "--save_strategy", "no"]  # fmt: skip
+    assert main(argv) == 0
+    return out

@@ -36,7 +36,8 @@ def test_seed_command_parses_to_the_intended_values():
     assert t["learning_rate"] == 2e-4 and t["warmup_steps"] == 0.05  # transformers 5: warmup_ratio → warmup_steps < 1
     assert (t["per_device_train_batch_size"], t["gradient_accumulation_steps"]) == (1, 8)
     assert (t["eval_strategy"], t["eval_steps"], t["save_steps"], t["save_total_limit"]) == ("steps", 100, 500, 3)
-    assert t["do_train"] is True and t["do_eval"] is True and t["bf16"] is True and t["gradient_checkpointing"] is True
+    assert t["do_train"] is True and t["do_eval"] is True and t["gradient_checkpointing"] is True
+    assert c.run.bf16 is True and c.run.fp16 is None  # owned by medpt: None means "by device"
 
 
 def test_yaml_then_flags_override_defaults(tmp_path: Path):

@@ -3,7 +3,8 @@
     medpt prepare [CONFIG.yaml ...] [--flag value ...]   files or a hub dataset → packed blocks + data report
     medpt init-tiny --output_dir DIR [--size 5m]         a tiny offline LLaMA-architecture model and tokenizer
     medpt demo                                           the whole workflow, offline, on the bundled sample
-    medpt train ...                                      (parses the reference command; training is next)
+    medpt train [CONFIG.yaml ...] [--flag value ...]     continued pretraining (LoRA, QLoRA, full), resumable
+    medpt download REPO_ID [--repo_type dataset]         fetch from the hub (mirrors via HF_ENDPOINT, resumable)
 
 Every command takes --help (generated from the schema) and --dry_run (print the resolved config and stop).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medpt import __version__
@@ -73,7 +74,8 @@ def _pop_flag(argv: list[str], flag: str) -> bool:
 def _config_command(
     name: str, sections: tuple[str, ...], body: Callable[[Config], int], with_trainer: bool
 ) -> Callable:
-    """Wrap a command that takes the shared configuration: handles --help and --dry_run uniformly."""
+    """Wrap a command that takes the shared configuration: handles --help and --dry_run uniformly, and for the
+    commands that take --adapter, starts from that run's saved settings (base model, template, block size, ...)."""
 
     def run(argv: list[str]) -> int:
         if _pop_flag(argv, "--help") | _pop_flag(argv, "-h"):
@@ -90,7 +92,7 @@ def _config_command(
                 print("\nFlags of transformers.TrainingArguments are accepted too (and ignored by this command).")
             return 0
         dry_run = _pop_flag(argv, "--dry_run")
-        config = load_config(argv, command=name)
+        config = load_config(argv, command=name, base=_inherited(argv) if "eval" in sections else None)
         if dry_run:
             print(config.to_yaml(), end="")
             return 0
@@ -99,9 +101,28 @@ def _config_command(
     return run
 
 
+# What a run passes on to the commands that use it: how to load the model and how its data was made.
+_INHERITED_SECTIONS = ("model", "data")
+_INHERITED_KEYS = ("seed", "per_device_eval_batch_size")
+
+
+def _inherited(argv: list[str]) -> dict | None:
+    """The saved settings of the run named by --adapter, if it is a medpt run."""
+    from medpt.config import CONFIG_FILE, load_saved
+
+    adapter = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--adapter"), None)
+    if adapter is None:
+        adapter = next((a.split("=", 1)[1] for a in argv if a.startswith("--adapter=")), None)
+    if not adapter or not (Path(adapter) / CONFIG_FILE).is_file():
+        return None
+    saved = load_saved(adapter)
+    keep = {k for name in _INHERITED_SECTIONS for k in asdict(getattr(saved, name))}
+    return {k: v for k, v in saved.to_flat().items() if k in keep or k in _INHERITED_KEYS}
+
+
 def _prepare(config: Config) -> int:
     from medpt.data.pipeline import prepare_data
-    from medpt.model import apply_offline
+    from medpt.hub import apply_offline
 
     apply_offline(config.model.offline)
     out = Path(config.run.output_dir)
@@ -122,7 +143,9 @@ def tokenizer_source(model: ModelArguments):
 
 
 def _train(config: Config) -> int:
-    raise MedptError("training is not implemented yet; `medpt train --dry_run` shows the resolved configuration")
+    from medpt.train import train
+
+    return train(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -191,37 +214,127 @@ class DemoArguments:
 
 
 def _demo(argv: list[str]) -> int:
+    from medpt.demo import run_demo
+
     args = parse_small(DemoArguments, argv, "demo")
     if args is None:
         return 0
-    from medpt.config import Config
-    from medpt.data.pipeline import prepare_data
+    return run_demo(args.output_dir, args.size)
 
-    out = Path(args.output_dir)
-    model_dir = out / "tiny-model"
-    print(f"[1/2] tiny {args.size} model and tokenizer → {model_dir}")
-    if not (model_dir / "medpt_tiny.json").is_file():
-        build_tiny(InitTinyArguments(output_dir=str(model_dir), size=args.size))
-    else:
-        print("      (already there)")
-    print(f"[2/2] prepare the bundled sample ({SAMPLE_QA.name})")
-    config = Config.from_values(
-        {
-            "model_name_or_path": str(model_dir),
-            "train_file_dir": [str(SAMPLE_QA)],
-            "validation_split_percentage": 10.0,
-            "block_size": 256,
-            "output_dir": str(out / "prepared"),
-            "data_cache_dir": str(out / "cache"),
-        },
-        command="demo",
+
+@dataclass
+class DownloadArguments:
+    repo_id: str = field(
+        default="", metadata={"help": "Repository to fetch, e.g. deepseek-ai/deepseek-coder-7b-base-v1.5."}
     )
-    prepare_data(config.data, tokenizer_source(config.model), config.run.seed, config.run.output_dir)
-    print(f"configuration: {config.save(config.run.output_dir)}")
-    print(f"demo outputs are in {out}")
+    repo_type: str = field(default="model", metadata={"help": "model or dataset."})
+    revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Hub cache folder (default $HF_HOME/hub)."})
+    local_dir: str | None = field(default=None, metadata={"help": "Also place the files in this folder."})
+    include: list[str] | None = field(default=None, metadata={"help": "Only files matching these globs."})
+
+
+def _download(argv: list[str]) -> int:
+    from medpt.hub import download
+
+    if argv and not argv[0].startswith("-"):
+        argv = ["--repo_id", argv[0], *argv[1:]]  # `medpt download REPO_ID ...`
+    args = parse_small(DownloadArguments, argv, "download")
+    if args is None:
+        return 0
+    if not args.repo_id:
+        raise MedptError("usage: medpt download REPO_ID [--repo_type dataset] [--revision REV] [--local_dir DIR]")
+    if args.repo_type not in ("model", "dataset"):
+        raise MedptError(f"--repo_type must be model or dataset, got {args.repo_type!r}")
+    path = download(args.repo_id, args.repo_type, args.revision, args.cache_dir, args.local_dir, args.include)
+    print(f"{args.repo_id}: {path}")
     return 0
 
 
+def _eval(config: Config) -> int:
+    from medpt.evaluate import run_eval
+    from medpt.hub import apply_offline
+
+    apply_offline(config.model.offline)
+    run_eval(config)
+    return 0
+
+
+def _variants(config: Config):
+    from medpt.hub import apply_offline
+    from medpt.model import inference_dtype, load_variants
+
+    apply_offline(config.model.offline)
+    return load_variants(config.model, config.eval.adapter, inference_dtype(config.model.torch_dtype))
+
+
+def _beside_adapter(config: Config, folder: str) -> Path:
+    if "output_dir" in config.explicit:
+        return Path(config.run.output_dir)
+    return Path(config.eval.adapter) / folder if config.eval.adapter else Path("outputs") / folder
+
+
+def _compare(config: Config) -> int:
+    from medpt.generate import run_compare
+
+    run_compare(config, _variants(config), _beside_adapter(config, "compare"))
+    return 0
+
+
+def _generate(config: Config) -> int:
+    from medpt.generate import run_generate
+
+    out = Path(config.generate.answers_file or _beside_adapter(config, "answers.jsonl"))
+    run_generate(config, _variants(config), out)
+    return 0
+
+
+def _chat(config: Config) -> int:
+    from medpt.generate import run_chat
+
+    return run_chat(config, _variants(config))
+
+
+def _verify(config: Config) -> int:
+    from medpt.hub import apply_offline
+    from medpt.verify import run_verify
+
+    apply_offline(config.model.offline)
+    return run_verify(config)
+
+
+def _merge(config: Config) -> int:
+    from medpt.hub import apply_offline
+    from medpt.merge import run_merge
+
+    if "output_dir" not in config.explicit:
+        raise MedptError("merge needs --output_dir (a new, empty directory for the merged model)")
+    apply_offline(config.model.offline)
+    run_merge(config, Path(config.run.output_dir))
+    return 0
+
+
+@dataclass
+class ReportArguments:
+    run_dir: str = field(default="", metadata={"help": "The medpt run to report on."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where report.html/.md go (default: the run)."})
+
+
+def _report(argv: list[str]) -> int:
+    from medpt.report import write_report
+
+    if argv and not argv[0].startswith("-"):
+        argv = ["--run_dir", argv[0], *argv[1:]]  # `medpt report RUN_DIR`
+    args = parse_small(ReportArguments, argv, "report")
+    if args is None:
+        return 0
+    if not args.run_dir:
+        raise MedptError("usage: medpt report RUN_DIR [--output_dir DIR]")
+    write_report(Path(args.run_dir), Path(args.output_dir) if args.output_dir else None)
+    return 0
+
+
+_USE_RUN = ("model", "data", "eval", "generate", "run")
 COMMANDS: dict[str, Command] = {
     "prepare": Command(
         _config_command("prepare", ("model", "data", "run"), _prepare, with_trainer=False),
@@ -229,8 +342,34 @@ COMMANDS: dict[str, Command] = {
     ),
     "train": Command(
         _config_command("train", ("model", "data", "lora", "run"), _train, with_trainer=True),
-        "continued pretraining with LoRA (configuration parses; training lands next)",
+        "continued pretraining with LoRA / QLoRA / full fine-tuning on transformers.Trainer",
     ),
+    "eval": Command(
+        _config_command("eval", ("model", "data", "eval", "run"), _eval, with_trainer=False),
+        "loss, token accuracy, perplexity (and multiple choice): base vs adapted, one table",
+    ),
+    "verify": Command(
+        _config_command("verify", ("model", "eval"), _verify, with_trainer=False),
+        "check that an adapter fits its base, learned something and changes the outputs",
+    ),
+    "compare": Command(
+        _config_command("compare", _USE_RUN, _compare, with_trainer=False),
+        "base and adapted answers side by side (Markdown, HTML, JSONL)",
+    ),
+    "generate": Command(
+        _config_command("generate", _USE_RUN, _generate, with_trainer=False),
+        "answer a file of questions (jsonl in, jsonl out)",
+    ),
+    "chat": Command(
+        _config_command("chat", _USE_RUN, _chat, with_trainer=False),
+        "interactive chat, streamed, in the 问/答 template",
+    ),
+    "merge": Command(
+        _config_command("merge", ("model", "eval", "run"), _merge, with_trainer=False),
+        "fold the adapter into the base and save a standalone model",
+    ),
+    "report": Command(_report, "one HTML + Markdown page for a run"),
     "init-tiny": Command(_init_tiny, "build a tiny offline LLaMA-architecture model and tokenizer"),
-    "demo": Command(_demo, "offline end-to-end run on the bundled sample"),
+    "download": Command(_download, "fetch a model or dataset from the hub (HF_ENDPOINT mirrors; resumable)"),
+    "demo": Command(_demo, "the whole workflow, offline on a CPU, on the bundled sample (a few minutes)"),
 }

@@ -44,6 +44,8 @@ class ModelArguments:
         None, "Weight dtype when loading; None picks bfloat16 where the device supports it, else float32."
     )
     offline: bool = _arg(False, "Never touch the network (sets HF_HUB_OFFLINE=1); only local paths and caches.")
+    load_in_4bit: bool = _arg(False, "Load the base model in 4-bit NF4 with double quantisation (QLoRA; bitsandbytes).")
+    attn_implementation: str | None = _arg(None, "Attention kernel (sdpa, eager, flash_attention_2); default sdpa.")
 
 
 @dataclass
@@ -96,6 +98,9 @@ class DataArguments:
     dump_text: str | None = _arg(None, "Also write the rendered documents to this jsonl file ({'text': ...}).")
     data_cache_dir: str | None = _arg(None, "Where prepared blocks are cached; default $MEDPT_CACHE or ~/.cache/medpt.")
     overwrite_cache: bool = _arg(False, "Prepare again even when a cached result exists.")
+    eval_sets: list[str] | None = _arg(
+        None, "Extra named eval sets, NAME=PATH (files, folders or globs): each reported as eval_NAME_loss etc."
+    )
 
     def __post_init__(self) -> None:
         for name in ("train_file_dir", "validation_file_dir"):
@@ -120,6 +125,10 @@ class DataArguments:
             )
         if (self.template == "custom") != (self.template_format is not None):
             raise MedptError("--template custom and --template_format go together: give both or neither")
+        for item in self.eval_sets or []:
+            name, eq, path = item.partition("=")
+            if not eq or not name.isidentifier() or not path:
+                raise MedptError(f"--eval_sets takes NAME=PATH items (e.g. medical=data/valid.jsonl), got {item!r}")
         if self.template_format is not None:
             unknown = set(self.template_format) - {"system", "human", "gpt", "end"}
             if unknown or not {"human", "gpt"} <= set(self.template_format):
@@ -138,6 +147,12 @@ class LoraArguments:
     lora_dropout: float = _arg(0.05, "Dropout on the LoRA input.")
     modules_to_save: str | None = _arg(None, "Comma list of modules trained in full and saved (embed_tokens,lm_head).")
     peft_path: str | None = _arg(None, "Continue training this existing adapter.")
+    use_rslora: bool = _arg(False, "Rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r.")
+    use_dora: bool = _arg(False, "DoRA: weight-decomposed LoRA (magnitude and direction trained separately).")
+    qlora: bool = _arg(False, "QLoRA: LoRA on a 4-bit NF4 base model (same as --load_in_4bit with LoRA).")
+    embedding_learning_rate: float | None = _arg(
+        None, "Learning rate for --modules_to_save (embed_tokens, lm_head); default: --learning_rate."
+    )
 
     def __post_init__(self) -> None:
         if self.lora_rank < 1:
@@ -148,6 +163,10 @@ class LoraArguments:
             raise MedptError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not self.target_modules.strip():
             raise MedptError("--target_modules is empty: use 'all' or a comma list such as q_proj,v_proj")
+        if self.qlora and not self.use_peft:
+            raise MedptError("--qlora trains a LoRA adapter on a 4-bit model: it needs --use_peft true")
+        if self.embedding_learning_rate is not None and not self.modules_to_save:
+            raise MedptError("--embedding_learning_rate applies to --modules_to_save (e.g. embed_tokens,lm_head)")
 
 
 @dataclass
@@ -159,12 +178,75 @@ class RunArguments:
         False,
         "Accepted for MedicalGPT compatibility; batches rows of similar length (only matters for --packing none).",
     )
+    resume_from_checkpoint: str | None = _arg(
+        None,
+        "auto: continue from the latest complete checkpoint in --output_dir; a path: from that one; no: start over. "
+        "Default: auto, unless --overwrite_output_dir.",
+    )
+    bf16: bool | None = _arg(None, "bf16 mixed precision; default: on wherever the device supports it (CPUs too).")
+    fp16: bool | None = _arg(None, "fp16 mixed precision; default: on for GPUs without bf16.")
+    report_to: list[str] = _arg(
+        help="Loggers for transformers (tensorboard, wandb, none).", factory=lambda: ["tensorboard"]
+    )
+    plot: bool = _arg(True, "Draw the train/eval loss curves to loss_curve.png when training ends.")
 
 
-SECTIONS: dict[str, type] = {"model": ModelArguments, "data": DataArguments, "lora": LoraArguments, "run": RunArguments}
+@dataclass
+class EvalArguments:
+    adapter: str | None = _arg(
+        None, "A medpt run (or any PEFT adapter folder): its saved config supplies the base model and data settings."
+    )
+    mcq_file: list[str] | None = _arg(
+        None, 'Multiple-choice questions (jsonl: {"question", "choices": {"A": ...}, "answer", "subject"}).'
+    )
+    fewshot_file: str | None = _arg(None, "Solved questions (same shape) to show before each question.")
+    num_fewshot: int = _arg(0, "How many solved questions to show (same subject first).")
+    mcq_scoring: Literal["letter", "text", "both"] = _arg(
+        "both", "letter: log-likelihood of the answer letter; text: of the choice text, per character; both."
+    )
+    max_mcq_questions: int | None = _arg(None, "Score a seeded random sample of this many questions.")
+
+    def __post_init__(self) -> None:
+        if self.num_fewshot < 0:
+            raise MedptError(f"--num_fewshot must be 0 or more, got {self.num_fewshot}")
+        if self.num_fewshot and not self.fewshot_file:
+            raise MedptError("--num_fewshot needs --fewshot_file (solved questions to show)")
+
+
+@dataclass
+class GenerationArguments:
+    question: list[str] | None = _arg(None, "Questions to answer (compare, generate).")
+    questions: str | None = _arg(None, 'A file of questions: jsonl {"question": ...} or one per line (.txt).')
+    answers_file: str | None = _arg(None, "Where `medpt generate` writes its answers (jsonl).")
+    max_new_tokens: int = _arg(160, "Longest answer, in tokens.")
+    do_sample: bool = _arg(False, "Sample instead of greedy decoding.")
+    temperature: float = _arg(0.7, "Sampling temperature (with --do_sample).")
+    top_p: float = _arg(0.9, "Nucleus sampling mass (with --do_sample).")
+    repetition_penalty: float = _arg(1.0, "Penalise repeated tokens (>1); 1.0 leaves the model's distribution as is.")
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise MedptError(f"--max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise MedptError("--temperature must be > 0 and --top_p in (0, 1]")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelArguments,
+    "data": DataArguments,
+    "lora": LoraArguments,
+    "run": RunArguments,
+    "eval": EvalArguments,
+    "generate": GenerationArguments,
+}
 # Names used by older transformers or by MedicalGPT, mapped to today's flag when the installed version lacks them.
 # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 there is a ratio of the total steps.
-ALIASES = {"evaluation_strategy": "eval_strategy", "warmup_ratio": "warmup_steps", "lora_r": "lora_rank"}
+ALIASES = {
+    "evaluation_strategy": "eval_strategy",
+    "warmup_ratio": "warmup_steps",
+    "lora_r": "lora_rank",
+    "overwrite": "overwrite_output_dir",
+}
 
 
 @functools.cache
@@ -205,10 +287,14 @@ class Config:
     data: DataArguments
     lora: LoraArguments
     run: RunArguments
+    eval: EvalArguments
+    generate: GenerationArguments
     trainer: dict[str, Any] = field(default_factory=dict)
     """TrainingArguments values set explicitly (by YAML or flag); the rest keep transformers' defaults."""
     command: str = ""
     sources: list[str] = field(default_factory=list)
+    explicit: set[str] = field(default_factory=set)
+    """Flags set by a YAML file or the command line (not inherited from defaults or a run's saved config)."""
 
     @classmethod
     def from_values(cls, values: dict[str, Any], command: str = "", sources: list[str] | None = None) -> Config:
@@ -260,10 +346,11 @@ def _yaml_line(key: str, value: Any, changed: bool) -> str:
     return text + ("  # set" if changed else "")
 
 
-def load_config(argv: list[str], command: str = "") -> Config:
-    """Defaults, then each YAML file in order, then command-line flags; errors name the file or flag."""
+def load_config(argv: list[str], command: str = "", base: dict[str, Any] | None = None) -> Config:
+    """Defaults, then `base` (a run's saved values), then each YAML file in order, then command-line flags; errors
+    name the file or flag."""
     config_paths, pairs = split_argv(argv, lookup)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(base or {})
     for path in config_paths:
         for key, raw in _read_yaml(path).items():
             try:
@@ -271,9 +358,13 @@ def load_config(argv: list[str], command: str = "") -> Config:
                 values[spec.name] = convert(raw, spec.type, spec.name)
             except MedptError as e:
                 raise MedptError(f"{path}: {e}") from None
+    explicit = {lookup(str(key)).name for path in config_paths for key in _read_yaml(path)}
     for name, raw in pairs:
         values[name] = convert(raw, lookup(name).type, name)
-    return Config.from_values(values, command=command, sources=config_paths)
+        explicit.add(name)
+    config = Config.from_values(values, command=command, sources=config_paths)
+    config.explicit = explicit
+    return config
 
 
 def load_saved(run_dir: str | Path) -> Config:

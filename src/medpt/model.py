@@ -1,11 +1,12 @@
 """Models and tokenizers: where they come from (hub or local path), and the tiny offline model for tests and demos.
 
-Hub access goes through huggingface_hub, which honours HF_ENDPOINT (a mirror), HF_HOME / --cache_dir and
-HF_HUB_OFFLINE. transformers is imported inside functions: it costs seconds, and a cached `medpt prepare` needs none.
+Hub access goes through medpt.hub (huggingface_hub: HF_ENDPOINT mirrors, HF_HOME / --cache_dir, HF_HUB_OFFLINE).
+transformers is imported inside functions: it costs seconds, and a cached `medpt prepare` needs none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medpt.errors import MedptError
+from medpt.hub import resolve_local
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -26,38 +28,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-
-
-def apply_offline(offline: bool) -> None:
-    """--offline: the same switch as HF_HUB_OFFLINE=1, for hub files and datasets alike."""
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["HF_DATASETS_OFFLINE"] = "1"
-
-
-def resolve_local(
-    name_or_path: str, allow_patterns: list[str] | None, revision: str | None = None, cache_dir: str | None = None
-) -> Path:
-    """A local directory for a model or tokenizer: the path itself, or a hub snapshot (downloaded, resumable)."""
-    if os.path.isdir(name_or_path):
-        return Path(name_or_path)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        return Path(
-            snapshot_download(name_or_path, revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns)
-        )
-    except LocalEntryNotFoundError:
-        raise MedptError(
-            f"{name_or_path}: not in the local cache and the hub is unreachable or offline (HF_HUB_OFFLINE). "
-            f"Download it first with `medpt download {name_or_path}`, set HF_ENDPOINT to a mirror, or pass a local path"
-        ) from None
-    except RepositoryNotFoundError:
-        raise MedptError(f"{name_or_path}: no such model on the hub, and no such local directory") from None
-    except (HfHubHTTPError, OSError) as e:
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        raise MedptError(f"{name_or_path}: download from {endpoint} failed: {e}") from None
 
 
 @dataclass
@@ -217,3 +187,205 @@ def init_tiny(output_dir: str | Path, size: str, texts: list[str], seed: int = 4
         tokenizer.save_pretrained(tmp)
         (tmp / "medpt_tiny.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading a base model for training (or evaluation), with LoRA / QLoRA / full fine-tuning.
+MODEL_FILES = ["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX). Without them bf16 on a CPU is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def device_kind() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_precision(bf16: bool | None, fp16: bool | None) -> tuple[bool, bool]:
+    """Mixed precision by device unless set: bf16 where it is native (recent GPUs, CPUs with AVX512-BF16/AMX),
+    fp16 on older GPUs, fp32 otherwise."""
+    import torch
+
+    if bf16 is not None or fp16 is not None:
+        bf16, fp16 = bool(bf16), bool(fp16)
+        if bf16 and fp16:
+            raise MedptError("--bf16 and --fp16 are exclusive: pick one")
+        return bf16, fp16
+    kind = device_kind()
+    if kind == "cuda":
+        return (True, False) if torch.cuda.is_bf16_supported() else (False, True)
+    return (cpu_has_bf16(), False) if kind == "cpu" else (False, False)
+
+
+def weight_dtype(torch_dtype: str | None, bf16: bool, fp16: bool, full_finetune: bool) -> Any:
+    """Frozen base weights are stored in the compute dtype (half the memory, no per-step casts); trained weights
+    stay fp32 so the optimizer updates are not rounded away. An explicit --torch_dtype wins."""
+    import torch
+
+    if torch_dtype and torch_dtype != "auto":
+        return getattr(torch, torch_dtype)
+    if full_finetune:
+        return torch.float32
+    return torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
+
+
+def load_model(
+    name_or_path: str,
+    dtype: Any,
+    *,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    trust_remote_code: bool = False,
+    load_in_4bit: bool = False,
+    compute_dtype: Any = None,
+    attn_implementation: str | None = None,
+) -> Any:
+    """The base model, weights read from safetensors only (pickle-based .bin files can run code when loaded)."""
+    from transformers import AutoModelForCausalLM
+
+    patterns = MODEL_FILES + (["*.py"] if trust_remote_code else [])
+    local = resolve_local(name_or_path, patterns, revision, cache_dir)
+    kwargs: dict[str, Any] = {}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise MedptError("--load_in_4bit / --qlora need bitsandbytes: pip install 'medpt[qlora]'") from None
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype or dtype,
+        )
+        kwargs["device_map"] = {"": _local_device()}
+    if not any(local.glob("*.safetensors")):
+        raise MedptError(
+            f"{name_or_path}: no .safetensors weights. medpt does not load pickle-based .bin weights (they can run "
+            "code); convert them once with safetensors, or use a model that ships safetensors"
+        )
+    return AutoModelForCausalLM.from_pretrained(
+        local,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+        attn_implementation=attn_implementation or "sdpa",
+        **kwargs,
+    )
+
+
+def _local_device() -> Any:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def trainable_summary(model: Any) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading a finished run for evaluation, comparison, chat and merging.
+@dataclass
+class Variants:
+    """The base model and the adapted one. With a LoRA adapter they are one PeftModel, and "base" is that model with
+    the adapter switched off (PEFT's disable_adapter), so both are scored in one process on one copy of the weights."""
+
+    tokenizer: Any
+    base: Any
+    adapted: Any | None  # None when no adapter was given
+    peft: bool
+    base_name: str
+
+    @contextlib.contextmanager
+    def use(self, which: str) -> Any:
+        if which == "adapted":
+            if self.adapted is None:
+                raise MedptError("no adapter loaded: pass --adapter RUN_DIR")
+            yield self.adapted
+        elif self.peft:
+            with self.adapted.disable_adapter():
+                yield self.adapted
+        else:
+            yield self.base
+
+    @property
+    def names(self) -> list[str]:
+        return ["base", "adapted"] if self.adapted is not None else ["base"]
+
+
+def inference_dtype(torch_dtype: str | None) -> Any:
+    """Weights for scoring and generation: as asked, else bf16 where the device has native bf16, else fp32."""
+    import torch
+
+    if torch_dtype and torch_dtype != "auto":
+        return getattr(torch, torch_dtype)
+    bf16, _ = resolve_precision(None, None)
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+def load_variants(model: Any, adapter: str | None, dtype: Any) -> Variants:
+    """`model` is a ModelArguments (the run's own, from its saved config, unless overridden)."""
+    import torch
+
+    adapter_dir = Path(adapter) if adapter else None
+    if adapter_dir is not None and not adapter_dir.is_dir():
+        raise MedptError(f"--adapter {adapter}: no such directory")
+    is_lora = adapter_dir is not None and (adapter_dir / "adapter_config.json").is_file()
+    is_full = adapter_dir is not None and not is_lora and any(adapter_dir.glob("*.safetensors"))
+    if adapter_dir is not None and not (is_lora or is_full):
+        raise MedptError(f"--adapter {adapter}: holds neither adapter_config.json nor model weights")
+    base_name = model.model_name_or_path
+    if is_lora and not base_name:
+        base_name = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if not base_name:
+        raise MedptError("no base model: pass --model_name_or_path, or --adapter with a medpt run")
+    common = dict(revision=model.revision, cache_dir=model.cache_dir, trust_remote_code=model.trust_remote_code)
+    base = load_model(base_name, dtype, attn_implementation=model.attn_implementation, **common).eval()
+    tok_dir = adapter_dir if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file() else None
+    source = str(tok_dir) if tok_dir else str(TokenizerSource(model.tokenizer_name_or_path or base_name, model.revision,
+                                                               model.cache_dir).local_dir())  # fmt: skip
+    tokenizer = load_tokenizer(source, model.trust_remote_code)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    base.to(device)
+    if is_lora:
+        from peft import PeftModel
+
+        tuned = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+        return Variants(tokenizer, tuned, tuned, True, base_name)
+    if is_full:
+        tuned = load_model(str(adapter_dir), dtype, **common).eval().to(device)
+        return Variants(tokenizer, base, tuned, False, base_name)
+    return Variants(tokenizer, base, None, False, base_name)
+
+
+def weights_fingerprint(local_dir: str | Path) -> str:
+    """Identity of a model's weights without reading all of them: config.json, and for every safetensors file its
+    name, size, header (tensor names, shapes, dtypes) and first and last MiB of data, which differ between any two
+    trainings or random initialisations."""
+    directory = Path(local_dir)
+    h = hashlib.sha256((directory / "config.json").read_bytes() if (directory / "config.json").is_file() else b"")
+    for path in sorted(directory.glob("*.safetensors")):
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            h.update(f"{path.name}:{size}".encode() + f.read(header_len) + f.read(1 << 20))
+            f.seek(max(8 + header_len, size - (1 << 20)))
+            h.update(f.read())
+    return h.hexdigest()

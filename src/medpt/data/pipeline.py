@@ -309,3 +309,20 @@ def read_texts(patterns: list[str], template: str = "qa_separator") -> list[str]
     args = DataArguments(train_file_dir=patterns, template=template, validation_split_percentage=0.0)
     sources = [FileSource(p, args.encoding, args.txt_split) for p in resolve_files(patterns, "corpus")]
     return [t for s in sources for t in read_source(ReadTask(s, "train", _fixed(args)), args).docs.texts]
+
+
+def eval_set_args(args: DataArguments, path: str) -> DataArguments:
+    """The data settings of a run, applied to one extra eval set: all of `path` (or a sample of
+    --max_eval_samples documents) is prepared as one split, rendered and packed exactly like the training data."""
+    import dataclasses
+
+    return dataclasses.replace(
+        args,
+        dataset_name=None,
+        train_file_dir=[path],
+        validation_file_dir=None,
+        validation_split_percentage=0.0,
+        max_train_samples=args.max_eval_samples,
+        eval_sets=None,
+        dump_text=None,
+    )

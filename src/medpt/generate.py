@@ -1,0 +1,288 @@
+"""Answers from the base and the adapted model: `medpt compare`, `medpt generate` and `medpt chat`.
+
+A continued-pretraining run produces a *base* model, which has no chat template: questions are asked in the
+template it was trained on (问:{question}\\n答:), earlier turns included, and generation stops at EOS or where the
+model starts the next turn (问:) or the separator line, instead of running on into a question it invented.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from medpt.data.templates import BUILTIN, custom_format
+from medpt.errors import MedptError
+
+
+def role_format(template: str, template_format: dict | None) -> Any:
+    if template == "custom":
+        return custom_format(template_format or {})
+    return BUILTIN.get(template, BUILTIN["qa"])  # chat_template runs go through the tokenizer instead
+
+
+def build_prompt(question: str, history: list[tuple[str, str]], data: Any, tokenizer: Any) -> str:
+    """The conversation so far, rendered as in training, ending where the answer starts."""
+    if data.template == "chat_template":
+        messages = [
+            m for q, a in history for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})
+        ]
+        messages.append({"role": "user", "content": question})
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    fmt = role_format(data.template, data.template_format)
+    (h0, h1), (g0, g1) = fmt.wrap["human"], fmt.wrap["gpt"]
+    return "".join(f"{h0}{q}{h1}{g0}{a}{g1}" for q, a in history) + f"{h0}{question}{h1}{g0}"
+
+
+def stop_strings(data: Any) -> list[str]:
+    """Where an answer ends: the next question's prefix, and the template's closing separator."""
+    if data.template == "chat_template":
+        return []
+    fmt = role_format(data.template, data.template_format)
+    stops = [s for s in (fmt.wrap["human"][0].strip(), fmt.end.strip()[:10]) if s]
+    return stops
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    cut = min([text.find(s) for s in stops if s in text], default=len(text))
+    return text[:cut].strip()
+
+
+def generation_kwargs(gen: Any, tokenizer: Any, stops: list[str]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": gen.max_new_tokens,
+        "do_sample": gen.do_sample,
+        "repetition_penalty": gen.repetition_penalty,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    if gen.do_sample:
+        kwargs.update(temperature=gen.temperature, top_p=gen.top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)  # greedy: no sampling knobs (and no warnings)
+    if stops:
+        kwargs.update(stop_strings=stops, tokenizer=tokenizer)
+    return kwargs
+
+
+def extra_logits_processors() -> list:
+    """Hook for tests that script a model's output; empty in normal use."""
+    return []
+
+
+def answer(model: Any, tokenizer: Any, prompts: list[str], gen: Any, stops: list[str], seed: int) -> list[str]:
+    """Batched generation (left padding), the same seed for every call so base and adapted are comparable."""
+    import torch
+    from transformers import set_seed
+
+    set_seed(seed)
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model.generate(
+            **{k: v.to(device) for k, v in enc.items()},
+            logits_processor=extra_logits_processors() or None,
+            **generation_kwargs(gen, tokenizer, stops),
+        )
+    new = out[:, enc["input_ids"].shape[1] :]
+    return [cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), stops) for row in new]
+
+
+def read_question_list(gen: Any) -> list[str]:
+    questions = list(gen.question or [])
+    if gen.questions:
+        path = Path(gen.questions)
+        if not path.is_file():
+            raise MedptError(f"--questions {path}: no such file")
+        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise MedptError(f"{path}:{number}: invalid JSON: {e.msg}") from None
+                if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+                    raise MedptError(f"{path}:{number}: field 'question': expected a string")
+                questions.append(item["question"])
+            else:
+                questions.append(line.strip())
+    if not questions:
+        raise MedptError("no questions: pass --question '...' (repeatable) or --questions FILE")
+    return questions
+
+
+def run_compare(config: Any, variants: Any, out: Path, log: Callable[[str], None] = print) -> list[dict]:
+    """Base and adapted answers to the same questions, same decoding, written as JSONL, Markdown and HTML."""
+    from medpt.atomic import atomic_write_text
+
+    if variants.adapted is None:
+        raise MedptError("compare needs --adapter (a medpt run or a PEFT adapter folder)")
+    questions = read_question_list(config.generate)
+    prompts = [build_prompt(q, [], config.data, variants.tokenizer) for q in questions]
+    stops = stop_strings(config.data)
+    answers = {}
+    for which in variants.names:
+        with variants.use(which) as model:
+            answers[which] = answer(model, variants.tokenizer, prompts, config.generate, stops, config.run.seed)
+        log(f"  {which}: {len(questions)} answers")
+    rows = [{"question": q, "base": b, "adapted": a} for q, b, a in zip(questions, answers["base"], answers["adapted"])]
+    settings = decoding_note(config.generate, config.run.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "compare.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out / "compare.md", compare_markdown(rows, settings))
+    atomic_write_text(out / "compare.html", compare_html(rows, settings))
+    log(f"comparison: {out / 'compare.md'} (also .html, .jsonl)")
+    return rows
+
+
+def decoding_note(gen: Any, seed: int) -> str:
+    how = f"sampling, temperature {gen.temperature}, top_p {gen.top_p}" if gen.do_sample else "greedy"
+    return f"{how}, max {gen.max_new_tokens} new tokens, repetition penalty {gen.repetition_penalty}, seed {seed}"
+
+
+def compare_markdown(rows: list[dict], settings: str) -> str:
+    parts = [f"# Base vs adapted answers\n\nDecoding: {settings}.\n"]
+    for i, r in enumerate(rows, start=1):
+        parts.append(
+            f"## {i}. {r['question']}\n\n**base**\n\n> {_quote(r['base'])}\n\n**adapted**\n\n> {_quote(r['adapted'])}\n"
+        )
+    return "\n".join(parts)
+
+
+def _quote(text: str) -> str:
+    return (text or "(empty)").replace("\n", "\n> ")
+
+
+def compare_html(rows: list[dict], settings: str) -> str:
+    cells = "".join(
+        f"<tr><td>{i}</td><td>{html.escape(r['question'])}</td><td>{html.escape(r['base'])}</td>"
+        f"<td>{html.escape(r['adapted'])}</td></tr>"
+        for i, r in enumerate(rows, start=1)
+    )
+    return (
+        "<!doctype html><meta charset='utf-8'><title>medpt compare</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:6px;vertical-align:top;"
+        "white-space:pre-wrap}table{border-collapse:collapse}</style>"
+        f"<h1>Base vs adapted answers</h1><p>Decoding: {html.escape(settings)}.</p>"
+        f"<table><tr><th>#</th><th>question</th><th>base</th><th>adapted</th></tr>{cells}</table>\n"
+    )
+
+
+def run_generate(config: Any, variants: Any, out_file: Path, log: Callable[[str], None] = print) -> None:
+    from medpt.atomic import atomic_writer
+
+    which = "adapted" if variants.adapted is not None else "base"
+    questions = read_question_list(config.generate)
+    prompts = [build_prompt(q, [], config.data, variants.tokenizer) for q in questions]
+    with variants.use(which) as model:
+        answers = answer(
+            model, variants.tokenizer, prompts, config.generate, stop_strings(config.data), config.run.seed
+        )
+    with atomic_writer(out_file) as f:
+        for q, a in zip(questions, answers):
+            f.write(json.dumps({"question": q, "answer": a, "model": which}, ensure_ascii=False) + "\n")
+    log(f"{len(questions)} answers ({which} model): {out_file}")
+
+
+class StopAwareStreamer:
+    """Prints generated text as it arrives, holding back any tail that could be the start of a stop string, so
+    `问:` is never shown even when it arrives one token at a time."""
+
+    def __init__(self, tokenizer: Any, stops: list[str], write: Callable[[str], None]):
+        self.tokenizer, self.stops, self.write = tokenizer, stops, write
+        self.ids: list[int] = []
+        self.shown = 0
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompt
+            self.prompt_seen = True
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        self._show(self._safe(text))
+
+    def end(self) -> None:
+        self._show(self.final())
+
+    def final(self) -> str:
+        return cut_at_stop(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
+
+    def _safe(self, text: str) -> str:
+        stop_at = min([text.find(s) for s in self.stops if s in text], default=len(text))
+        text = text[:stop_at]
+        hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        text = text[: len(text) - hold]
+        return text.rstrip("\ufffd")  # a character whose bytes have not all arrived yet
+
+    def _show(self, text: str) -> None:
+        text = text.strip()  # as in final(): what is streamed is exactly the answer that is kept
+        if len(text) > self.shown:
+            self.write(text[self.shown :])
+            self.shown = len(text)
+
+
+HELP = "commands: /reset (new conversation), /adapter on|off, /quit"
+
+
+def run_chat(config: Any, variants: Any, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """Multi-turn chat on stdin/stdout with streamed answers."""
+    import torch
+    from transformers import set_seed
+
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+
+    def write(text: str) -> None:
+        stdout.write(text)
+        stdout.flush()
+
+    use = "adapted" if variants.adapted is not None else "base"
+    history: list[tuple[str, str]] = []
+    stops = stop_strings(config.data)
+    write(f"medpt chat ({variants.base_name}, {use} model). {HELP}\n")
+    while True:
+        write("\n问: ")
+        line = stdin.readline()
+        if not line:
+            break
+        question = line.strip()
+        if not question:
+            continue
+        if question.startswith("/"):
+            command = question.split()
+            if command[0] in ("/quit", "/exit"):
+                break
+            if command[0] == "/reset":
+                history = []
+                write("(new conversation)\n")
+            elif command[0] == "/adapter" and len(command) == 2 and command[1] in ("on", "off"):
+                if command[1] == "on" and variants.adapted is None:
+                    write("(no adapter loaded)\n")
+                else:
+                    use = "adapted" if command[1] == "on" else "base"
+                    write(f"(adapter {command[1]})\n")
+            else:
+                write(f"({HELP})\n")
+            continue
+        prompt = build_prompt(question, history, config.data, variants.tokenizer)
+        enc = variants.tokenizer(prompt, return_tensors="pt")
+        streamer = StopAwareStreamer(variants.tokenizer, stops, write)
+        write("答: ")
+        set_seed(config.run.seed)
+        with variants.use(use) as model, torch.no_grad():
+            device = next(model.parameters()).device
+            model.generate(
+                **{k: v.to(device) for k, v in enc.items()},
+                streamer=streamer,
+                logits_processor=extra_logits_processors() or None,
+                **generation_kwargs(config.generate, variants.tokenizer, stops),
+            )
+        history.append((question, streamer.final()))
+        write("\n")
+    write("\n")
+    return 0

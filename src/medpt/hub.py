@@ -1,0 +1,84 @@
+"""The hub, behind filtered networks: mirrors (HF_ENDPOINT), cache folders (HF_HOME, --cache_dir), offline mode
+(HF_HUB_OFFLINE, --offline) and resumable downloads, all through huggingface_hub, which reads those variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medpt.errors import MedptError
+
+# Weights are fetched as safetensors only; pickle-based formats are never downloaded by default.
+SKIP_BY_DEFAULT = ["*.bin", "*.pth", "*.pt", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.gguf", "*.ot"]
+
+
+def apply_offline(offline: bool) -> None:
+    """--offline: the same switch as HF_HUB_OFFLINE=1, for hub files and datasets alike."""
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+def resolve_local(
+    name_or_path: str, allow_patterns: list[str] | None, revision: str | None = None, cache_dir: str | None = None
+) -> Path:
+    """A local directory for a model or tokenizer: the path itself, or a hub snapshot (downloaded, resumable)."""
+    if os.path.isdir(name_or_path):
+        return Path(name_or_path)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(name_or_path, revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns)
+        )
+    except LocalEntryNotFoundError:
+        raise MedptError(
+            f"{name_or_path}: not in the local cache and the hub is unreachable or offline (HF_HUB_OFFLINE). "
+            f"Download it first with `medpt download {name_or_path}`, set HF_ENDPOINT to a mirror, or pass a local path"
+        ) from None
+    except RepositoryNotFoundError:
+        raise MedptError(f"{name_or_path}: no such model on the hub, and no such local directory") from None
+    except (HfHubHTTPError, OSError) as e:
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        raise MedptError(f"{name_or_path}: download from {endpoint} failed: {e}") from None
+
+
+def download(
+    repo_id: str,
+    repo_type: str = "model",
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    local_dir: str | None = None,
+    include: list[str] | None = None,
+) -> Path:
+    """Fetch a model or dataset repository (interrupted downloads resume where they stopped)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                repo_type=repo_type,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_dir=local_dir,
+                allow_patterns=include,
+                ignore_patterns=None if include or repo_type != "model" else SKIP_BY_DEFAULT,
+            )
+        )
+    except RepositoryNotFoundError:
+        raise MedptError(f"{repo_id}: no such {repo_type} repository at {endpoint}") from None
+    except LocalEntryNotFoundError:
+        raise MedptError(
+            f"{repo_id}: {endpoint} is unreachable (or HF_HUB_OFFLINE is set) and the files are not in the cache. "
+            "Behind a filtered network, set HF_ENDPOINT to a mirror (e.g. HF_ENDPOINT=https://hf-mirror.com)"
+        ) from None
+    except (HfHubHTTPError, OSError) as e:
+        raise MedptError(
+            f"{repo_id}: download from {endpoint} failed: {e}. Behind a filtered network, set HF_ENDPOINT to a mirror "
+            "(e.g. HF_ENDPOINT=https://hf-mirror.com); rerunning resumes the download"
+        ) from None

@@ -1,0 +1,229 @@
+"""Multiple-choice benchmarks scored by log-likelihood: suited to base models (no chat template, no generation, no
+answer parsing), and to unmerged adapters.
+
+The prompt (questions in Chinese; questions without any CJK character get the same in English):
+
+    以下是医学考试的单项选择题，请选出正确答案。
+
+    [k solved examples, each: question, options, 答案：X, blank line]
+    {question}
+    A. {option A}
+    B. {option B}
+    答案：
+
+Scoring, both from one forward pass per (prompt, continuation) pair:
+  letter  log P(letter | prompt) for each option letter; the highest is the prediction.
+  text    log P(option text | prompt) / its length in characters, so a long option is not penalised for its
+          length (the character, not the token, keeps the normalisation independent of the tokenizer).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medpt.errors import BadRecordError, MedptError
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+HEADERS = {
+    "zh": ("以下是医学考试的单项选择题，请选出正确答案。\n\n", "答案："),
+    "en": ("The following are multiple choice questions about medicine. Choose the correct answer.\n\n", "Answer:"),
+}
+
+
+@dataclass
+class Question:
+    question: str
+    choices: dict[str, str]
+    answer: str
+    subject: str
+    where: str
+
+    @property
+    def language(self) -> str:
+        return "zh" if _CJK.search(self.question + "".join(self.choices.values())) else "en"
+
+
+def read_questions(patterns: list[str]) -> list[Question]:
+    """Questions from jsonl/json files; every problem names file, line and field."""
+    from medpt.data.records import FileSource, resolve_files
+
+    questions = []
+    for path in resolve_files(patterns, "mcq_file"):
+        for record in FileSource(path).records():
+            if isinstance(record, BadRecordError):
+                raise MedptError(str(record))
+            questions.append(_question(record))
+    if not questions:
+        raise MedptError(f"--mcq_file {' '.join(patterns)}: no questions")
+    return questions
+
+
+def _question(record: Any) -> Question:
+    v = record.value
+    if not isinstance(v, dict):
+        raise record.bad(None, "expected an object with question, choices, answer")
+    for key in ("question", "choices", "answer"):
+        if key not in v:
+            raise record.bad(key, "missing")
+    choices = v["choices"]
+    if not isinstance(choices, dict) or len(choices) < 2 or not all(isinstance(t, str) for t in choices.values()):
+        raise record.bad("choices", 'expected {"A": "...", "B": "...", ...} with at least two options')
+    if v["answer"] not in choices:
+        raise record.bad("answer", f"{v['answer']!r} is not one of the choices {sorted(choices)}")
+    if not isinstance(v["question"], str):
+        raise record.bad("question", "expected a string")
+    return Question(
+        v["question"], dict(choices), v["answer"], str(v.get("subject", "all")), f"{record.source}:{record.line}"
+    )
+
+
+def format_question(q: Question, answer: str | None = None) -> str:
+    _, cue = HEADERS[q.language]
+    options = "".join(f"{letter}. {text}\n" for letter, text in q.choices.items())
+    return f"{q.question}\n{options}{cue}" + (f"{answer}\n\n" if answer is not None else "")
+
+
+def build_prompt(q: Question, shots: list[Question]) -> str:
+    header, _ = HEADERS[q.language]
+    return header + "".join(format_question(s, s.answer) for s in shots) + format_question(q)
+
+
+def pick_shots(q: Question, pool: list[Question], k: int) -> list[Question]:
+    """k solved questions, the same subject first, in file order (deterministic); never the question itself."""
+    if not k:
+        return []
+    others = [s for s in pool if s.question != q.question]
+    return ([s for s in others if s.subject == q.subject] + [s for s in others if s.subject != q.subject])[:k]
+
+
+def split_ids(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of context and continuation as the model would read them together: the whole string is encoded
+    once and cut where the context ends, so a token that spans the boundary is not encoded twice."""
+    whole = list(tokenizer(context + continuation)["input_ids"])
+    ctx = list(tokenizer(context)["input_ids"])
+    cut = 0
+    while cut < min(len(ctx), len(whole)) and ctx[cut] == whole[cut]:
+        cut += 1
+    if cut == len(whole):  # the continuation merged into the context's last token: score it on its own
+        return ctx, list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
+    return whole[:cut], whole[cut:]
+
+
+def continuation_logprobs(
+    model: Any, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int
+) -> list[float]:
+    """Σ log P(continuation tokens | context) for each pair, batched (longest first), O(batch) memory."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    scores = [0.0] * len(pairs)
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            seqs = [pairs[i][0] + pairs[i][1] for i in chunk]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for row, seq in enumerate(seqs):
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            for row, i in enumerate(chunk):
+                ctx, cont = pairs[i]
+                # logits at position t predict token t+1: the continuation is predicted from len(ctx)-1 on
+                rows = logits[row, len(ctx) - 1 : len(ctx) - 1 + len(cont)].float().log_softmax(-1)
+                scores[i] = rows.gather(1, torch.tensor(cont, device=device)[:, None]).sum().item()
+    return scores
+
+
+def score_questions(model: Any, tokenizer: Any, questions: list[Question], shots: list[list[Question]],
+                    modes: list[str], batch_size: int) -> dict[str, list[str]]:  # fmt: skip
+    """The predicted letter of each question, per scoring mode."""
+    pairs, owners = [], []
+    for qi, (q, qs) in enumerate(zip(questions, shots)):
+        prompt = build_prompt(q, qs)
+        for mode in modes:
+            for letter, text in q.choices.items():
+                pairs.append(split_ids(tokenizer, prompt, letter if mode == "letter" else text))
+                owners.append((qi, mode, letter, 1 if mode == "letter" else max(len(text), 1)))
+    scores = continuation_logprobs(model, pairs, tokenizer.pad_token_id, batch_size)
+    best: dict[tuple[int, str], tuple[float, str]] = {}
+    for (qi, mode, letter, norm), s in zip(owners, scores):
+        value = s / norm
+        if (qi, mode) not in best or value > best[(qi, mode)][0]:
+            best[(qi, mode)] = (value, letter)
+    return {mode: [best[(qi, mode)][1] for qi in range(len(questions))] for mode in modes}
+
+
+def evaluate_mcq(config: Any, variants: Any, out: Path, log: Any = print) -> dict[str, Any]:
+    from medpt.atomic import atomic_writer
+    from medpt.data.hygiene import sample_indices
+
+    e = config.eval
+    questions = read_questions(e.mcq_file)
+    keep = sample_indices(len(questions), e.max_mcq_questions, config.run.seed)
+    questions = [questions[i] for i in keep]
+    pool = read_questions([e.fewshot_file]) if e.fewshot_file and e.num_fewshot else []
+    shots = [pick_shots(q, pool, e.num_fewshot) for q in questions]
+    modes = ["letter", "text"] if e.mcq_scoring == "both" else [e.mcq_scoring]
+    batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
+    predictions: dict[str, dict[str, list[str]]] = {}
+    seconds = {}
+    for which in variants.names:
+        t = time.perf_counter()
+        with variants.use(which) as model:
+            predictions[which] = score_questions(model, variants.tokenizer, questions, shots, modes, batch_size)
+        seconds[which] = round(time.perf_counter() - t, 2)
+        log(f"  mcq / {which}: {len(questions)} questions in {seconds[which]:.1f} s")
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(out / "mcq_predictions.jsonl") as f:
+        for qi, q in enumerate(questions):
+            row = {"where": q.where, "subject": q.subject, "answer": q.answer}
+            row.update({f"{w}_{m}": predictions[w][m][qi] for w in predictions for m in modes})
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {
+        "questions": len(questions),
+        "num_fewshot": e.num_fewshot,
+        "chance": sum(1 / len(q.choices) for q in questions) / len(questions),
+        "seconds": seconds,
+        "accuracy": {w: {m: _accuracy(questions, predictions[w][m]) for m in modes} for w in predictions},
+    }
+
+
+def _accuracy(questions: list[Question], predicted: list[str]) -> dict[str, Any]:
+    by_subject: dict[str, list[bool]] = defaultdict(list)
+    for q, p in zip(questions, predicted):
+        by_subject[q.subject].append(p == q.answer)
+    hits = [h for v in by_subject.values() for h in v]
+    return {
+        "overall": sum(hits) / len(hits),
+        "by_subject": {s: {"accuracy": sum(v) / len(v), "n": len(v)} for s, v in sorted(by_subject.items())},
+    }
+
+
+def format_mcq(results: dict[str, Any]) -> str:
+    acc = results["accuracy"]
+    variants = list(acc)
+    modes = list(acc[variants[0]])
+    head = " | ".join(f"{m} {w}" for m in modes for w in variants)
+    lines = [
+        f"Multiple choice: {results['questions']} questions, {results['num_fewshot']}-shot, "
+        f"chance {results['chance']:.1%}",
+        "",
+        f"| subject | n | {head} |",
+        "| --- | ---: |" + " ---: |" * (len(modes) * len(variants)),
+    ]
+    subjects = acc[variants[0]][modes[0]]["by_subject"]
+    for subject, info in subjects.items():
+        cells = " | ".join(f"{acc[w][m]['by_subject'][subject]['accuracy']:.1%}" for m in modes for w in variants)
+        lines.append(f"| {subject} | {info['n']} | {cells} |")
+    cells = " | ".join(f"**{acc[w][m]['overall']:.1%}**" for m in modes for w in variants)
+    lines.append(f"| **all** | {results['questions']} | {cells} |")
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""`medpt report RUN_DIR`: one page (HTML, self-contained, opens offline; and Markdown) per run: the configuration,
+the data report, the loss curves, base vs adapted on each eval set, multiple choice, verification and the answers
+side by side. It reads only what the run's directory holds, so it can be written again at any time.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from medpt.errors import MedptError
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def gather(run: Path) -> dict[str, Any]:
+    from medpt.curves import plot_losses
+
+    if not (run / "medpt_config.yaml").is_file():
+        raise MedptError(f"{run} is not a medpt run (no medpt_config.yaml)")
+    curve = run / "loss_curve.png"
+    if not curve.is_file():
+        plot_losses(run / "metrics.jsonl", curve, title=run.name)
+    compare = run / "compare" / "compare.jsonl"
+    return {
+        "config": [
+            line for line in (run / "medpt_config.yaml").read_text(encoding="utf-8").splitlines() if "# set" in line
+        ],
+        "data": _load(run / "data_report.json"),
+        "train": _load(run / "train_results.json"),
+        "eval_during_training": _load(run / "eval_results.json"),
+        "evaluation": _load(run / "eval" / "eval_results.json"),
+        "verify": _load(run / "verify.json"),
+        "compare": [json.loads(x) for x in compare.read_text(encoding="utf-8").splitlines()]
+        if compare.is_file()
+        else [],
+        "curve": curve if curve.is_file() else None,
+    }
+
+
+def markdown(run: Path, facts: dict[str, Any]) -> str:
+    from medpt.data.report import format_table
+    from medpt.evaluate import format_eval
+
+    parts = [f"# medpt run: {run.name}\n", "## Configuration (values that differ from the defaults)\n", "```yaml"]
+    parts += facts["config"] + ["```\n"]
+    if facts["data"]:
+        parts += ["## Data\n", "```", format_table(facts["data"]), "```\n"]
+    if facts["train"]:
+        parts += ["## Training\n", _kv_md(facts["train"])]
+    if facts["curve"]:
+        parts += [f"![loss curves]({facts['curve'].name})\n"]
+    if facts["evaluation"]:
+        parts += ["## Base vs adapted\n", format_eval(facts["evaluation"]) + "\n"]
+    elif facts["eval_during_training"]:
+        parts += ["## Evaluation at the end of training\n", _kv_md(facts["eval_during_training"])]
+    if facts["verify"]:
+        v = facts["verify"]
+        parts += ["## Adapter verification\n"]
+        parts += [f"- {'✅' if c['ok'] else '❌'} {c['check']}: {c['detail']}" for c in v["checks"]]
+        parts += [f"- {v['trainable_parameters']:,} parameters, {v['adapter_bytes'] / 2**20:.2f} MiB\n"]
+    if facts["compare"]:
+        parts += ["## Answers, base vs adapted\n"]
+        for i, r in enumerate(facts["compare"], start=1):
+            parts += [f"**{i}. {r['question']}**\n", f"- base: {r['base'] or '(empty)'}",
+                      f"- adapted: {r['adapted'] or '(empty)'}\n"]  # fmt: skip
+    return "\n".join(parts) + "\n"
+
+
+def _kv_md(values: dict[str, Any]) -> str:
+    return "\n".join(f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in values.items()) + "\n"
+
+
+def page(run: Path, facts: dict[str, Any]) -> str:
+    """The HTML page: the Markdown's content with real tables, and the curve embedded (no external files)."""
+    from medpt.data.report import format_table
+
+    esc = html.escape
+    body = [f"<h1>medpt run: {esc(run.name)}</h1>"]
+    body += ["<h2>Configuration</h2><p>Values that differ from the defaults.</p><pre>",
+             esc("\n".join(facts["config"])), "</pre>"]  # fmt: skip
+    if facts["data"]:
+        body += ["<h2>Data</h2><pre>", esc(format_table(facts["data"])), "</pre>"]
+    if facts["train"]:
+        body += ["<h2>Training</h2>", _kv_table(facts["train"])]
+    if facts["curve"]:
+        data = base64.b64encode(facts["curve"].read_bytes()).decode()
+        body += [f"<img alt='loss curves' src='data:image/png;base64,{data}'>"]
+    evaluation = facts["evaluation"]
+    if evaluation:
+        body += ["<h2>Base vs adapted</h2>", _eval_table(evaluation)]
+        if evaluation.get("mcq"):
+            body += ["<h3>Multiple choice</h3>", _mcq_table(evaluation["mcq"])]
+    elif facts["eval_during_training"]:
+        body += ["<h2>Evaluation at the end of training</h2>", _kv_table(facts["eval_during_training"])]
+    if facts["verify"]:
+        rows = "".join(
+            f"<tr><td>{'✅' if c['ok'] else '❌'}</td><td>{esc(c['check'])}</td><td>{esc(c['detail'])}</td></tr>"
+            for c in facts["verify"]["checks"]
+        )
+        body += ["<h2>Adapter verification</h2><table>", rows, "</table>"]
+    if facts["compare"]:
+        rows = "".join(f"<tr><td>{esc(r['question'])}</td><td>{esc(r['base'])}</td><td>{esc(r['adapted'])}</td></tr>"
+                       for r in facts["compare"])  # fmt: skip
+        body += ["<h2>Answers, base vs adapted</h2><table><tr><th>question</th><th>base</th><th>adapted</th></tr>",
+                 rows, "</table>"]  # fmt: skip
+    style = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;white-space:pre-wrap}"
+             "pre{background:#f6f6f6;padding:1em;overflow:auto}img{max-width:100%}")  # fmt: skip
+    return (
+        f"<!doctype html><meta charset='utf-8'><title>medpt: {esc(run.name)}</title><style>{style}</style>"
+        + "".join(body)
+        + "\n"
+    )
+
+
+def _kv_table(values: dict[str, Any]) -> str:
+    cells = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in values.items()]
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in cells)
+    return f"<table>{rows}</table>"
+
+
+def _eval_table(results: dict[str, Any]) -> str:
+    head = ("<tr><th>eval set</th><th>tokens</th><th>loss base</th><th>loss adapted</th><th>ppl base</th>"
+            "<th>ppl adapted</th><th>Δ ppl</th><th>acc base</th><th>acc adapted</th></tr>")  # fmt: skip
+    rows = []
+    for name, r in results["sets"].items():
+        b, a = r["base"], r.get("adapted") or {}
+        change = f"{a['perplexity'] / b['perplexity'] - 1:+.1%}" if a else ""
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{b['tokens']:,}</td><td>{b['loss']:.4f}</td>"
+            f"<td>{a.get('loss', float('nan')):.4f}</td><td>{b['perplexity']:.2f}</td>"
+            f"<td>{a.get('perplexity', float('nan')):.2f}</td><td>{change}</td><td>{b['token_accuracy']:.2%}</td>"
+            f"<td>{a.get('token_accuracy', float('nan')):.2%}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _mcq_table(mcq: dict[str, Any]) -> str:
+    acc = mcq["accuracy"]
+    cols = [(w, m) for w in acc for m in acc[w]]
+    head = "".join(f"<th>{html.escape(f'{m} {w}')}</th>" for w, m in cols)
+    subjects = next(iter(next(iter(acc.values())).values()))["by_subject"]
+    rows = "".join(
+        f"<tr><td>{html.escape(s)}</td><td>{info['n']}</td>"
+        + "".join(f"<td>{acc[w][m]['by_subject'][s]['accuracy']:.1%}</td>" for w, m in cols)
+        + "</tr>"
+        for s, info in subjects.items()
+    )
+    total = "".join(f"<td><b>{acc[w][m]['overall']:.1%}</b></td>" for w, m in cols)
+    return (f"<p>{mcq['questions']} questions, {mcq['num_fewshot']}-shot, chance {mcq['chance']:.1%}</p>"
+            f"<table><tr><th>subject</th><th>n</th>{head}</tr>{rows}<tr><td><b>all</b></td>"
+            f"<td>{mcq['questions']}</td>{total}</tr></table>")  # fmt: skip
+
+
+def write_report(run: Path, out: Path | None = None, log: Any = print) -> tuple[Path, Path]:
+    from medpt.atomic import atomic_write_text
+
+    out = out or run
+    facts = gather(run)
+    html_path, md_path = out / "report.html", out / "report.md"
+    atomic_write_text(html_path, page(run, facts))
+    atomic_write_text(md_path, markdown(run, facts))
+    log(f"report: {html_path} (and {md_path.name})")
+    return html_path, md_path

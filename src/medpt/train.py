@@ -1,0 +1,303 @@
+"""`medpt train`: continued pretraining with LoRA (or QLoRA, or full fine-tuning) on transformers.Trainer.
+
+Reads top to bottom: training arguments → where to start (fresh or resume) → data → model → trainer → train →
+evaluate → save a self-describing output directory.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+from medpt.atomic import atomic_write_text
+from medpt.config import Config
+from medpt.curves import plot_losses
+from medpt.errors import MedptError
+from medpt.hub import apply_offline
+from medpt.lora import add_lora, speed_up
+from medpt.model import (
+    TokenizerSource,
+    device_kind,
+    load_model,
+    load_tokenizer,
+    resolve_precision,
+    trainable_summary,
+    weight_dtype,
+)
+
+METRICS_FILE = "metrics.jsonl"
+# PEFT still calls a transformers property deprecated in v5; nothing a user can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+# What a run writes into its output directory; --overwrite_output_dir removes exactly these, nothing else.
+RUN_ARTIFACTS = (
+    "checkpoint-*", ".staging", "runs", METRICS_FILE, "*_results.json", "adapter_model.safetensors",
+    "adapter_config.json", "model*.safetensors", "model.safetensors.index.json", "loss_curve.png",
+    "trainer_state.json", "training_args.*", "data_report.json", "rejected.jsonl", "eval_sets", "medpt_config.yaml",
+    "base_model.json", "verify.json", "eval", "compare", "report.html", "report.md",
+)  # fmt: skip
+
+
+def train(config: Config, log: Any = print) -> int:
+    apply_offline(config.model.offline)
+    args = training_arguments(config)
+    if args.process_index != 0:  # one voice: only the main process prints progress notes
+        log = _silent
+    out = Path(args.output_dir)
+    with args.main_process_first(desc="check the output directory"):  # only the main process removes files
+        resume = starting_point(config, out, log)
+
+    # Data: the main process prepares (or finds the cache) first; the others then read the same cache.
+    with args.main_process_first(desc="prepare data"):
+        data, eval_sets = prepare_all(config, out, log)
+    if data.train is None:
+        raise MedptError("no training blocks were prepared; see data_report.json")
+
+    model, tokenizer = build_model(config, args, log)
+    trainer = build_trainer(config, args, model, tokenizer, data, eval_sets)
+
+    log(
+        f"training: {len(data.train):,} blocks of {config.data.block_size} tokens, "
+        f"{args.world_size} process(es) × {args.per_device_train_batch_size} × {args.gradient_accumulation_steps} "
+        f"accumulation; bf16={args.bf16} fp16={args.fp16}" + (f"; resuming from {resume}" if resume else "")
+    )
+    from medpt.trainer import InterruptCallback, NonFiniteLossError
+
+    interrupt = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, InterruptCallback))
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except NonFiniteLossError as e:
+        last = _last_checkpoint(out)
+        raise MedptError(
+            f"{e}. Last good checkpoint: {last or 'none yet'}. Try a lower --learning_rate or --max_grad_norm, or "
+            "--bf16 false; rerunning the same command resumes from that checkpoint"
+        ) from None
+    if interrupt.interrupted:
+        log(
+            f"stopped at step {trainer.state.global_step}; checkpoint saved in {_last_checkpoint(out)}. "
+            "Run the same command again to resume."
+        )
+        return 130
+
+    finish(config, trainer, result, out, log)
+    return 0
+
+
+def _silent(*_: Any) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def training_arguments(config: Config) -> Any:
+    """transformers.TrainingArguments from the explicit trainer flags plus the fields medpt owns."""
+    from transformers import TrainingArguments
+
+    run = config.run
+    bf16, fp16 = resolve_precision(run.bf16, run.fp16)
+    kwargs: dict[str, Any] = dict(config.trainer)
+    kwargs.update(
+        output_dir=run.output_dir,
+        seed=run.seed,
+        bf16=bf16,
+        fp16=fp16,
+        report_to="none" if run.report_to in (["none"], []) else run.report_to,
+        remove_unused_columns=False,  # the collator's fields are exactly what the model takes
+        include_num_input_tokens_seen="no",  # medpt counts real tokens itself (see trainer.py)
+    )
+    if device_kind() == "cpu" and (bf16 or fp16):
+        kwargs["use_cpu"] = True  # transformers refuses mixed precision on a CPU unless told it is one
+    if kwargs.get("gradient_checkpointing"):
+        # Non-reentrant checkpointing works with frozen base weights (LoRA) without extra hooks.
+        kwargs.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
+    if config.lora.use_peft:
+        kwargs.setdefault("ddp_find_unused_parameters", False)  # every LoRA parameter gets a gradient each step
+    if run.group_by_length and config.data.packing == "none":
+        kwargs.setdefault("train_sampling_strategy", "group_by_length")
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise MedptError(f"invalid training arguments: {e}") from None
+
+
+def starting_point(config: Config, out: Path, log: Any) -> str | None:
+    """Resume, start fresh, or refuse to clobber an existing run."""
+    choice = (config.run.resume_from_checkpoint or "").strip()
+    overwrite = config.run.overwrite_output_dir
+    last = _last_checkpoint(out)
+    if choice.lower() in ("no", "false", "none"):
+        choice = "no"
+    elif choice and choice != "auto":
+        if not Path(choice).is_dir():
+            raise MedptError(f"--resume_from_checkpoint {choice}: no such checkpoint directory")
+        return choice
+    if last and (choice == "auto" or (not choice and not overwrite)):
+        return str(last)
+    existing = _artifacts(out)
+    if existing and not overwrite:
+        found = ", ".join(sorted(p.name for p in existing)[:4])
+        raise MedptError(
+            f"{out} already holds a run ({found}); pass --overwrite_output_dir to replace it, "
+            "--resume_from_checkpoint auto to continue it, or another --output_dir"
+        )
+    if existing:
+        if last:
+            log(f"--overwrite_output_dir: starting over; the checkpoints in {out} are removed")
+        for path in existing:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return None
+
+
+def _artifacts(out: Path) -> list[Path]:
+    if not out.is_dir():
+        return []
+    return [p for p in out.iterdir() if any(fnmatch.fnmatch(p.name, pattern) for pattern in RUN_ARTIFACTS)]
+
+
+def _last_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+
+def prepare_all(config: Config, out: Path, log: Any) -> tuple[Any, dict[str, Any]]:
+    """The main data (train + validation) and each named --eval_sets entry, all through the same pipeline."""
+    from medpt.cli import tokenizer_source
+    from medpt.data.pipeline import eval_set_args, prepare_data
+
+    source = tokenizer_source(config.model)
+    data = prepare_data(config.data, source, config.run.seed, out, log=log, hub_cache_dir=config.model.cache_dir)
+    eval_sets = {}
+    for item in config.data.eval_sets or []:
+        name, _, path = item.partition("=")
+        log(f"eval set {name!r}: {path}")
+        args = eval_set_args(config.data, path)
+        eval_sets[name] = prepare_data(args, source, config.run.seed, out / "eval_sets" / name, log=log).train
+    return data, eval_sets
+
+
+def build_model(config: Config, args: Any, log: Any) -> tuple[Any, Any]:
+    from transformers import set_seed
+
+    set_seed(args.seed)  # LoRA's A matrices are random: the same seed must give the same adapter, on every rank
+    m, lora = config.model, config.lora
+    if not m.model_name_or_path:
+        raise MedptError("training needs a base model: pass --model_name_or_path (a hub id or a local directory)")
+    four_bit = m.load_in_4bit or lora.qlora
+    if four_bit and not lora.use_peft:
+        raise MedptError("a 4-bit model cannot be fine-tuned in full: use --use_peft true (QLoRA)")
+    import torch
+
+    compute = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    dtype = weight_dtype(m.torch_dtype, args.bf16, args.fp16, full_finetune=not lora.use_peft)
+    model = load_model(
+        m.model_name_or_path, dtype, revision=m.revision, cache_dir=m.cache_dir, trust_remote_code=m.trust_remote_code,
+        load_in_4bit=four_bit, compute_dtype=compute, attn_implementation=m.attn_implementation,
+    )  # fmt: skip
+    model.config.use_cache = False  # the KV cache is for generation; with checkpointing it is wrong and wasteful
+    tokenizer = load_tokenizer(
+        str(TokenizerSource(m.tokenizer_name_or_path or m.model_name_or_path, m.revision, m.cache_dir).local_dir()),
+        m.trust_remote_code,
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id  # (EOS when the tokenizer has no pad; see load_tokenizer)
+    if lora.use_peft:
+        model = add_lora(
+            model, rank=lora.lora_rank, alpha=lora.lora_alpha, dropout=lora.lora_dropout,
+            target_modules=lora.target_modules, modules_to_save=lora.modules_to_save, use_rslora=lora.use_rslora,
+            use_dora=lora.use_dora, peft_path=lora.peft_path, gradient_checkpointing=bool(args.gradient_checkpointing),
+        )  # fmt: skip
+        speed_up(model, autocast=bool(args.bf16 or args.fp16), compiled=bool(args.torch_compile))
+        targets = sorted(model.peft_config["default"].target_modules)
+        log(f"LoRA r={lora.lora_rank} alpha={lora.lora_alpha} on {len(targets)} module types: {', '.join(targets)}")
+        _check_modules_to_save(model, lora.modules_to_save)
+    trainable, total = trainable_summary(model)
+    log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%), weights {dtype}")
+    return model, tokenizer
+
+
+def _check_modules_to_save(model: Any, modules_to_save: str | None) -> None:
+    for name in (modules_to_save or "").split(","):
+        name = name.strip()
+        if name and not any(
+            name in n and "modules_to_save" in n and p.requires_grad for n, p in model.named_parameters()
+        ):
+            raise MedptError(f"--modules_to_save {name}: no such trainable module in this model")
+
+
+def build_trainer(config: Config, args: Any, model: Any, tokenizer: Any, data: Any, eval_sets: dict) -> Any:
+    from transformers.trainer_callback import ProgressCallback
+
+    from medpt.data.batches import Collator, PackedDataset
+    from medpt.trainer import InterruptCallback, MedptTrainer, MetricsFileCallback, TokenProgressCallback
+
+    eval_dataset: Any = PackedDataset(data.validation) if data.validation is not None else None
+    if eval_sets:
+        eval_dataset = {**({"valid": eval_dataset} if eval_dataset is not None else {}),
+                        **{k: PackedDataset(v) for k, v in eval_sets.items()}}  # fmt: skip
+    pad_to = None if config.data.packing == "none" else config.data.block_size
+    trainer = MedptTrainer(
+        model=model,
+        args=args,
+        train_dataset=PackedDataset(data.train),
+        eval_dataset=eval_dataset,
+        data_collator=Collator(tokenizer.pad_token_id, config.data.packing, pad_to),
+        processing_class=tokenizer,
+        callbacks=[MetricsFileCallback(str(Path(args.output_dir) / METRICS_FILE)), InterruptCallback()],
+        embedding_learning_rate=config.lora.embedding_learning_rate,
+    )
+    if not args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(TokenProgressCallback)
+    return trainer
+
+
+def finish(config: Config, trainer: Any, result: Any, out: Path, log: Any) -> None:
+    """Save the adapter (or model), tokenizer, metrics, config and curves: everything eval/merge/chat need."""
+    trainer.save_model(str(out))
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    if trainer.eval_dataset is not None and trainer.args.do_eval:
+        metrics = trainer.evaluate()
+        if isinstance(trainer.eval_dataset, dict):
+            metrics = {k: v for name in trainer.eval_dataset for k, v in trainer.evaluate(
+                trainer.eval_dataset[name], metric_key_prefix=f"eval_{name}").items()}  # fmt: skip
+        trainer.save_metrics("eval", metrics)
+    if not trainer.is_world_process_zero():
+        return
+    trainer.processing_class.save_pretrained(str(out))
+    config.save(out)
+    _record_base(config, out)
+    atomic_write_text(out / "training_args.json", trainer.args.to_json_string())
+    if config.lora.use_peft and config.lora.modules_to_save:
+        _check_saved(out / "adapter_model.safetensors", config.lora.modules_to_save)
+    if config.run.plot and plot_losses(out / METRICS_FILE, out / "loss_curve.png", title=out.name):
+        log(f"loss curves: {out / 'loss_curve.png'}")
+    summary = {
+        k: v for k, v in json.loads((out / "all_results.json").read_text()).items() if "loss" in k or "perp" in k
+    }
+    log(f"done: {out}  {json.dumps(summary)}")
+
+
+def _record_base(config: Config, out: Path) -> None:
+    """Which weights this adapter was trained on, so `medpt verify` can catch it being applied to another base."""
+    from medpt.hub import resolve_local
+    from medpt.model import MODEL_FILES, weights_fingerprint
+    from medpt.verify import BASE_RECORD
+
+    m = config.model
+    local = resolve_local(m.model_name_or_path, MODEL_FILES, m.revision, m.cache_dir)
+    record = {"name": m.model_name_or_path, "revision": m.revision, "fingerprint": weights_fingerprint(local)}
+    atomic_write_text(out / BASE_RECORD, json.dumps(record, indent=2))
+
+
+def _check_saved(adapter_file: Path, modules_to_save: str) -> None:
+    """--modules_to_save only helps if those weights are really in the saved adapter: check the file itself."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter_file), "pt") as f:
+        keys = list(f.keys())
+    for name in (m.strip() for m in modules_to_save.split(",") if m.strip()):
+        if not any(name in k for k in keys):
+            raise MedptError(f"--modules_to_save {name}: not found in the saved adapter {adapter_file}")

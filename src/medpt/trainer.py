@@ -1,0 +1,206 @@
+"""transformers.Trainer, with what it does not do for this job:
+
+1. evaluation computes loss, token accuracy and perplexity from running sums (no logits kept across batches);
+2. a checkpoint becomes visible only once complete (written to a staging folder, then renamed), so a kill during
+   saving never leaves one that resuming would pick up;
+3. a NaN/inf loss stops the run at that step, before the optimizer writes NaN into the weights;
+4. tokens/s counts real tokens (not padding), and the learning rate of --modules_to_save can differ;
+5. callbacks: metrics.jsonl per log step, a progress bar with tokens/s, Ctrl-C = save a checkpoint and stop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from medpt.data.batches import REAL_TOKENS
+from medpt.errors import MedptError
+from medpt.evaluate import stats_from_sums, token_sums
+
+STAGING_DIR = ".staging"
+
+
+class NonFiniteLossError(MedptError):
+    def __init__(self, step: int, value: float):
+        self.step = step
+        super().__init__(f"the training loss became {value} at step {step}; the run was stopped before it was applied")
+
+
+class MedptTrainer(Trainer):
+    def __init__(self, *args: Any, embedding_learning_rate: float | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.embedding_learning_rate = embedding_learning_rate
+        self._staging: str | None = None
+        self._eval_sums: torch.Tensor | None = None
+        self._local_tokens = 0  # real tokens seen by this process since the last log
+        self._last_log = (time.perf_counter(), 0)
+
+    # --- 3 & 4: every micro-batch ------------------------------------------------------------------------------
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        real = inputs.pop(REAL_TOKENS, None)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # One device sync per micro-batch: cheap next to a forward/backward, and the only way to stop before the
+        # optimizer step turns one bad batch into NaN weights (and a NaN checkpoint).
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(self.state.global_step + 1, float(loss.detach().float().mean()))
+        if real is not None:
+            self._local_tokens += int(real)
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add real tokens seen and tokens/s since the previous one
+            count = torch.tensor(self._local_tokens, device=self.args.device, dtype=torch.int64)
+            self._local_tokens = 0
+            self.state.num_input_tokens_seen += int(self.accelerator.reduce(count, reduction="sum"))
+            now, seen = time.perf_counter(), self.state.num_input_tokens_seen
+            logs["num_input_tokens_seen"] = seen
+            logs["tokens_per_second"] = round((seen - self._last_log[1]) / max(now - self._last_log[0], 1e-9), 1)
+            self._last_log = (now, seen)
+        super().log(logs, start_time)
+
+    # --- 1: evaluation ------------------------------------------------------------------------------------------
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
+        self._eval_sums = None
+        output = super().evaluation_loop(
+            dataloader,
+            description,
+            prediction_loss_only=True,
+            ignore_keys=ignore_keys,
+            metric_key_prefix=metric_key_prefix,
+        )
+        sums = self._eval_sums if self._eval_sums is not None else torch.zeros(3, dtype=torch.float64)
+        sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum")
+        output.metrics.update(stats_from_sums(sums).metrics(prefix=f"{metric_key_prefix}_"))
+        output.metrics.pop(f"{metric_key_prefix}_tokens", None)
+        return output
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None):
+        inputs = self._prepare_inputs(inputs)
+        inputs.pop(REAL_TOKENS, None)
+        labels = inputs.pop("labels")
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = model(**inputs).logits  # no labels: the model would compute a second, unused loss
+        sums = token_sums(logits, labels)
+        self._eval_sums = sums if self._eval_sums is None else self._eval_sums + sums
+        return (sums[0] / sums[2].clamp(min=1)).float().detach(), None, None
+
+    # --- 2: checkpoints -----------------------------------------------------------------------------------------
+    def _get_output_dir(self, trial: Any) -> str:
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        run_dir = super()._get_output_dir(trial)
+        staging = os.path.join(run_dir, STAGING_DIR)
+        self._staging = staging
+        try:
+            super()._save_checkpoint(model, trial)  # every process writes its part under the staging folder
+        finally:
+            self._staging = None
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            if os.path.exists(final):  # the same step saved again after a resume
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
+                self.state.best_model_checkpoint = os.path.join(
+                    run_dir, os.path.basename(self.state.best_model_checkpoint)
+                )
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
+
+    # --- 4: a separate learning rate for embed_tokens / lm_head ------------------------------------------------
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        if self.embedding_learning_rate is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in opt_model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault((name in decay, "modules_to_save" in name), []).append(p)
+        cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = cls(
+            [
+                {
+                    "params": params,
+                    "weight_decay": self.args.weight_decay if with_decay else 0.0,
+                    **({"lr": self.embedding_learning_rate} if embedding else {}),
+                }
+                for (with_decay, embedding), params in groups.items()
+            ],
+            **kwargs,
+        )
+        return self.optimizer
+
+
+class MetricsFileCallback(TrainerCallback):
+    """metrics.jsonl: one line per log event (train or eval), flushed at once, so a crash loses nothing logged."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs:
+            clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in logs.items()}
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, **clean}) + "\n")
+
+
+class TokenProgressCallback(ProgressCallback):
+    """The usual progress bar (steps, ETA), plus loss and tokens/s as of the last log."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{logs.get('tokens_per_second', 0):,.0f}")
+        elif state.is_world_process_zero and logs and "loss" not in logs and self.training_bar is not None:
+            shown = {k: round(v, 4) for k, v in logs.items() if isinstance(v, float) and k.startswith("eval_")}
+            if shown:
+                self.training_bar.write(str(shown))
+
+
+class InterruptCallback(TrainerCallback):
+    """First Ctrl-C: finish the current step, save a checkpoint, stop. A second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        print("\nmedpt: interrupted; saving a checkpoint at the end of this step (Ctrl-C again to stop now)")
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

@@ -1,0 +1,124 @@
+"""Multiple choice by log-likelihood: a model rigged to prefer the right answers scores 100%, a random one chance."""
+
+import json
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from medpt.cli import main
+from medpt.errors import MedptError
+from medpt.mcq import Question, build_prompt, pick_shots, read_questions, score_questions, split_ids
+from medpt.samples import SAMPLE_MCQ
+from tests.conftest import write_jsonl
+
+
+def _synthetic(n: int, seed: int = 0) -> list[Question]:
+    rng = random.Random(seed)
+    words = ["发热", "咳嗽", "头痛", "乏力", "腹泻", "皮疹", "胸闷", "失眠"]
+    out = []
+    for i in range(n):
+        choices = {letter: "".join(rng.sample(words, 2)) + str(i) for letter in "ABCD"}
+        out.append(Question(f"第{i}题：下列哪项正确？", choices, rng.choice("ABCD"), f"s{i % 3}", f"x:{i}"))
+    return out
+
+
+class Rigged(torch.nn.Module):
+    """Wraps a model and adds +50 to the logits of the right answer's tokens, for exactly the sequences that are a
+    question's prompt followed by its correct letter or text: a model that 'knows' every answer."""
+
+    def __init__(self, inner, tokenizer, questions):
+        super().__init__()
+        self.inner = inner
+        self.correct = {}
+        for q in questions:
+            prompt = build_prompt(q, [])
+            for cont in (q.answer, q.choices[q.answer]):
+                ctx, ids = split_ids(tokenizer, prompt, cont)
+                self.correct[tuple(ctx + ids)] = len(ctx)
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        logits = self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.clone()
+        for row in range(input_ids.shape[0]):
+            seq = tuple(input_ids[row][attention_mask[row].bool()].tolist())
+            if seq in self.correct:
+                start = self.correct[seq]
+                for t in range(start, len(seq)):
+                    logits[row, t - 1, seq[t]] += 50.0
+        return SimpleNamespace(logits=logits)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from medpt.model import load_tokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), load_tokenizer(str(tiny_model_dir))
+
+
+def test_rigged_model_scores_100_percent_in_both_modes(tiny):
+    model, tokenizer = tiny
+    questions = _synthetic(30) + read_questions([str(SAMPLE_MCQ)])[:10]
+    rigged = Rigged(model, tokenizer, questions)
+    predicted = score_questions(rigged, tokenizer, questions, [[] for _ in questions], ["letter", "text"], 7)
+    answers = [q.answer for q in questions]
+    assert predicted["letter"] == answers
+    assert predicted["text"] == answers
+
+
+def test_random_model_scores_about_chance(tiny):
+    model, tokenizer = tiny
+    questions = _synthetic(200, seed=1)
+    predicted = score_questions(model, tokenizer, questions, [[] for _ in questions], ["letter"], 16)
+    accuracy = sum(p == q.answer for p, q in zip(predicted["letter"], questions)) / len(questions)
+    assert 0.14 < accuracy < 0.36  # chance is 25%; this is ±3.7 standard deviations
+
+
+def test_prompt_shape_and_fewshot_pick():
+    q, shot = _synthetic(2)
+    text = build_prompt(q, [shot])
+    assert text.startswith("以下是医学考试的单项选择题")
+    assert f"{shot.question}\nA. {shot.choices['A']}\n" in text and f"答案：{shot.answer}\n\n" in text
+    assert text.endswith(f"D. {q.choices['D']}\n答案：")
+    en = Question("Which is a vitamin?", {"A": "C", "B": "rock"}, "A", "x", "x:1")
+    assert build_prompt(en, []).endswith("A. C\nB. rock\nAnswer:")
+    pool = _synthetic(6)
+    shots = pick_shots(pool[0], pool, 2)
+    assert pool[0] not in shots and shots[0].subject == pool[0].subject
+
+
+def test_continuation_split_keeps_boundary_tokens_whole(tokenizer):
+    ctx, cont = split_ids(tokenizer, "问题\n答案：", "B")
+    assert ctx + cont == list(tokenizer("问题\n答案：B")["input_ids"]) and cont
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"question": "q", "choices": {"A": "x"}, "answer": "A"}, "field 'choices'"),
+        ({"question": "q", "choices": {"A": "x", "B": "y"}, "answer": "C"}, "field 'answer': 'C' is not one of"),
+        ({"choices": {"A": "x", "B": "y"}, "answer": "A"}, "field 'question': missing"),
+    ],
+)
+def test_bad_questions_name_file_line_and_field(tmp_path, record, message):
+    path = write_jsonl(
+        tmp_path / "q.jsonl", [{"question": "ok", "choices": {"A": "a", "B": "b"}, "answer": "A"}, record]
+    )
+    with pytest.raises(MedptError, match=f"q.jsonl:2: {message}"):
+        read_questions([str(path)])
+
+
+def test_eval_mcq_end_to_end_with_fewshot(trained_run):
+    flags = ["--adapter", str(trained_run), "--mcq_file", str(SAMPLE_MCQ), "--fewshot_file", str(SAMPLE_MCQ),
+             "--num_fewshot", "2", "--output_dir", str(trained_run / "eval-mcq")]  # fmt: skip
+    assert main(["eval", *flags]) == 0
+    mcq = json.loads((trained_run / "eval-mcq" / "eval_results.json").read_text())["mcq"]
+    assert mcq["questions"] == 40 and mcq["num_fewshot"] == 2 and mcq["chance"] == pytest.approx(0.25)
+    for variant in ("base", "adapted"):
+        for mode in ("letter", "text"):
+            acc = mcq["accuracy"][variant][mode]
+            assert 0 <= acc["overall"] <= 1 and sum(s["n"] for s in acc["by_subject"].values()) == 40
+    rows = (trained_run / "eval-mcq" / "mcq_predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 40 and {"base_letter", "adapted_text"} <= set(json.loads(rows[0]))
