@@ -9,7 +9,15 @@ import torch
 
 from medpt.cli import main
 from medpt.errors import MedptError
-from medpt.mcq import Question, build_prompt, pick_shots, read_questions, score_questions, split_ids
+from medpt.mcq import (
+    Question,
+    build_prompt,
+    continuation_logprobs,
+    pick_shots,
+    read_questions,
+    score_questions,
+    split_ids,
+)
 from medpt.samples import SAMPLE_MCQ
 from tests.conftest import write_jsonl
 
@@ -25,28 +33,44 @@ def _synthetic(n: int, seed: int = 0) -> list[Question]:
 
 
 class Rigged(torch.nn.Module):
-    """Wraps a model and adds +50 to the logits of the right answer's tokens, for exactly the sequences that are a
-    question's prompt followed by its correct letter or text: a model that 'knows' every answer."""
+    """Wraps a model and adds +50 to the logits of the right answer's tokens, wherever they are scored: after the
+    question's prompt followed by its correct text, and, for one-token answers (the letters, scored from one pass of
+    the prompt alone), at the prompt's last position. A model that 'knows' every answer."""
 
     def __init__(self, inner, tokenizer, questions):
         super().__init__()
         self.inner = inner
-        self.correct = {}
+        self.correct = {}  # sequence -> [(logit row, token)]
         for q in questions:
             prompt = build_prompt(q, [])
             for cont in (q.answer, q.choices[q.answer]):
                 ctx, ids = split_ids(tokenizer, prompt, cont)
-                self.correct[tuple(ctx + ids)] = len(ctx)
+                seq = tuple(ctx) if len(ids) == 1 else tuple(ctx + ids)
+                self.correct.setdefault(seq, []).extend((len(ctx) - 1 + k, t) for k, t in enumerate(ids))
 
     def forward(self, input_ids, attention_mask=None, use_cache=False):
         logits = self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.clone()
         for row in range(input_ids.shape[0]):
             seq = tuple(input_ids[row][attention_mask[row].bool()].tolist())
-            if seq in self.correct:
-                start = self.correct[seq]
-                for t in range(start, len(seq)):
-                    logits[row, t - 1, seq[t]] += 50.0
+            for position, token in self.correct.get(seq, []):
+                logits[row, position, token] += 50.0
         return SimpleNamespace(logits=logits)
+
+
+def test_shared_context_scores_equal_one_pass_per_pair(tiny):
+    model, tokenizer = tiny
+    q = read_questions([str(SAMPLE_MCQ)])[0]
+    prompt = build_prompt(q, [])
+    pairs = [split_ids(tokenizer, prompt, c) for c in [*q.choices, *q.choices.values()]]
+    pairs.append(split_ids(tokenizer, "另一个问题\n答案：", "A"))
+    assert sum(len(cont) == 1 for _, cont in pairs) >= 4  # the letters do share a context
+    naive = []
+    with torch.no_grad():
+        for ctx, cont in pairs:
+            logits = model(input_ids=torch.tensor([ctx + cont])).logits[0].float().log_softmax(-1)
+            naive.append(sum(logits[len(ctx) - 1 + k, t].item() for k, t in enumerate(cont)))
+    shared = continuation_logprobs(model, pairs, tokenizer.pad_token_id, 3)
+    assert shared == pytest.approx(naive, abs=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -207,3 +207,54 @@ def test_qlora_step_on_the_cpu(tiny_model_dir, tmp_path):
     out = tmp_path / "qlora"
     assert _run(tiny_model_dir, out, "--max_steps", "2", "--qlora", "--gradient_checkpointing", "true") == 0
     assert math.isfinite(json.loads((out / "train_results.json").read_text())["train_loss"])
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tiny_model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "medpt", "train", "--model_name_or_path", str(tiny_model_dir),
+            "--train_file_dir", str(SAMPLE_QA), "--block_size", "64", "--per_device_train_batch_size", "4",
+            "--max_steps", "400", "--logging_steps", "1", "--save_steps", "1000", "--output_dir", str(out),
+            "--report_to", "none", "--disable_tqdm", "true", "--plot", "false"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_losses(out) if (out / "metrics.jsonl").is_file() else {}) < 3:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, output[-2000:]
+    assert "saving a checkpoint" in output and "Run the same command again to resume" in output
+    saved = sorted(out.glob("checkpoint-*"))
+    assert len(saved) == 1 and int(saved[0].name.split("-")[1]) >= 3
+    at = argv.index("--max_steps") + 1
+    more = [*argv[:at], str(int(saved[0].name.split("-")[1]) + 2), *argv[at + 1 :]]
+    done = subprocess.run(more, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from" in done.stdout
+
+
+def test_the_shipped_tiny_cpu_config_trains(tiny_model_dir, tmp_path):
+    config = Path(__file__).parents[1] / "configs" / "tiny-cpu.yaml"
+    out = tmp_path / "tiny-cpu"
+    flags = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "3",
+             "--train_file_dir", str(SAMPLE_QA), "--report_to", "none", "--disable_tqdm", "true"]  # fmt: skip
+    assert main(["train", str(config), *flags]) == 0
+    saved = (out / "medpt_config.yaml").read_text()
+    assert "lora_rank: 16  # set" in saved and "block_size: 256  # set" in saved
+
+
+def test_gradient_checkpointing_flag_reaches_the_trainer_non_reentrant_without_a_deprecation_warning(recwarn):
+    from medpt.config import load_config
+    from medpt.train import training_arguments
+
+    args = training_arguments(load_config(["--output_dir", "x", "--gradient_checkpointing", "true"], "train"))
+    assert args.gradient_checkpointing is True
+    kwargs = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
+    assert kwargs == {"use_reentrant": False}
+    assert not [w for w in recwarn if "checkpointing" in str(w.message)]

@@ -11,10 +11,11 @@ The prompt (questions in Chinese; questions without any CJK character get the sa
     B. {option B}
     答案：
 
-Scoring, both from one forward pass per (prompt, continuation) pair:
-  letter  log P(letter | prompt) for each option letter; the highest is the prediction.
-  text    log P(option text | prompt) / its length in characters, so a long option is not penalised for its
-          length (the character, not the token, keeps the normalisation independent of the tokenizer).
+Scoring:
+  letter  log P(letter | prompt) for each option letter, all from one forward pass of the prompt; the highest is the
+          prediction.
+  text    log P(option text | prompt) (one pass per option) / its length in characters, so a long option is not
+          penalised for its length (the character, not the token, keeps the normalisation independent of the tokenizer).
 """
 
 from __future__ import annotations
@@ -120,14 +121,22 @@ def split_ids(tokenizer: Any, context: str, continuation: str) -> tuple[list[int
 def continuation_logprobs(
     model: Any, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int
 ) -> list[float]:
-    """Σ log P(continuation tokens | context) for each pair, batched (longest first), O(batch) memory."""
+    """Σ log P(continuation tokens | context) for each pair, batched (longest first), O(batch) memory.
+
+    Pairs with the same context and a one-token continuation (the option letters) share one forward pass of the
+    context: the logits at its last position score every such continuation, 4x fewer passes for A-D letters."""
     device = next(model.parameters()).device
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    # a job is one sequence to run, with the (pair, first logit row) it scores
+    jobs: dict[tuple[int, ...], list[tuple[int, int]]] = defaultdict(list)
+    for i, (ctx, cont) in enumerate(pairs):
+        key = tuple(ctx) if len(cont) == 1 else tuple(ctx + cont) + (-1 - i,)  # negative tail: never shared
+        jobs[key].append((i, len(ctx) - 1))
+    order = sorted(jobs, key=len, reverse=True)
     scores = [0.0] * len(pairs)
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            seqs = [pairs[i][0] + pairs[i][1] for i in chunk]
+            seqs = [[t for t in key if t >= 0] for key in chunk]
             width = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -135,11 +144,12 @@ def continuation_logprobs(
                 ids[row, : len(seq)] = torch.tensor(seq)
                 mask[row, : len(seq)] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-            for row, i in enumerate(chunk):
-                ctx, cont = pairs[i]
-                # logits at position t predict token t+1: the continuation is predicted from len(ctx)-1 on
-                rows = logits[row, len(ctx) - 1 : len(ctx) - 1 + len(cont)].float().log_softmax(-1)
-                scores[i] = rows.gather(1, torch.tensor(cont, device=device)[:, None]).sum().item()
+            for row, key in enumerate(chunk):
+                for i, first in jobs[key]:
+                    cont = pairs[i][1]
+                    # logits at position t predict token t+1: the continuation is predicted from len(ctx)-1 on
+                    rows = logits[row, first : first + len(cont)].float().log_softmax(-1)
+                    scores[i] = rows.gather(1, torch.tensor(cont, device=device)[:, None]).sum().item()
     return scores
 
 

@@ -26,7 +26,7 @@ def run_merge(config: Any, out: Path, log: Any = print) -> Path:
 
     from medpt.atomic import atomic_dir, atomic_write_text
     from medpt.hub import resolve_local
-    from medpt.model import MODEL_FILES, load_model, load_tokenizer
+    from medpt.model import MODEL_FILES, base_model_name, load_model, load_tokenizer
 
     adapter = Path(config.eval.adapter or "")
     if not config.eval.adapter or not (adapter / "adapter_config.json").is_file():
@@ -36,9 +36,7 @@ def run_merge(config: Any, out: Path, log: Any = print) -> Path:
     if out.resolve() == adapter.resolve():
         raise MedptError("--output_dir must differ from --adapter: the merged model is a new directory")
     m = config.model
-    base_name = (
-        m.model_name_or_path or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-    )
+    base_name = base_model_name(m.model_name_or_path, adapter)
     local = resolve_local(base_name, MODEL_FILES, m.revision, m.cache_dir)
     dtype = merge_dtype(m.torch_dtype, local)
     log(f"merging {adapter} into {base_name} ({dtype})")

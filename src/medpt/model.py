@@ -10,12 +10,20 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medpt.errors import MedptError
 from medpt.hub import resolve_local
+
+# PEFT (PeftModel.from_pretrained, get_peft_model) still reads a transformers property deprecated in v5, on every
+# train/eval/verify/merge; nothing a user can act on. Every path that builds a PeftModel imports this module.
+# (also its `gradient_checkpointing_enable` calls, for QLoRA)
+warnings.filterwarnings(
+    "ignore", message="`(is_)?gradient_checkpointing(_enable)?` is deprecated", category=FutureWarning
+)
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -340,6 +348,16 @@ def inference_dtype(torch_dtype: str | None) -> Any:
     return torch.bfloat16 if bf16 else torch.float32
 
 
+def base_model_name(given: str | None, adapter_dir: Path | None) -> str:
+    """The base to load: --model_name_or_path (or the run's saved one), else what the adapter's config records."""
+    if given:
+        return given
+    config = adapter_dir / "adapter_config.json" if adapter_dir is not None else None
+    if config is not None and config.is_file():
+        return json.loads(config.read_text())["base_model_name_or_path"]
+    raise MedptError("no base model: pass --model_name_or_path, or --adapter with a medpt run")
+
+
 def load_variants(model: Any, adapter: str | None, dtype: Any) -> Variants:
     """`model` is a ModelArguments (the run's own, from its saved config, unless overridden)."""
     import torch
@@ -351,11 +369,7 @@ def load_variants(model: Any, adapter: str | None, dtype: Any) -> Variants:
     is_full = adapter_dir is not None and not is_lora and any(adapter_dir.glob("*.safetensors"))
     if adapter_dir is not None and not (is_lora or is_full):
         raise MedptError(f"--adapter {adapter}: holds neither adapter_config.json nor model weights")
-    base_name = model.model_name_or_path
-    if is_lora and not base_name:
-        base_name = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if not base_name:
-        raise MedptError("no base model: pass --model_name_or_path, or --adapter with a medpt run")
+    base_name = base_model_name(model.model_name_or_path, adapter_dir if is_lora else None)
     common = dict(revision=model.revision, cache_dir=model.cache_dir, trust_remote_code=model.trust_remote_code)
     base = load_model(base_name, dtype, attn_implementation=model.attn_implementation, **common).eval()
     tok_dir = adapter_dir if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file() else None

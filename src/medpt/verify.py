@@ -11,6 +11,7 @@ and it reports the adapter's trainable parameters and file size.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ def run_verify(config: Any, log: Any = print) -> int:
 
     from medpt.atomic import atomic_write_text
     from medpt.hub import resolve_local
-    from medpt.model import MODEL_FILES, load_model, load_tokenizer, weights_fingerprint
+    from medpt.model import MODEL_FILES, base_model_name, load_model, load_tokenizer, weights_fingerprint
 
     adapter = Path(config.eval.adapter or "")
     if not config.eval.adapter or not (adapter / "adapter_config.json").is_file():
@@ -36,7 +37,7 @@ def run_verify(config: Any, log: Any = print) -> int:
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         raise MedptError(f"{adapter}: no adapter_model.safetensors")
-    base_name = config.model.model_name_or_path or adapter_config.get("base_model_name_or_path")
+    base_name = base_model_name(config.model.model_name_or_path, adapter)
     checks: list[dict[str, Any]] = []
 
     def check(name: str, ok: bool, detail: str) -> None:
@@ -68,7 +69,7 @@ def run_verify(config: Any, log: Any = print) -> int:
         keys = list(f.keys())
         b_keys = [k for k in keys if "lora_B" in k]
         zero = [k for k in b_keys if f.get_tensor(k).abs().max().item() == 0]
-        n_params = sum(_numel(f.get_slice(k).get_shape()) for k in keys)
+        n_params = sum(math.prod(f.get_slice(k).get_shape()) for k in keys)
     detail = f"{len(b_keys) - len(zero)}/{len(b_keys)} non-zero" + (f"; all-zero: {zero[:3]}..." if zero else "")
     check("LoRA B non-zero", bool(b_keys) and not zero, detail)
     # 4. the adapter changes the logits
@@ -106,10 +107,3 @@ def run_verify(config: Any, log: Any = print) -> int:
         return 1
     log("verify: all checks passed")
     return 0
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
