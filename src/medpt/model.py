@@ -285,14 +285,31 @@ def load_model(
             f"{name_or_path}: no .safetensors weights. medpt does not load pickle-based .bin weights (they can run "
             "code); convert them once with safetensors, or use a model that ships safetensors"
         )
-    return AutoModelForCausalLM.from_pretrained(
-        local,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-        attn_implementation=attn_implementation or "sdpa",
-        **kwargs,
-    )
+    with _quiet_loading(sum(f.stat().st_size for f in local.glob("*.safetensors"))):
+        return AutoModelForCausalLM.from_pretrained(
+            local,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            attn_implementation=attn_implementation or "sdpa",
+            **kwargs,
+        )
+
+
+@contextlib.contextmanager
+def _quiet_loading(weight_bytes: int) -> Any:
+    """transformers' per-tensor "Loading weights" bar helps while a 14 GB model loads; for a small one (the tiny
+    models: demo, tests) it is a second of noise on every eval/verify/compare step, so hide it below 1 GiB."""
+    from transformers.utils import logging
+
+    if weight_bytes >= 2**30 or not logging.is_progress_bar_enabled():
+        yield
+        return
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.enable_progress_bar()
 
 
 def _local_device() -> Any:
