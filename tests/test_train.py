@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,6 +176,30 @@ def test_isolated_packing_gives_each_document_the_logits_it_has_alone(tiny_model
             torch.testing.assert_close(inside, alone, atol=1e-5, rtol=1e-5)
     # labels: no loss on the first token of any document, nor on padding
     assert (batch["labels"][0][batch["position_ids"][0] == 0] == -100).all()
+
+
+@pytest.mark.parametrize("mode", ["concat", "none"])
+def test_right_padded_batches_need_no_mask_a_short_row_gets_its_own_logits_and_loss(tiny_model_dir, mode):
+    from transformers import AutoModelForCausalLM
+
+    from medpt.data.batches import Collator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    rows = [torch.randint(3, 500, (n,)).numpy() for n in (16, 9)]
+    batch = Collator(pad_id=1, mode=mode, pad_to=16)(
+        [{"input_ids": r, "position_ids": np.arange(len(r))} for r in rows]
+    )
+    assert set(batch) == {"input_ids", "labels", "num_real_tokens"}  # nothing that would cost compile its fast path
+    assert batch["num_real_tokens"].item() == 25 and (batch["labels"][1, 9:] == -100).all()
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False)
+        short = model(input_ids=torch.from_numpy(rows[1]).long()[None], use_cache=False).logits[0]
+        torch.testing.assert_close(out.logits[1, :9], short, atol=1e-5, rtol=1e-5)
+        logits = out.logits[:, :-1].flatten(0, 1)
+        targets = batch["labels"][:, 1:].flatten()
+        by_hand = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100)
+    torch.testing.assert_close(out.loss, by_hand)
+    assert targets.ne(-100).sum() == 15 + 8  # every real next token, none of the padding
 
 
 def test_methods_full_finetune_rslora_dora_and_modules_to_save(tiny_model_dir, tmp_path):

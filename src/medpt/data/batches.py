@@ -61,11 +61,14 @@ class Collator:
             k = len(ids)
             input_ids[i, :k], labels[i, :k], positions[i, :k], real[i, :k] = ids, ids, pos, True
             positions[i, k:] = np.arange(width - k)  # padding: a piece of its own, starting at position 0
-        batch: dict[str, Any] = {"input_ids": torch.from_numpy(input_ids), "position_ids": torch.from_numpy(positions)}
+        batch: dict[str, Any] = {"input_ids": torch.from_numpy(input_ids)}
         if self.mode == "isolated":
             labels[positions == 0] = IGNORE_INDEX  # no loss across a document boundary
-        else:
-            batch["attention_mask"] = torch.from_numpy(real.astype(np.int64))
+            batch["position_ids"] = torch.from_numpy(positions)
+        # Otherwise padding is only ever on the right, which a causal model's real tokens never attend to, and their
+        # positions are the default 0..k-1: no attention_mask or position_ids needed, and passing them costs speed.
+        # Under torch.compile transformers cannot look at their values, so it builds a full 4D mask and sdpa loses
+        # its causal fast path (measured, 25m bf16 compiled: 0.83x a plain compiled loop with them, 0.85-1.00x without).
         batch["labels"] = torch.from_numpy(labels)
         batch[REAL_TOKENS] = torch.tensor(int(real.sum()))
         return batch
