@@ -53,6 +53,23 @@ def test_short_run_writes_a_self_describing_output_with_decreasing_loss(tiny_mod
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 8
 
 
+def test_named_eval_sets_are_reported_side_by_side_while_training_and_at_the_end(tiny_model_dir, tmp_path):
+    from medpt.samples import SAMPLE_GENERAL
+
+    out = tmp_path / "run"
+    extra = ["--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "2", "--do_eval", "--save_strategy",
+             "no", "--eval_sets", f"general={SAMPLE_GENERAL}", f"medical={SAMPLE_QA}"]  # fmt: skip
+    assert _run(tiny_model_dir, out, *extra) == 0
+    evals = json.loads((out / "eval_results.json").read_text())
+    for name in ("valid", "general", "medical"):
+        loss = evals[f"eval_{name}_loss"]
+        assert math.isfinite(loss) and evals[f"eval_{name}_perplexity"] == pytest.approx(math.exp(loss))
+        assert 0 <= evals[f"eval_{name}_token_accuracy"] <= 1
+    assert evals["eval_general_loss"] != evals["eval_medical_loss"]
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in logged if "eval_general_loss" in r} >= {2, 4}
+
+
 def test_stock_peft_loads_the_adapter_and_it_changes_the_logits(tiny_model_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -271,11 +271,8 @@ def finish(config: Config, trainer: Any, result: Any, out: Path, log: Any) -> No
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     if trainer.eval_dataset is not None and trainer.args.do_eval:
-        metrics = trainer.evaluate()
-        if isinstance(trainer.eval_dataset, dict):
-            metrics = {k: v for name in trainer.eval_dataset for k, v in trainer.evaluate(
-                trainer.eval_dataset[name], metric_key_prefix=f"eval_{name}").items()}  # fmt: skip
-        trainer.save_metrics("eval", metrics)
+        # With named eval sets (a dict) Trainer.evaluate scores each one under eval_<name>_ itself.
+        trainer.save_metrics("eval", trainer.evaluate())
     if not trainer.is_world_process_zero():
         return
     trainer.processing_class.save_pretrained(str(out))
