@@ -20,6 +20,7 @@ from medpt import __version__
 from medpt.config import Config, ModelArguments, load_config, own_specs, trainer_specs
 from medpt.errors import MedptError
 from medpt.flags import FlagSpec, closest, convert, format_help, specs_of, split_argv
+from medpt.hub import apply_offline
 from medpt.samples import SAMPLE_QA
 
 
@@ -96,6 +97,7 @@ def _config_command(
         if dry_run:
             print(config.to_yaml(), end="")
             return 0
+        apply_offline(config.model.offline)  # every command that takes a config loads from the hub or a path
         return body(config)
 
     return run
@@ -122,9 +124,7 @@ def _inherited(argv: list[str]) -> dict | None:
 
 def _prepare(config: Config) -> int:
     from medpt.data.pipeline import prepare_data
-    from medpt.hub import apply_offline
 
-    apply_offline(config.model.offline)
     out = Path(config.run.output_dir)
     prepare_data(
         config.data, tokenizer_source(config.model), config.run.seed, out, hub_cache_dir=config.model.cache_dir
@@ -253,18 +253,14 @@ def _download(argv: list[str]) -> int:
 
 def _eval(config: Config) -> int:
     from medpt.evaluate import run_eval
-    from medpt.hub import apply_offline
 
-    apply_offline(config.model.offline)
     run_eval(config)
     return 0
 
 
 def _variants(config: Config):
-    from medpt.hub import apply_offline
     from medpt.model import inference_dtype, load_variants
 
-    apply_offline(config.model.offline)
     return load_variants(config.model, config.eval.adapter, inference_dtype(config.model.torch_dtype))
 
 
@@ -296,20 +292,16 @@ def _chat(config: Config) -> int:
 
 
 def _verify(config: Config) -> int:
-    from medpt.hub import apply_offline
     from medpt.verify import run_verify
 
-    apply_offline(config.model.offline)
     return run_verify(config)
 
 
 def _merge(config: Config) -> int:
-    from medpt.hub import apply_offline
     from medpt.merge import run_merge
 
     if "output_dir" not in config.explicit:
         raise MedptError("merge needs --output_dir (a new, empty directory for the merged model)")
-    apply_offline(config.model.offline)
     run_merge(config, Path(config.run.output_dir))
     return 0
 

@@ -351,6 +351,7 @@ def load_config(argv: list[str], command: str = "", base: dict[str, Any] | None 
     name the file or flag."""
     config_paths, pairs = split_argv(argv, lookup)
     values: dict[str, Any] = dict(base or {})
+    explicit: set[str] = set()
     for path in config_paths:
         for key, raw in _read_yaml(path).items():
             try:
@@ -358,7 +359,7 @@ def load_config(argv: list[str], command: str = "", base: dict[str, Any] | None 
                 values[spec.name] = convert(raw, spec.type, spec.name)
             except MedptError as e:
                 raise MedptError(f"{path}: {e}") from None
-    explicit = {lookup(str(key)).name for path in config_paths for key in _read_yaml(path)}
+            explicit.add(spec.name)
     for name, raw in pairs:
         values[name] = convert(raw, lookup(name).type, name)
         explicit.add(name)

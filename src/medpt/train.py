@@ -17,7 +17,6 @@ from medpt.atomic import atomic_write_text
 from medpt.config import Config
 from medpt.curves import plot_losses
 from medpt.errors import MedptError
-from medpt.hub import apply_offline
 from medpt.lora import add_lora, speed_up
 from medpt.model import (
     TokenizerSource,
@@ -40,7 +39,6 @@ RUN_ARTIFACTS = (
 
 
 def train(config: Config, log: Any = print) -> int:
-    apply_offline(config.model.offline)
     args = training_arguments(config)
     if args.process_index != 0:  # one voice: only the main process prints progress notes
         log = _silent
