@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from medpt.errors import MedptError
@@ -15,9 +16,16 @@ SKIP_BY_DEFAULT = ["*.bin", "*.pth", "*.pt", "*.ckpt", "*.h5", "*.msgpack", "*.o
 
 def apply_offline(offline: bool) -> None:
     """--offline: the same switch as HF_HUB_OFFLINE=1, for hub files and datasets alike."""
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["HF_DATASETS_OFFLINE"] = "1"
+    if not offline:
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    # huggingface_hub and datasets read those variables once, when imported, and parsing the flags has usually
+    # imported them already (transformers.TrainingArguments is the schema of the trainer flags): set their copies.
+    if "huggingface_hub.constants" in sys.modules:
+        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
+    if "datasets.config" in sys.modules:
+        sys.modules["datasets.config"].HF_HUB_OFFLINE = True
 
 
 def resolve_local(
