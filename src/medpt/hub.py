@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from medpt.errors import MedptError
 
@@ -34,23 +35,7 @@ def resolve_local(
     """A local directory for a model or tokenizer: the path itself, or a hub snapshot (downloaded, resumable)."""
     if os.path.isdir(name_or_path):
         return Path(name_or_path)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        return Path(
-            snapshot_download(name_or_path, revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns)
-        )
-    except LocalEntryNotFoundError:
-        raise MedptError(
-            f"{name_or_path}: not in the local cache and the hub is unreachable or offline (HF_HUB_OFFLINE). "
-            f"Download it first with `medpt download {name_or_path}`, set HF_ENDPOINT to a mirror, or pass a local path"
-        ) from None
-    except RepositoryNotFoundError:
-        raise MedptError(f"{name_or_path}: no such model on the hub, and no such local directory") from None
-    except (HfHubHTTPError, OSError) as e:
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        raise MedptError(f"{name_or_path}: download from {endpoint} failed: {e}") from None
+    return _snapshot(name_or_path, "model", revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns)
 
 
 def download(
@@ -62,31 +47,37 @@ def download(
     include: list[str] | None = None,
 ) -> Path:
     """Fetch a model or dataset repository (interrupted downloads resume where they stopped)."""
+    return _snapshot(
+        repo_id,
+        repo_type,
+        revision=revision,
+        cache_dir=cache_dir,
+        local_dir=local_dir,
+        allow_patterns=include,
+        ignore_patterns=None if include or repo_type != "model" else SKIP_BY_DEFAULT,
+    )
+
+
+def _snapshot(repo_id: str, repo_type: str, **kwargs: Any) -> Path:
+    """huggingface_hub's snapshot_download, its failures turned into advice for a user behind a slow network."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    mirror = "set HF_ENDPOINT to a mirror (e.g. HF_ENDPOINT=https://hf-mirror.com)"
     try:
-        return Path(
-            snapshot_download(
-                repo_id,
-                repo_type=repo_type,
-                revision=revision,
-                cache_dir=cache_dir,
-                local_dir=local_dir,
-                allow_patterns=include,
-                ignore_patterns=None if include or repo_type != "model" else SKIP_BY_DEFAULT,
-            )
-        )
+        return Path(snapshot_download(repo_id, repo_type=repo_type, **kwargs))
     except RepositoryNotFoundError:
-        raise MedptError(f"{repo_id}: no such {repo_type} repository at {endpoint}") from None
+        raise MedptError(
+            f"{repo_id}: no such {repo_type} repository at {endpoint}, and no such local directory"
+        ) from None
     except LocalEntryNotFoundError:
         raise MedptError(
-            f"{repo_id}: {endpoint} is unreachable (or HF_HUB_OFFLINE is set) and the files are not in the cache. "
-            "Behind a filtered network, set HF_ENDPOINT to a mirror (e.g. HF_ENDPOINT=https://hf-mirror.com)"
+            f"{repo_id}: not in the local cache, and {endpoint} is unreachable or HF_HUB_OFFLINE is set. "
+            f"Download it while online with `medpt download {repo_id}`, {mirror}, or pass a local path"
         ) from None
     except (HfHubHTTPError, OSError) as e:
         raise MedptError(
-            f"{repo_id}: download from {endpoint} failed: {e}. Behind a filtered network, set HF_ENDPOINT to a mirror "
-            "(e.g. HF_ENDPOINT=https://hf-mirror.com); rerunning resumes the download"
+            f"{repo_id}: download from {endpoint} failed: {e}. Behind a filtered network, {mirror}; rerunning "
+            "resumes the download"
         ) from None
