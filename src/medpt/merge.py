@@ -26,11 +26,9 @@ def run_merge(config: Any, out: Path, log: Any = print) -> Path:
 
     from medpt.atomic import atomic_dir, atomic_write_text
     from medpt.hub import resolve_local
-    from medpt.model import MODEL_FILES, base_model_name, load_model, load_tokenizer
+    from medpt.model import MODEL_FILES, base_model_name, load_model, load_tokenizer, lora_run, run_tokenizer_dir
 
-    adapter = Path(config.eval.adapter or "")
-    if not config.eval.adapter or not (adapter / "adapter_config.json").is_file():
-        raise MedptError("merge needs --adapter DIR holding adapter_config.json (a medpt LoRA run)")
+    adapter = lora_run(config.eval.adapter, "merge")
     if out.exists() and any(out.iterdir()) and not config.run.overwrite_output_dir:
         raise MedptError(f"{out} is not empty; pass --overwrite to replace it, or another --output_dir")
     if out.resolve() == adapter.resolve():
@@ -44,8 +42,7 @@ def run_merge(config: Any, out: Path, log: Any = print) -> Path:
         base_name, dtype, revision=m.revision, cache_dir=m.cache_dir, trust_remote_code=m.trust_remote_code
     )
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    tok_source = str(adapter) if (adapter / "tokenizer_config.json").is_file() else str(local)
-    tokenizer = load_tokenizer(tok_source, m.trust_remote_code)
+    tokenizer = load_tokenizer(str(run_tokenizer_dir(adapter) or local), m.trust_remote_code)
     with atomic_dir(out) as tmp:
         # 5 GB shards: the usual size on the hub, and small enough for filesystems with a per-file limit.
         merged.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")

@@ -375,10 +375,22 @@ def base_model_name(given: str | None, adapter_dir: Path | None) -> str:
     raise MedptError("no base model: pass --model_name_or_path, or --adapter with a medpt run")
 
 
+def lora_run(adapter: str | None, command: str) -> Path:
+    """The --adapter folder of a LoRA run, for the commands that need one (verify, merge)."""
+    if not adapter or not (Path(adapter) / "adapter_config.json").is_file():
+        raise MedptError(f"{command} needs --adapter DIR holding adapter_config.json (a medpt LoRA run)")
+    return Path(adapter)
+
+
+def run_tokenizer_dir(adapter_dir: Path | None) -> Path | None:
+    """A run saves its tokenizer beside the adapter: that folder if it holds one (else use the base model's)."""
+    if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file():
+        return adapter_dir
+    return None
+
+
 def load_variants(model: Any, adapter: str | None, dtype: Any) -> Variants:
     """`model` is a ModelArguments (the run's own, from its saved config, unless overridden)."""
-    import torch
-
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is not None and not adapter_dir.is_dir():
         raise MedptError(f"--adapter {adapter}: no such directory")
@@ -389,11 +401,12 @@ def load_variants(model: Any, adapter: str | None, dtype: Any) -> Variants:
     base_name = base_model_name(model.model_name_or_path, adapter_dir if is_lora else None)
     common = dict(revision=model.revision, cache_dir=model.cache_dir, trust_remote_code=model.trust_remote_code)
     base = load_model(base_name, dtype, attn_implementation=model.attn_implementation, **common).eval()
-    tok_dir = adapter_dir if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file() else None
-    source = str(tok_dir) if tok_dir else str(TokenizerSource(model.tokenizer_name_or_path or base_name, model.revision,
-                                                               model.cache_dir).local_dir())  # fmt: skip
-    tokenizer = load_tokenizer(source, model.trust_remote_code)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    source = (
+        run_tokenizer_dir(adapter_dir)
+        or TokenizerSource(model.tokenizer_name_or_path or base_name, model.revision, model.cache_dir).local_dir()
+    )
+    tokenizer = load_tokenizer(str(source), model.trust_remote_code)
+    device = _local_device()
     base.to(device)
     if is_lora:
         from peft import PeftModel

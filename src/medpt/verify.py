@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 from typing import Any
 
 from medpt.errors import MedptError
@@ -28,11 +27,17 @@ def run_verify(config: Any, log: Any = print) -> int:
 
     from medpt.atomic import atomic_write_text
     from medpt.hub import resolve_local
-    from medpt.model import MODEL_FILES, base_model_name, load_model, load_tokenizer, weights_fingerprint
+    from medpt.model import (
+        MODEL_FILES,
+        base_model_name,
+        load_model,
+        load_tokenizer,
+        lora_run,
+        run_tokenizer_dir,
+        weights_fingerprint,
+    )
 
-    adapter = Path(config.eval.adapter or "")
-    if not config.eval.adapter or not (adapter / "adapter_config.json").is_file():
-        raise MedptError("verify needs --adapter DIR holding adapter_config.json (a medpt LoRA run)")
+    adapter = lora_run(config.eval.adapter, "verify")
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
@@ -75,7 +80,7 @@ def run_verify(config: Any, log: Any = print) -> int:
     # 4. the adapter changes the logits
     from peft import PeftModel
 
-    tokenizer = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").is_file() else str(local))
+    tokenizer = load_tokenizer(str(run_tokenizer_dir(adapter) or local))
     ids = tokenizer(PROBE, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         before = base(ids).logits
