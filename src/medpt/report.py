@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,7 @@ def _kv_md(values: dict[str, Any]) -> str:
 def page(run: Path, facts: dict[str, Any]) -> str:
     """The HTML page: the Markdown's content with real tables, and the curve embedded (no external files)."""
     from medpt.data.report import format_table
+    from medpt.evaluate import format_eval
 
     esc = html.escape
     body = [f"<h1>medpt run: {esc(run.name)}</h1>"]
@@ -93,9 +95,7 @@ def page(run: Path, facts: dict[str, Any]) -> str:
         body += [f"<img alt='loss curves' src='data:image/png;base64,{data}'>"]
     evaluation = facts["evaluation"]
     if evaluation:
-        body += ["<h2>Base vs adapted</h2>", _eval_table(evaluation)]
-        if evaluation.get("mcq"):
-            body += ["<h3>Multiple choice</h3>", _mcq_table(evaluation["mcq"])]
+        body += ["<h2>Base vs adapted</h2>", _markdown_html(format_eval(evaluation))]
     elif facts["eval_during_training"]:
         body += ["<h2>Evaluation at the end of training</h2>", _kv_table(facts["eval_during_training"])]
     if facts["verify"]:
@@ -125,37 +125,33 @@ def _kv_table(values: dict[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
-def _eval_table(results: dict[str, Any]) -> str:
-    head = ("<tr><th>eval set</th><th>tokens</th><th>loss base</th><th>loss adapted</th><th>ppl base</th>"
-            "<th>ppl adapted</th><th>Δ ppl</th><th>acc base</th><th>acc adapted</th></tr>")  # fmt: skip
-    rows = []
-    for name, r in results["sets"].items():
-        b, a = r["base"], r.get("adapted") or {}
-        change = f"{a['perplexity'] / b['perplexity'] - 1:+.1%}" if a else ""
-        rows.append(
-            f"<tr><td>{html.escape(name)}</td><td>{b['tokens']:,}</td><td>{b['loss']:.4f}</td>"
-            f"<td>{a.get('loss', float('nan')):.4f}</td><td>{b['perplexity']:.2f}</td>"
-            f"<td>{a.get('perplexity', float('nan')):.2f}</td><td>{change}</td><td>{b['token_accuracy']:.2%}</td>"
-            f"<td>{a.get('token_accuracy', float('nan')):.2%}</td></tr>"
-        )
-    return f"<table>{head}{''.join(rows)}</table>"
+def _markdown_html(text: str) -> str:
+    """The eval and multiple-choice tables as `format_eval` writes them for report.md, as HTML: one source for both
+    pages. Handles what that Markdown uses: pipe tables (first row the header), paragraphs and **bold**."""
+    out: list[str] = []
+    rows: list[str] = []
 
+    def inline(cell: str) -> str:
+        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(cell))
 
-def _mcq_table(mcq: dict[str, Any]) -> str:
-    acc = mcq["accuracy"]
-    cols = [(w, m) for w in acc for m in acc[w]]
-    head = "".join(f"<th>{html.escape(f'{m} {w}')}</th>" for w, m in cols)
-    subjects = next(iter(next(iter(acc.values())).values()))["by_subject"]
-    rows = "".join(
-        f"<tr><td>{html.escape(s)}</td><td>{info['n']}</td>"
-        + "".join(f"<td>{acc[w][m]['by_subject'][s]['accuracy']:.1%}</td>" for w, m in cols)
-        + "</tr>"
-        for s, info in subjects.items()
-    )
-    total = "".join(f"<td><b>{acc[w][m]['overall']:.1%}</b></td>" for w, m in cols)
-    return (f"<p>{mcq['questions']} questions, {mcq['num_fewshot']}-shot, chance {mcq['chance']:.1%}</p>"
-            f"<table><tr><th>subject</th><th>n</th>{head}</tr>{rows}<tr><td><b>all</b></td>"
-            f"<td>{mcq['questions']}</td>{total}</tr></table>")  # fmt: skip
+    def flush() -> None:
+        if rows:
+            out.append("<table>" + "".join(rows) + "</table>")
+            rows.clear()
+
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            flush()
+            if line.strip():
+                out.append(f"<p>{inline(line)}</p>")
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if all(c and set(c) <= set("-:") for c in cells):  # the rule under the header
+            continue
+        tag = "td" if rows else "th"
+        rows.append("<tr>" + "".join(f"<{tag}>{inline(c)}</{tag}>" for c in cells) + "</tr>")
+    flush()
+    return "".join(out)
 
 
 def write_report(run: Path, out: Path | None = None, log: Any = print) -> tuple[Path, Path]:
