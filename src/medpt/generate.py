@@ -46,9 +46,13 @@ def stop_strings(data: Any) -> list[str]:
     return stops
 
 
+def before_stop(text: str, stops: list[str]) -> str:
+    """`text` up to the first stop string in it (all of it if none)."""
+    return text[: min([text.find(s) for s in stops if s in text], default=len(text))]
+
+
 def cut_at_stop(text: str, stops: list[str]) -> str:
-    cut = min([text.find(s) for s in stops if s in text], default=len(text))
-    return text[:cut].strip()
+    return before_stop(text, stops).strip()
 
 
 def generation_kwargs(gen: Any, tokenizer: Any, stops: list[str]) -> dict[str, Any]:
@@ -214,8 +218,7 @@ class StopAwareStreamer:
         return cut_at_stop(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
 
     def _safe(self, text: str) -> str:
-        stop_at = min([text.find(s) for s in self.stops if s in text], default=len(text))
-        text = text[:stop_at]
+        text = before_stop(text, self.stops)
         hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
         text = text[: len(text) - hold]
         return text.rstrip("\ufffd")  # a character whose bytes have not all arrived yet
