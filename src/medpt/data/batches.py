@@ -54,15 +54,17 @@ class Collator:
         n = len(rows)
         input_ids = np.full((n, width), self.pad_id, dtype=np.int64)
         labels = np.full((n, width), IGNORE_INDEX, dtype=np.int64)
-        positions = np.zeros((n, width), dtype=np.int64)
         real = np.zeros((n, width), dtype=bool)
         for i, row in enumerate(rows):
-            ids, pos = row["input_ids"], row["position_ids"]
-            k = len(ids)
-            input_ids[i, :k], labels[i, :k], positions[i, :k], real[i, :k] = ids, ids, pos, True
-            positions[i, k:] = np.arange(width - k)  # padding: a piece of its own, starting at position 0
+            k = len(row["input_ids"])
+            input_ids[i, :k], labels[i, :k], real[i, :k] = row["input_ids"], row["input_ids"], True
         batch: dict[str, Any] = {"input_ids": torch.from_numpy(input_ids)}
         if self.mode == "isolated":
+            positions = np.zeros((n, width), dtype=np.int64)
+            for i, row in enumerate(rows):
+                k = len(row["input_ids"])
+                positions[i, :k] = row["position_ids"]
+                positions[i, k:] = np.arange(width - k)  # padding: a piece of its own, starting at position 0
             labels[positions == 0] = IGNORE_INDEX  # no loss across a document boundary
             batch["position_ids"] = torch.from_numpy(positions)
         # Otherwise padding is only ever on the right, which a causal model's real tokens never attend to, and their
