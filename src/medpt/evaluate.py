@@ -91,7 +91,7 @@ def lm_stats(model: Any, packed: Any, mode: str, batch_size: int, pad_id: int) -
 def run_eval(config: Any, log: Any = print) -> dict[str, Any]:
     from medpt.atomic import atomic_write_text
     from medpt.cli import tokenizer_source
-    from medpt.data.pipeline import eval_set_args, prepare_data
+    from medpt.data.pipeline import prepare_data, prepare_eval_sets
     from medpt.model import inference_dtype, load_variants
 
     out = Path(eval_output_dir(config))
@@ -102,9 +102,7 @@ def run_eval(config: Any, log: Any = print) -> dict[str, Any]:
         prepared = prepare_data(config.data, source, config.run.seed, log=quiet)  # the run's own held-out split
         if prepared.validation is not None:
             sets["validation"] = prepared.validation
-    for item in config.data.eval_sets or []:
-        name, _, path = item.partition("=")
-        sets[name] = prepare_data(eval_set_args(config.data, path), source, config.run.seed, log=quiet).train
+    sets.update(prepare_eval_sets(config.data, source, config.run.seed, log=quiet))
     if not sets and not config.eval.mcq_file:
         raise MedptError("nothing to evaluate: pass --eval_sets NAME=PATH, --validation_file_dir or --mcq_file")
     variants = load_variants(config.model, config.eval.adapter, inference_dtype(config.model.torch_dtype))

@@ -168,17 +168,11 @@ def _last_checkpoint(out: Path) -> str | None:
 def prepare_all(config: Config, out: Path, log: Any) -> tuple[Any, dict[str, Any]]:
     """The main data (train + validation) and each named --eval_sets entry, all through the same pipeline."""
     from medpt.cli import tokenizer_source
-    from medpt.data.pipeline import eval_set_args, prepare_data
+    from medpt.data.pipeline import prepare_data, prepare_eval_sets
 
     source = tokenizer_source(config.model)
     data = prepare_data(config.data, source, config.run.seed, out, log=log, hub_cache_dir=config.model.cache_dir)
-    eval_sets = {}
-    for item in config.data.eval_sets or []:
-        name, _, path = item.partition("=")
-        log(f"eval set {name!r}: {path}")
-        args = eval_set_args(config.data, path)
-        eval_sets[name] = prepare_data(args, source, config.run.seed, out / "eval_sets" / name, log=log).train
-    return data, eval_sets
+    return data, prepare_eval_sets(config.data, source, config.run.seed, out / "eval_sets", log=log)
 
 
 def build_model(config: Config, args: Any, log: Any) -> tuple[Any, Any]:

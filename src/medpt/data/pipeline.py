@@ -17,7 +17,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -311,18 +311,28 @@ def read_texts(patterns: list[str], template: str = "qa_separator") -> list[str]
     return [t for s in sources for t in read_source(ReadTask(s, "train", _fixed(args)), args).docs.texts]
 
 
-def eval_set_args(args: DataArguments, path: str) -> DataArguments:
-    """The data settings of a run, applied to one extra eval set: all of `path` (or a sample of
-    --max_eval_samples documents) is prepared as one split, rendered and packed exactly like the training data."""
-    import dataclasses
-
-    return dataclasses.replace(
-        args,
-        dataset_name=None,
-        train_file_dir=[path],
-        validation_file_dir=None,
-        validation_split_percentage=0.0,
-        max_train_samples=args.max_eval_samples,
-        eval_sets=None,
-        dump_text=None,
-    )
+def prepare_eval_sets(
+    args: DataArguments,
+    tokenizer: TokenizerSource,
+    seed: int,
+    output_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Packed]:
+    """The blocks of each --eval_sets NAME=PATH entry: all of PATH (or a sample of --max_eval_samples documents) as
+    one split, rendered and packed exactly like the training data; reports under OUTPUT_DIR/NAME when given."""
+    sets = {}
+    for item in args.eval_sets or []:
+        name, _, path = item.partition("=")
+        log(f"eval set {name!r}: {path}")
+        one = replace(
+            args,
+            dataset_name=None,
+            train_file_dir=[path],
+            validation_file_dir=None,
+            validation_split_percentage=0.0,
+            max_train_samples=args.max_eval_samples,
+            eval_sets=None,
+            dump_text=None,
+        )
+        sets[name] = prepare_data(one, tokenizer, seed, Path(output_dir) / name if output_dir else None, log=log).train
+    return sets
