@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).parent))
+from blocks import prepared_blocks  # noqa: E402
 from measure import machine  # noqa: E402
 
 
@@ -33,11 +34,10 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from medpt.config import DataArguments
-    from medpt.data.pipeline import prepare_data, read_texts
+    from medpt.data.pipeline import read_texts
     from medpt.evaluate import lm_stats
     from medpt.mcq import pick_shots, read_questions, score_questions
-    from medpt.model import TokenizerSource, init_tiny, load_tokenizer
+    from medpt.model import init_tiny, load_tokenizer
     from medpt.samples import SAMPLE_MCQ, SAMPLE_QA
 
     mcq_file = SHARED / "medical_mcq_cmmlu" / "test.jsonl"
@@ -54,8 +54,7 @@ def main() -> None:
         if not (model_dir / "medpt_tiny.json").is_file():
             init_tiny(model_dir, size, read_texts([corpus]))
         tokenizer = load_tokenizer(str(model_dir))
-        data = DataArguments(train_file_dir=[str(eval_file)], validation_split_percentage=0.0, block_size=512)
-        packed = prepare_data(data, TokenizerSource(str(model_dir)), seed=0, log=lambda *_: None).train
+        packed = prepared_blocks(model_dir, eval_file, seed=0)
         for dtype in (torch.bfloat16, torch.float32):
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
             t = time.perf_counter()

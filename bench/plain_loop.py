@@ -16,6 +16,8 @@ import argparse
 import statistics
 import time
 
+from blocks import prepared_blocks  # bench/ is on sys.path: this script's folder
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -31,17 +33,8 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from medpt.config import DataArguments
-    from medpt.data.pipeline import prepare_data
-    from medpt.model import TokenizerSource
-
     torch.manual_seed(0)
-    blocks = prepare_data(
-        DataArguments(train_file_dir=[args.corpus], validation_split_percentage=0.0, block_size=512),
-        TokenizerSource(args.model),
-        seed=42,
-        log=lambda *_: None,
-    ).train
+    blocks = prepared_blocks(args.model, args.corpus)
     dtype = getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation="sdpa")
     model.config.use_cache = False

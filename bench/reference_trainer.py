@@ -15,6 +15,8 @@ import argparse
 import statistics
 import time
 
+from blocks import prepared_blocks  # bench/ is on sys.path: this script's folder
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -28,17 +30,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-    from medpt.config import DataArguments
-    from medpt.data.pipeline import prepare_data
-    from medpt.model import TokenizerSource
-
-    data = prepare_data(
-        DataArguments(train_file_dir=[args.corpus], validation_split_percentage=0.0, block_size=512),
-        TokenizerSource(args.model),
-        seed=42,
-        log=lambda *_: None,
-    )
-    blocks = data.train
+    blocks = prepared_blocks(args.model, args.corpus)
     full = sum(1 for i in range(len(blocks)) if len(blocks.block(i)) == 512)  # MedicalGPT keeps full blocks only
 
     class Blocks(torch.utils.data.Dataset):
