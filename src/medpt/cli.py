@@ -264,23 +264,17 @@ def _variants(config: Config):
     return load_variants(config.model, config.eval.adapter, inference_dtype(config.model.torch_dtype))
 
 
-def _beside_adapter(config: Config, folder: str) -> Path:
-    if "output_dir" in config.explicit:
-        return Path(config.run.output_dir)
-    return Path(config.eval.adapter) / folder if config.eval.adapter else Path("outputs") / folder
-
-
 def _compare(config: Config) -> int:
     from medpt.generate import run_compare
 
-    run_compare(config, _variants(config), _beside_adapter(config, "compare"))
+    run_compare(config, _variants(config), config.beside_adapter("compare"))
     return 0
 
 
 def _generate(config: Config) -> int:
     from medpt.generate import run_generate
 
-    out = Path(config.generate.answers_file or _beside_adapter(config, "answers.jsonl"))
+    out = Path(config.generate.answers_file or config.beside_adapter("answers.jsonl"))
     run_generate(config, _variants(config), out)
     return 0
 

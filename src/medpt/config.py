@@ -310,6 +310,13 @@ class Config:
         built = {name: SECTIONS[name](**kwargs[name]) for name in SECTIONS}
         return cls(**built, trainer=trainer, command=command, sources=list(sources or []))
 
+    def beside_adapter(self, name: str) -> Path:
+        """Where eval/compare/generate write: --output_dir if given, else NAME inside the --adapter run, else
+        outputs/NAME."""
+        if "output_dir" in self.explicit:
+            return Path(self.run.output_dir)
+        return Path(self.eval.adapter) / name if self.eval.adapter else Path("outputs") / name
+
     def to_flat(self) -> dict[str, Any]:
         flat: dict[str, Any] = {}
         for name in SECTIONS:

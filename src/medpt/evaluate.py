@@ -16,7 +16,6 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,7 +93,7 @@ def run_eval(config: Any, log: Any = print) -> dict[str, Any]:
     from medpt.data.pipeline import prepare_data, prepare_eval_sets
     from medpt.model import inference_dtype, load_variants
 
-    out = Path(eval_output_dir(config))
+    out = config.beside_adapter("eval")
     source = tokenizer_source(config.model)
     sets: dict[str, Any] = {}
     quiet = lambda *_: None  # noqa: E731 - the data reports are written to disk; the terminal gets the table
@@ -127,13 +126,6 @@ def run_eval(config: Any, log: Any = print) -> dict[str, Any]:
     log(table)
     log(f"\nresults: {out / 'eval_results.json'}, {out / 'eval.md'}")
     return results
-
-
-def eval_output_dir(config: Any) -> str:
-    """Where `medpt eval` writes: --output_dir if given, else RUN/eval beside the adapter, else outputs/eval."""
-    if config.run.output_dir and "output_dir" in getattr(config, "explicit", set()):
-        return config.run.output_dir
-    return str(Path(config.eval.adapter) / "eval") if config.eval.adapter else "outputs/eval"
 
 
 def format_eval(results: dict[str, Any]) -> str:
