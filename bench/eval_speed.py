@@ -37,8 +37,9 @@ def main() -> None:
     from medpt.data.pipeline import read_texts
     from medpt.evaluate import lm_stats
     from medpt.mcq import pick_shots, read_questions, score_questions
-    from medpt.model import init_tiny, load_tokenizer
+    from medpt.model import load_tokenizer
     from medpt.samples import SAMPLE_MCQ, SAMPLE_QA
+    from medpt.tiny import init_tiny
 
     mcq_file = SHARED / "medical_mcq_cmmlu" / "test.jsonl"
     questions = read_questions([str(mcq_file if mcq_file.is_file() else SAMPLE_MCQ)])

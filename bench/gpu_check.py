@@ -56,6 +56,7 @@ def run_config(shape: dict, device: str, batch: int, ckpt: bool, steps: int, blo
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
+    from medpt.args import LoraArguments
     from medpt.data.batches import Collator, PackedDataset
     from medpt.data.packing import pack
     from medpt.lora import add_lora, speed_up
@@ -69,7 +70,8 @@ def run_config(shape: dict, device: str, batch: int, ckpt: bool, steps: int, blo
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
-    model = add_lora(model, rank=16, alpha=32, dropout=0.05, target_modules="all", gradient_checkpointing=ckpt)
+    lora = LoraArguments(lora_rank=16, lora_alpha=32, lora_dropout=0.05, target_modules=["all"])
+    model = add_lora(model, lora, gradient_checkpointing=ckpt)
     speed_up(model, autocast=True, compiled=False)
     n_blocks = batch * (steps + 2)
     tokens = np.random.default_rng(0).integers(3, shape["vocab_size"], n_blocks * block).astype(np.int32)

@@ -26,7 +26,7 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small BPE tokenizer trained on the bundled sample (adds BOS, has EOS, no pad: like deepseek-coder's)."""
     from medpt.data.pipeline import read_texts
-    from medpt.model import train_tokenizer
+    from medpt.tiny import train_tokenizer
 
     directory = tmp_path_factory.mktemp("tokenizer")
     train_tokenizer(read_texts([str(SAMPLE_QA)]), 1024).save_pretrained(directory)
@@ -44,7 +44,7 @@ def tokenizer(tokenizer_dir: Path):
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 5m tiny model as `medpt init-tiny` builds it (random weights, saved with save_pretrained)."""
     from medpt.data.pipeline import read_texts
-    from medpt.model import init_tiny
+    from medpt.tiny import init_tiny
 
     directory = tmp_path_factory.mktemp("tiny") / "model"
     init_tiny(directory, "5m", read_texts([str(SAMPLE_QA)]), seed=0)

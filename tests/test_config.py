@@ -28,7 +28,7 @@ def test_seed_command_parses_to_the_intended_values():
     assert c.data.dataset_name == "shibing624/huatuo_medical_qa_sharegpt"
     assert (c.data.max_train_samples, c.data.max_eval_samples, c.data.block_size) == (10000, 100, 512)
     assert c.data.preprocessing_num_workers == 4
-    assert (c.lora.use_peft, c.lora.target_modules, c.lora.lora_rank) == (True, "all", 16)
+    assert (c.lora.use_peft, c.lora.target_modules, c.lora.lora_rank) == (True, ["all"], 16)
     assert (c.lora.lora_alpha, c.lora.lora_dropout) == (32.0, 0.05)
     assert c.run.output_dir == "outputs-pt-deepseek-huatuo-original" and c.run.overwrite_output_dir is True
     assert c.run.seed == 42 and c.run.group_by_length is True
@@ -55,7 +55,7 @@ def test_yaml_then_flags_override_defaults(tmp_path: Path):
         (["--block_siz", "3"], "unknown flag --block_siz; did you mean --block_size?"),
         (["--lerning_rate", "1"], "did you mean --learning_rate?"),
         (["--packing", "concatenate"], "--packing must be one of concat, isolated, none"),
-        (["--block_size", "1"], "--block_size must be at least 2"),
+        (["--block_size", "1"], "--block_size must be at least 8, got 1"),
         (["--validation_split_percentage", "100"], "--validation_split_percentage must be in"),
         (["--lora_dropout", "1.5"], "--lora_dropout must be in"),
         (["--template", "qa_seperator"], "did you mean 'qa_separator'"),

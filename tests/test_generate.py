@@ -18,11 +18,13 @@ def test_prompt_and_stops_follow_the_template(tokenizer):
         build_prompt("头痛怎么办", [("发热呢", "多喝水")], data, tokenizer)
         == "问:发热呢\n答:多喝水\n问:头痛怎么办\n答:"
     )
-    assert stop_strings(data) == ["问:", "=========="]
+    assert stop_strings(data) == ["\n问:", "\n答:", "=========="]  # a new turn starts at a line start
     assert cut_at_stop("多喝水。\n问:下一个", stop_strings(data)) == "多喝水。"
+    assert cut_at_stop("多喝水。\n答:再答一遍", stop_strings(data)) == "多喝水。"
+    assert cut_at_stop("问:不是新的一轮", stop_strings(data)) == "问:不是新的一轮"  # not at a line start
     custom = DataArguments(template="custom", template_format={"human": "Q: {text}\n", "gpt": "A: {text}\n"})
     assert build_prompt("x", [], custom, tokenizer) == "Q: x\nA: "
-    assert stop_strings(custom) == ["Q:"]
+    assert stop_strings(custom) == ["\nQ:", "\nA:"]
 
 
 def test_streamer_never_shows_a_stop_string_even_split_across_tokens(tokenizer):

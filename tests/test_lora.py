@@ -3,6 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM
 
+from medpt.args import LoraArguments
 from medpt.lora import FastDropout, add_lora, speed_up
 
 
@@ -23,7 +24,7 @@ def test_fast_dropout_is_inverted_dropout_with_the_right_rate_and_gradient():
 def test_speed_up_keeps_the_outputs_identical(tiny_model_dir):
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
-    model = add_lora(base, rank=8, alpha=16, dropout=0.0, target_modules="all")
+    model = add_lora(base, LoraArguments(lora_rank=8, lora_alpha=16, lora_dropout=0.0, target_modules=["all"]))
     for module in model.modules():  # give the adapter non-zero B so it contributes
         if hasattr(module, "lora_B"):
             torch.nn.init.normal_(module.lora_B["default"].weight, std=0.02)
@@ -38,7 +39,7 @@ def test_speed_up_keeps_the_outputs_identical(tiny_model_dir):
 
 def test_speed_up_swaps_dropout_only_when_not_compiled(tiny_model_dir):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model = add_lora(base, rank=4, alpha=8, dropout=0.1, target_modules="q_proj,v_proj")
+    model = add_lora(base, LoraArguments(lora_rank=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj,v_proj"]))
     speed_up(model, autocast=False, compiled=True)
     assert not any(isinstance(m, FastDropout) for m in model.modules())
     assert all(getattr(m, "cast_input_dtype_enabled", True) for m in model.modules())  # no autocast: PEFT casts

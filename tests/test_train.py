@@ -108,6 +108,15 @@ def test_resume_after_a_crash_logs_the_same_losses(tiny_model_dir, tmp_path, mon
     assert sorted(b) == [1, 2, 3, 4, 5, 6]
     for step in (4, 5, 6):
         assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6)
+    # each step logged once (the crashed session's step 4 was dropped when resuming from checkpoint-3) ...
+    rows = [json.loads(x) for x in (crashed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    # ... and train_loss averages the whole run, not only the 3 resumed steps
+    whole = json.loads((straight / "train_results.json").read_text())["train_loss"]
+    resumed = json.loads((crashed / "train_results.json").read_text())
+    assert resumed["train_loss"] == pytest.approx(whole, rel=1e-5)
+    assert resumed["train_loss_since_resume"] == pytest.approx(sum(a[s] for s in (4, 5, 6)) / 3, rel=1e-5)
+    assert resumed["train_loss_steps"] == 6 and resumed["train_loss_unlogged_steps"] == 0
 
 
 def test_a_kill_while_saving_leaves_no_checkpoint_to_resume_from(tiny_model_dir, tmp_path, monkeypatch):

@@ -29,8 +29,8 @@ def test_verify_fails_on_an_all_zero_adapter(trained_run, tmp_path, capsys):
 
 def test_verify_fails_on_a_wrong_base(trained_run, tmp_path, capsys):
     from medpt.data.pipeline import read_texts
-    from medpt.model import init_tiny
     from medpt.samples import SAMPLE_QA
+    from medpt.tiny import init_tiny
 
     other = tmp_path / "other-base"
     init_tiny(other, "5m", read_texts([str(SAMPLE_QA)]), seed=123)  # same shape, other weights
@@ -61,8 +61,15 @@ def test_merge_refuses_a_non_empty_directory(trained_run, tmp_path, capsys):
     assert main(["merge", "--adapter", str(trained_run), "--output_dir", str(out)]) == 2
     assert "is not empty; pass --overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
-    assert main(["merge", "--adapter", str(trained_run), "--output_dir", str(out), "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    # --overwrite replaces only a merged model medpt wrote: the user's file is never deleted
+    assert main(["merge", "--adapter", str(trained_run), "--output_dir", str(out), "--overwrite"]) == 2
+    assert "must hold nothing else" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+    merged = tmp_path / "merged"
+    assert main(["merge", "--adapter", str(trained_run), "--output_dir", str(merged)]) == 0
+    assert main(["merge", "--adapter", str(trained_run), "--output_dir", str(merged)]) == 2
+    assert main(["merge", "--adapter", str(trained_run), "--output_dir", str(merged), "--overwrite"]) == 0
+    assert (merged / "model.safetensors").is_file()
 
 
 def test_merge_needs_an_output_dir(trained_run, capsys):

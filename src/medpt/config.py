@@ -1,244 +1,44 @@
-"""Configuration. The dataclasses below are the schema: every flag, its type, default and help live here.
+"""Configuration: how a command's settings are resolved, saved and read back. The schema itself is `medpt.args`.
 
-A run is configured by defaults, then YAML files (flat `flag: value` maps), then command-line flags:
-`medpt train configs/tiny-cpu.yaml --block_size 256`. Flag names follow transformers and MedicalGPT, so their
-command lines parse verbatim. Flags of `transformers.TrainingArguments` that medpt does not own (learning rate,
-scheduler, logging, ...) are accepted as they are and handed to it unchanged; their schema is TrainingArguments
-itself, loaded only when such a flag is used, because importing transformers costs seconds.
+A command is configured by defaults, then (for the commands that take `--adapter RUN`) that run's saved settings,
+then YAML files (flat `flag: value` maps), then command-line flags: `medpt train configs/tiny-cpu.yaml --block_size
+256`. Flag names follow transformers and MedicalGPT, so their command lines parse verbatim. Flags of
+`transformers.TrainingArguments` that medpt does not own (learning rate, scheduler, logging, ...) are accepted by
+`medpt train` as they are and handed to it unchanged; their schema is TrainingArguments itself, loaded only when
+such a flag is used, because importing transformers costs seconds.
+
+On the command line a flag must belong to the command (`--lora_rank` is a train flag, not a verify flag); in YAML files,
+which are often shared between commands, keys of other commands are allowed and ignored.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
+from medpt.args import (  # noqa: F401 - re-exported: the schema is imported from here by most modules
+    COMMAND_FLAGS,
+    SECTIONS,
+    TEMPLATES,
+    DataArguments,
+    EvalArguments,
+    GenerationArguments,
+    LoraArguments,
+    ModelArguments,
+    RunArguments,
+    check_trainer_values,
+)
 from medpt.atomic import atomic_write_text
 from medpt.errors import MedptError
 from medpt.flags import FlagSpec, closest, convert, specs_of, split_argv
+from medpt.rundir import CONFIG_FILE
 
-CONFIG_FILE = "medpt_config.yaml"
-TEMPLATES = ("qa_separator", "qa", "chat_template", "custom")
-
-
-def _arg(default: Any = None, help: str = "", factory: Any = None) -> Any:
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str | None = _arg(
-        None, "Base model: a hub id (deepseek-ai/deepseek-coder-7b-base-v1.5) or a local directory."
-    )
-    tokenizer_name_or_path: str | None = _arg(None, "Tokenizer, when it is not the model's own.")
-    cache_dir: str | None = _arg(None, "Cache for hub downloads (models and datasets); default $HF_HOME/hub.")
-    revision: str | None = _arg(None, "Hub revision (branch, tag or commit) of the model and tokenizer.")
-    trust_remote_code: bool = _arg(False, "Run Python code shipped with a hub model. Off unless you trust it.")
-    torch_dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = _arg(
-        None, "Weight dtype when loading; None picks bfloat16 where the device supports it, else float32."
-    )
-    offline: bool = _arg(False, "Never touch the network (sets HF_HUB_OFFLINE=1); only local paths and caches.")
-    load_in_4bit: bool = _arg(False, "Load the base model in 4-bit NF4 with double quantisation (QLoRA; bitsandbytes).")
-    attn_implementation: str | None = _arg(None, "Attention kernel (sdpa, eager, flash_attention_2); default sdpa.")
-
-
-@dataclass
-class DataArguments:
-    dataset_name: str | None = _arg(None, "Hub dataset id (or a local dataset folder) read with datasets.")
-    dataset_config_name: str | None = _arg(None, "Configuration (subset) name of --dataset_name.")
-    train_file_dir: list[str] | None = _arg(
-        None, "Training files, folders or globs: .jsonl .json .parquet .csv .txt, each optionally .gz."
-    )
-    validation_file_dir: list[str] | None = _arg(
-        None, "Validation files, folders or globs; without them a stable hash split of the training data is used."
-    )
-    data_format: Literal["auto", "sharegpt", "messages", "alpaca", "text"] = _arg(
-        "auto", "Record shape; auto detects it per file from the first record's keys."
-    )
-    template: str = _arg(
-        "qa_separator",
-        "How conversations become text: qa_separator (问:/答: turns then a ===== line, the reference rendering), "
-        "qa (no separator), chat_template (the tokenizer's), custom (--template_format).",
-    )
-    template_format: dict[str, str] | None = _arg(
-        None,
-        'For --template custom: {"system": "...{text}", "human": "Q: {text}\\n", "gpt": "A: {text}\\n", "end": ""}.',
-    )
-    txt_split: Literal["paragraph", "line", "file"] = _arg(
-        "paragraph", "How a .txt file is cut into documents: blank-line paragraphs, single lines, or the whole file."
-    )
-    encoding: str = _arg("utf-8", "Text encoding of the input files (e.g. gb18030 for some Chinese corpora).")
-    normalize: Literal["none", "nfc", "nfkc"] = _arg(
-        "none", "Unicode normalisation plus whitespace cleanup of rendered text; none keeps the bytes exact."
-    )
-    dedup: bool = _arg(True, "Drop exact duplicate documents (after rendering); every drop is counted.")
-    validation_split_percentage: float = _arg(
-        1.0, "Percent of documents held out for validation by content hash when no validation files are given."
-    )
-    max_train_samples: int | None = _arg(None, "Use a seeded random sample of this many training documents.")
-    max_eval_samples: int | None = _arg(None, "Use a seeded random sample of this many validation documents.")
-    block_size: int = _arg(512, "Tokens per training block (sequence length).")
-    packing: Literal["concat", "isolated", "none"] = _arg(
-        "concat",
-        "concat: join all documents and cut blocks; isolated: bin-pack whole documents with per-document "
-        "positions; none: one document per row.",
-    )
-    preprocessing_num_workers: int | None = _arg(
-        None, "Tokenizer processes; default: the number of CPU cores, up to 8."
-    )
-    on_bad_record: Literal["error", "skip"] = _arg(
-        "error", "error stops at the first bad record; skip writes each one with its reason to rejected.jsonl."
-    )
-    dump_text: str | None = _arg(None, "Also write the rendered documents to this jsonl file ({'text': ...}).")
-    data_cache_dir: str | None = _arg(None, "Where prepared blocks are cached; default $MEDPT_CACHE or ~/.cache/medpt.")
-    overwrite_cache: bool = _arg(False, "Prepare again even when a cached result exists.")
-    eval_sets: list[str] | None = _arg(
-        None, "Extra named eval sets, NAME=PATH (files, folders or globs): each reported as eval_NAME_loss etc."
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("train_file_dir", "validation_file_dir"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                setattr(self, name, [value])
-        if self.block_size < 2:
-            raise MedptError(f"--block_size must be at least 2, got {self.block_size}")
-        if not 0 <= self.validation_split_percentage < 100:
-            raise MedptError(
-                f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}"
-            )
-        for name in ("max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise MedptError(f"--{name} must be a positive integer, got {value}")
-        if self.template not in TEMPLATES:
-            hint = closest(self.template, TEMPLATES)
-            raise MedptError(
-                f"--template must be one of {', '.join(TEMPLATES)}; got {self.template!r}"
-                + (f" (did you mean {hint!r}?)" if hint else "")
-            )
-        if (self.template == "custom") != (self.template_format is not None):
-            raise MedptError("--template custom and --template_format go together: give both or neither")
-        for item in self.eval_sets or []:
-            name, eq, path = item.partition("=")
-            if not eq or not name.isidentifier() or not path:
-                raise MedptError(f"--eval_sets takes NAME=PATH items (e.g. medical=data/valid.jsonl), got {item!r}")
-        if self.template_format is not None:
-            unknown = set(self.template_format) - {"system", "human", "gpt", "end"}
-            if unknown or not {"human", "gpt"} <= set(self.template_format):
-                raise MedptError(
-                    "--template_format needs keys human and gpt (each with {text}), optionally system and end; "
-                    f"got {sorted(self.template_format)}"
-                )
-
-
-@dataclass
-class LoraArguments:
-    use_peft: bool = _arg(True, "Train a LoRA adapter (True) or the full model (False).")
-    target_modules: str = _arg("all", "Modules that get LoRA: 'all' (every linear layer but the head) or a comma list.")
-    lora_rank: int = _arg(8, "LoRA rank r.")
-    lora_alpha: float = _arg(16.0, "LoRA scaling alpha (the update is scaled by alpha / r).")
-    lora_dropout: float = _arg(0.05, "Dropout on the LoRA input.")
-    modules_to_save: str | None = _arg(None, "Comma list of modules trained in full and saved (embed_tokens,lm_head).")
-    peft_path: str | None = _arg(None, "Continue training this existing adapter.")
-    use_rslora: bool = _arg(False, "Rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r.")
-    use_dora: bool = _arg(False, "DoRA: weight-decomposed LoRA (magnitude and direction trained separately).")
-    qlora: bool = _arg(False, "QLoRA: LoRA on a 4-bit NF4 base model (same as --load_in_4bit with LoRA).")
-    embedding_learning_rate: float | None = _arg(
-        None, "Learning rate for --modules_to_save (embed_tokens, lm_head); default: --learning_rate."
-    )
-
-    def __post_init__(self) -> None:
-        if self.lora_rank < 1:
-            raise MedptError(f"--lora_rank must be at least 1, got {self.lora_rank}")
-        if self.lora_alpha <= 0:
-            raise MedptError(f"--lora_alpha must be positive, got {self.lora_alpha}")
-        if not 0 <= self.lora_dropout < 1:
-            raise MedptError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if not self.target_modules.strip():
-            raise MedptError("--target_modules is empty: use 'all' or a comma list such as q_proj,v_proj")
-        if self.qlora and not self.use_peft:
-            raise MedptError("--qlora trains a LoRA adapter on a 4-bit model: it needs --use_peft true")
-        if self.embedding_learning_rate is not None and not self.modules_to_save:
-            raise MedptError("--embedding_learning_rate applies to --modules_to_save (e.g. embed_tokens,lm_head)")
-
-
-@dataclass
-class RunArguments:
-    output_dir: str = _arg("outputs/medpt-run", "Where results, checkpoints and the resolved config go.")
-    overwrite_output_dir: bool = _arg(False, "Allow writing into an output directory that already holds a run.")
-    seed: int = _arg(42, "Seed for sampling, initialisation and data order.")
-    group_by_length: bool = _arg(
-        False,
-        "Accepted for MedicalGPT compatibility; batches rows of similar length (only matters for --packing none).",
-    )
-    resume_from_checkpoint: str | None = _arg(
-        None,
-        "auto: continue from the latest complete checkpoint in --output_dir; a path: from that one; no: start over. "
-        "Default: auto, unless --overwrite_output_dir.",
-    )
-    bf16: bool | None = _arg(None, "bf16 mixed precision; default: on wherever the device supports it (CPUs too).")
-    fp16: bool | None = _arg(None, "fp16 mixed precision; default: on for GPUs without bf16.")
-    report_to: list[str] = _arg(
-        help="Loggers for transformers (tensorboard, wandb, none).", factory=lambda: ["tensorboard"]
-    )
-    plot: bool = _arg(True, "Draw the train/eval loss curves to loss_curve.png when training ends.")
-
-
-@dataclass
-class EvalArguments:
-    adapter: str | None = _arg(
-        None, "A medpt run (or any PEFT adapter folder): its saved config supplies the base model and data settings."
-    )
-    mcq_file: list[str] | None = _arg(
-        None, 'Multiple-choice questions (jsonl: {"question", "choices": {"A": ...}, "answer", "subject"}).'
-    )
-    fewshot_file: str | None = _arg(None, "Solved questions (same shape) to show before each question.")
-    num_fewshot: int = _arg(0, "How many solved questions to show (same subject first).")
-    mcq_scoring: Literal["letter", "text", "both"] = _arg(
-        "both", "letter: log-likelihood of the answer letter; text: of the choice text, per character; both."
-    )
-    max_mcq_questions: int | None = _arg(None, "Score a seeded random sample of this many questions.")
-
-    def __post_init__(self) -> None:
-        if self.num_fewshot < 0:
-            raise MedptError(f"--num_fewshot must be 0 or more, got {self.num_fewshot}")
-        if self.num_fewshot and not self.fewshot_file:
-            raise MedptError("--num_fewshot needs --fewshot_file (solved questions to show)")
-
-
-@dataclass
-class GenerationArguments:
-    question: list[str] | None = _arg(None, "Questions to answer (compare, generate).")
-    questions: str | None = _arg(None, 'A file of questions: jsonl {"question": ...} or one per line (.txt).')
-    answers_file: str | None = _arg(None, "Where `medpt generate` writes its answers (jsonl).")
-    max_new_tokens: int = _arg(160, "Longest answer, in tokens.")
-    do_sample: bool = _arg(False, "Sample instead of greedy decoding.")
-    temperature: float = _arg(0.7, "Sampling temperature (with --do_sample).")
-    top_p: float = _arg(0.9, "Nucleus sampling mass (with --do_sample).")
-    repetition_penalty: float = _arg(1.0, "Penalise repeated tokens (>1); 1.0 leaves the model's distribution as is.")
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise MedptError(f"--max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise MedptError("--temperature must be > 0 and --top_p in (0, 1]")
-
-
-SECTIONS: dict[str, type] = {
-    "model": ModelArguments,
-    "data": DataArguments,
-    "lora": LoraArguments,
-    "run": RunArguments,
-    "eval": EvalArguments,
-    "generate": GenerationArguments,
-}
 # Names used by older transformers or by MedicalGPT, mapped to today's flag when the installed version lacks them.
 # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 there is a ratio of the total steps.
 ALIASES = {
@@ -247,6 +47,9 @@ ALIASES = {
     "lora_r": "lora_rank",
     "overwrite": "overwrite_output_dir",
 }
+# What a run passes on to the commands that use it (--adapter RUN): how to load the model and how its data was made.
+INHERITED_SECTIONS = ("model", "data")
+INHERITED_KEYS = ("seed", "per_device_eval_batch_size")
 
 
 @functools.cache
@@ -257,6 +60,16 @@ def own_specs() -> dict[str, FlagSpec]:
             assert spec.name not in specs, f"flag --{spec.name} is defined twice"
             specs[spec.name] = spec
     return specs
+
+
+@functools.cache
+def _only() -> dict[str, tuple[str, ...] | None]:
+    return {f.name: f.metadata.get("only") for cls in SECTIONS.values() for f in fields(cls)}
+
+
+@functools.cache
+def path_flags() -> frozenset[str]:
+    return frozenset(f.name for cls in SECTIONS.values() for f in fields(cls) if f.metadata.get("path"))
 
 
 @functools.cache
@@ -271,12 +84,43 @@ def lookup(name: str) -> FlagSpec:
     specs = own_specs()
     if name in specs:
         return specs[name]
+    if ALIASES.get(name) in specs:  # without importing transformers for the trainer flags
+        return specs[ALIASES[name]]
     if name in trainer_specs():
         return trainer_specs()[name]
     if name in ALIASES:
         return lookup(ALIASES[name])
     hint = closest(name, [*specs, *trainer_specs()])
     raise MedptError(f"unknown flag --{name}" + (f"; did you mean --{hint}?" if hint else "; see --help"))
+
+
+def takes(command: str, spec: FlagSpec) -> bool:
+    """Whether `medpt COMMAND` uses the flag (commands outside COMMAND_FLAGS, e.g. the demo's, take everything)."""
+    flags = COMMAND_FLAGS.get(command)
+    if flags is None:
+        return True
+    if spec.section == "trainer":
+        return flags.trainer is True or spec.name in flags.trainer
+    if spec.name in flags.extra:
+        return True
+    only = _only().get(spec.name)
+    return flags.takes_section(spec.section) and (only is None or command in only)
+
+
+def command_specs(command: str) -> list[FlagSpec]:
+    return [s for s in own_specs().values() if takes(command, s)]
+
+
+def _not_this_command(command: str, spec: FlagSpec) -> MedptError:
+    users = [c for c in COMMAND_FLAGS if takes(c, spec)]
+    owner = "/".join(users) if users else "no command's"
+    return MedptError(
+        f"--{spec.name} is {_a(owner)} {owner} flag, not {_a(command)} {command} flag; see `medpt {command} --help`"
+    )
+
+
+def _a(word: str) -> str:
+    return "an" if word[:1] in ("a", "e", "i", "o", "u") else "a"
 
 
 @dataclass
@@ -295,6 +139,8 @@ class Config:
     sources: list[str] = field(default_factory=list)
     explicit: set[str] = field(default_factory=set)
     """Flags set by a YAML file or the command line (not inherited from defaults or a run's saved config)."""
+    given: dict[str, Any] = field(default_factory=dict)
+    """Path values as the user wrote them (relative ones are saved absolute, with these beside them)."""
 
     @classmethod
     def from_values(cls, values: dict[str, Any], command: str = "", sources: list[str] | None = None) -> Config:
@@ -307,6 +153,7 @@ class Config:
                 kwargs[specs[key].section][key] = value
             else:
                 trainer[key] = value
+        check_trainer_values(trainer)
         built = {name: SECTIONS[name](**kwargs[name]) for name in SECTIONS}
         return cls(**built, trainer=trainer, command=command, sources=list(sources or []))
 
@@ -324,8 +171,10 @@ class Config:
         flat.update(self.trainer)
         return flat
 
-    def to_yaml(self) -> str:
-        """Flat YAML grouped by section; keys that differ from the defaults are marked, so the file reads as a diff."""
+    def to_yaml(self, absolute: bool = False) -> str:
+        """Flat YAML grouped by section; keys that differ from the defaults are marked, so the file reads as a diff.
+        With `absolute`, paths are written absolute (a run is read from any working directory), each relative one
+        followed by the path as given."""
         stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         lines = [
             f"# medpt {self.command} configuration, resolved {stamp}",
@@ -336,43 +185,101 @@ class Config:
             section = getattr(self, name)
             for f in fields(cls):
                 value = getattr(section, f.name)
-                lines.append(_yaml_line(f.name, value, value != own_specs()[f.name].default))
+                note = ""
+                if absolute and f.name in path_flags():
+                    value = absolute_paths(value)
+                    if value != getattr(section, f.name):
+                        note = f"; given as {_flow(getattr(section, f.name))}"
+                changed = getattr(section, f.name) != own_specs()[f.name].default
+                lines.append(_yaml_line(f.name, value, changed, note))
         lines.append("\n# --- trainer (transformers.TrainingArguments; unlisted fields keep its defaults) ---")
         lines.extend(_yaml_line(k, v, True) for k, v in self.trainer.items())
         return "\n".join(lines) + "\n"
 
     def save(self, output_dir: str | Path) -> Path:
         path = Path(output_dir) / CONFIG_FILE
-        atomic_write_text(path, self.to_yaml())
+        atomic_write_text(path, self.to_yaml(absolute=True))
         return path
 
 
-def _yaml_line(key: str, value: Any, changed: bool) -> str:
+def absolute_paths(value: Any) -> Any:
+    """A path (or list of paths, or NAME=PATH items) made absolute; hub ids (org/name that is not a local path) stay."""
+    if isinstance(value, list):
+        return [absolute_paths(v) for v in value]
+    if not isinstance(value, str) or not value:
+        return value
+    name, eq, path = value.partition("=")
+    if eq and name.isidentifier() and path:
+        return f"{name}={absolute_paths(path)}"
+    expanded = os.path.expanduser(value)
+    if os.path.isabs(expanded):
+        return expanded
+    if not os.path.exists(expanded) and _looks_like_hub_id(value):
+        return value
+    return os.path.abspath(expanded)
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    return value.count("/") == 1 and not value.startswith((".", "~")) and not any(c in value for c in "*?[")
+
+
+def _flow(value: Any) -> str:
+    return (
+        yaml.safe_dump(value, allow_unicode=True, default_flow_style=True, width=10_000)
+        .strip()
+        .removesuffix("...")
+        .strip()
+    )
+
+
+def _yaml_line(key: str, value: Any, changed: bool, note: str = "") -> str:
     text = yaml.safe_dump({key: value}, allow_unicode=True, default_flow_style=True, width=10_000, sort_keys=False)
     text = text.strip().removeprefix("{").removesuffix("}")
-    return text + ("  # set" if changed else "")
+    return text + ("  # set" + note if changed else (f"  #{note[1:]}" if note else ""))
 
 
 def load_config(argv: list[str], command: str = "", base: dict[str, Any] | None = None) -> Config:
-    """Defaults, then `base` (a run's saved values), then each YAML file in order, then command-line flags; errors
-    name the file or flag."""
+    """Defaults, then `base` (a run's saved values; for adapter commands read from --adapter when not given), then
+    each YAML file in order, then command-line flags; errors name the file or flag."""
     config_paths, pairs = split_argv(argv, lookup)
-    values: dict[str, Any] = dict(base or {})
-    explicit: set[str] = set()
+    from_files: list[tuple[str, FlagSpec, Any]] = []
     for path in config_paths:
         for key, raw in _read_yaml(path).items():
             try:
                 spec = lookup(str(key))
-                values[spec.name] = convert(raw, spec.type, spec.name)
+                from_files.append((path, spec, convert(raw, spec.type, spec.name)))
             except MedptError as e:
                 raise MedptError(f"{path}: {e}") from None
-            explicit.add(spec.name)
+    from_flags = []
     for name, raw in pairs:
-        values[name] = convert(raw, lookup(name).type, name)
-        explicit.add(name)
-    config = Config.from_values(values, command=command, sources=config_paths)
+        spec = lookup(name)
+        if not takes(command, spec):
+            raise _not_this_command(command, spec)
+        from_flags.append((spec, convert(raw, spec.type, name)))
+    values: dict[str, Any] = {}
+    explicit: set[str] = set()
+    for path, spec, value in from_files:
+        if takes(command, spec):  # a shared YAML file may hold other commands' keys
+            values[spec.name] = value
+            explicit.add(spec.name)
+    for spec, value in from_flags:
+        values[spec.name] = value
+        explicit.add(spec.name)
+    if base is None and "adapter" in values and COMMAND_FLAGS.get(command, None) is not None:
+        if COMMAND_FLAGS[command].takes_section("eval"):
+            base = inherited(values["adapter"])
+    config = Config.from_values({**(base or {}), **values}, command=command, sources=config_paths)
     config.explicit = explicit
     return config
+
+
+def inherited(adapter: str | None) -> dict[str, Any] | None:
+    """The saved settings of the run named by --adapter, if it is a medpt run: its model and data sections."""
+    if not adapter or not (Path(adapter) / CONFIG_FILE).is_file():
+        return None
+    saved = load_saved(adapter)
+    keep = {k for name in INHERITED_SECTIONS for k in asdict(getattr(saved, name))}
+    return {k: v for k, v in saved.to_flat().items() if k in keep or k in INHERITED_KEYS}
 
 
 def load_saved(run_dir: str | Path) -> Config:
@@ -383,7 +290,10 @@ def load_saved(run_dir: str | Path) -> Config:
     data = _read_yaml(path)
     known = {k: v for k, v in data.items() if k in own_specs()}
     trainer = {k: v for k, v in data.items() if k not in own_specs()}
-    config = Config.from_values(known, command="saved", sources=[str(path)])
+    try:
+        config = Config.from_values(known, command="saved", sources=[str(path)])
+    except MedptError as e:
+        raise MedptError(f"{path}: {e}") from None
     config.trainer = trainer
     return config
 
@@ -396,8 +306,13 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
         raise MedptError(f"{path}: no such configuration file")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise MedptError(f"{path}:{line}: not valid UTF-8 (byte 0x{e.object[e.start]:02x}); save it as UTF-8") from None
     except yaml.YAMLError as e:
-        raise MedptError(f"{path}: invalid YAML: {e}") from None
+        raise MedptError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+    except OSError as e:
+        raise MedptError(f"{path}: cannot read: {e.strerror}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

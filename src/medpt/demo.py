@@ -17,18 +17,26 @@ from medpt.samples import SAMPLE_GENERAL, SAMPLE_MCQ, SAMPLE_QA, SAMPLE_QUESTION
 STEPS = 6
 
 
-def run_demo(output_dir: str, size: str, log: Any = print) -> int:
-    from medpt.cli import InitTinyArguments, build_tiny
+def run_demo(args: Any, log: Any = print) -> int:
+    """`medpt demo` (args: DemoArguments)."""
+    return demo(args.output_dir, args.size, log)
+
+
+def demo(output_dir: str, size: str, log: Any = print) -> int:
+    from medpt.adapter import load_variants
+    from medpt.args import InitTinyArguments
     from medpt.config import load_config
-    from medpt.evaluate import run_eval
-    from medpt.generate import run_compare
-    from medpt.model import inference_dtype, load_variants
+    from medpt.evaluate import evaluate_run
+    from medpt.generate import compare_answers, read_question_list
     from medpt.report import write_report
+    from medpt.rundir import COMPARE_DIR, claim_dir
+    from medpt.tiny import run_init_tiny
     from medpt.train import train
     from medpt.verify import run_verify
 
     out = Path(output_dir)
     model_dir, run_dir = out / "tiny-model", out / "run"
+    claim_dir(out, "demo", writes=("tiny-model", "run", "cache", "questions.jsonl"))
     t0 = time.perf_counter()
 
     def step(n: int, what: str) -> None:
@@ -38,7 +46,7 @@ def run_demo(output_dir: str, size: str, log: Any = print) -> int:
     if (model_dir / "medpt_tiny.json").is_file():
         log("      already there")
     else:
-        build_tiny(InitTinyArguments(output_dir=str(model_dir), size=size))
+        run_init_tiny(InitTinyArguments(output_dir=str(model_dir), size=size))
 
     step(2, f"prepare the bundled sample and train a LoRA adapter → {run_dir}")
     train_flags = [
@@ -55,11 +63,9 @@ def run_demo(output_dir: str, size: str, log: Any = print) -> int:
         return code
 
     step(3, "evaluate: base vs adapter on held-out medical QA and on general Chinese text, plus multiple choice")
-    from medpt.cli import _inherited
-
     eval_flags = ["--adapter", str(run_dir), "--eval_sets", f"general={SAMPLE_GENERAL}", "--mcq_file", str(SAMPLE_MCQ)]
-    eval_config = load_config(eval_flags, command="eval", base=_inherited(eval_flags))
-    results = run_eval(eval_config, log=log)
+    eval_config = load_config(eval_flags, command="eval")
+    results = evaluate_run(eval_config, log=log)
 
     step(4, "verify the adapter")
     verified = run_verify(eval_config, log=log)
@@ -68,9 +74,10 @@ def run_demo(output_dir: str, size: str, log: Any = print) -> int:
     questions = [line for line in SAMPLE_QUESTIONS.read_text(encoding="utf-8").splitlines() if line.strip()][:4]
     compare_flags = ["--adapter", str(run_dir), "--questions", str(_first_questions(out, questions)),
                      "--max_new_tokens", "48"]  # fmt: skip
-    compare_config = load_config(compare_flags, command="compare", base=_inherited(compare_flags))
-    variants = load_variants(compare_config.model, str(run_dir), inference_dtype(compare_config.model.torch_dtype))
-    run_compare(compare_config, variants, run_dir / "compare", log=log)
+    compare_config = load_config(compare_flags, command="compare")
+    claim_dir(run_dir / COMPARE_DIR, "compare")
+    compare_answers(compare_config, load_variants(compare_config, log), read_question_list(compare_config.generate),
+                    run_dir / COMPARE_DIR, log=log)  # fmt: skip
 
     step(6, "report")
     html, _ = write_report(run_dir, log=log)
@@ -86,6 +93,9 @@ def run_demo(output_dir: str, size: str, log: Any = print) -> int:
 
 
 def _first_questions(out: Path, lines: list[str]) -> Path:
-    path = out / "questions.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    from medpt.atomic import atomic_write_text
+    from medpt.rundir import claim_file
+
+    path = claim_file(out / "questions.jsonl", "demo", flag="output_dir")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -38,12 +38,14 @@ def build_prompt(question: str, history: list[tuple[str, str]], data: Any, token
 
 
 def stop_strings(data: Any) -> list[str]:
-    """Where an answer ends: the next question's prefix, and the template's closing separator."""
+    """Where an answer ends: where the model starts a new turn of the template (its question or answer prefix at
+    the start of a line: it has begun inventing the next exchange), and the template's closing separator."""
     if data.template == "chat_template":
         return []
     fmt = role_format(data.template, data.template_format)
-    stops = [s for s in (fmt.wrap["human"][0].strip(), fmt.end.strip()[:10]) if s]
-    return stops
+    prefixes = [fmt.wrap[role][0].strip() for role in ("human", "gpt")]
+    stops = ["\n" + p for p in prefixes if p] + [fmt.end.strip()[:10]]
+    return list(dict.fromkeys(s for s in stops if s.strip()))
 
 
 def before_stop(text: str, stops: list[str]) -> str:
@@ -120,13 +122,24 @@ def read_question_list(gen: Any) -> list[str]:
     return questions
 
 
-def run_compare(config: Any, variants: Any, out: Path, log: Callable[[str], None] = print) -> list[dict]:
+def run_compare(config: Any, log: Callable[[str], None] = print) -> int:
+    """`medpt compare`: base and adapted answers side by side (in RUN/compare unless --output_dir)."""
+    from medpt.adapter import load_variants
+    from medpt.rundir import claim_dir, inputs_of
+
+    if not config.eval.adapter:
+        raise MedptError("compare needs --adapter (a medpt run or a PEFT adapter folder)")
+    questions = read_question_list(config.generate)
+    out = config.beside_adapter("compare")
+    claim_dir(out, "compare", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
+    compare_answers(config, load_variants(config, log), questions, out, log)
+    return 0
+
+
+def compare_answers(config: Any, variants: Any, questions: list[str], out: Path, log: Callable = print) -> list[dict]:
     """Base and adapted answers to the same questions, same decoding, written as JSONL, Markdown and HTML."""
     from medpt.atomic import atomic_write_text
 
-    if variants.adapted is None:
-        raise MedptError("compare needs --adapter (a medpt run or a PEFT adapter folder)")
-    questions = read_question_list(config.generate)
     prompts = [build_prompt(q, [], config.data, variants.tokenizer) for q in questions]
     stops = stop_strings(config.data)
     answers = {}
@@ -136,7 +149,6 @@ def run_compare(config: Any, variants: Any, out: Path, log: Callable[[str], None
         log(f"  {which}: {len(questions)} answers")
     rows = [{"question": q, "base": b, "adapted": a} for q, b, a in zip(questions, answers["base"], answers["adapted"])]
     settings = decoding_note(config.generate, config.run.seed)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     atomic_write_text(out / "compare.md", compare_markdown(rows, settings))
     atomic_write_text(out / "compare.html", compare_html(rows, settings))
@@ -177,11 +189,17 @@ def compare_html(rows: list[dict], settings: str) -> str:
     )
 
 
-def run_generate(config: Any, variants: Any, out_file: Path, log: Callable[[str], None] = print) -> None:
+def run_generate(config: Any, log: Callable[[str], None] = print) -> int:
+    """`medpt generate`: answers to a file of questions, jsonl out (RUN/answers.jsonl unless --answers_file)."""
+    from medpt.adapter import load_variants
     from medpt.atomic import atomic_writer
+    from medpt.rundir import ANSWERS, claim_file, inputs_of
 
-    which = "adapted" if variants.adapted is not None else "base"
     questions = read_question_list(config.generate)
+    target = config.generate.answers_file or config.beside_adapter(ANSWERS)
+    out_file = claim_file(target, "generate", flag="answers_file", inputs=inputs_of(config))
+    variants = load_variants(config, log)
+    which = "adapted" if variants.adapted is not None else "base"
     prompts = [build_prompt(q, [], config.data, variants.tokenizer) for q in questions]
     with variants.use(which) as model:
         answers = answer(
@@ -191,6 +209,7 @@ def run_generate(config: Any, variants: Any, out_file: Path, log: Callable[[str]
         for q, a in zip(questions, answers):
             f.write(json.dumps({"question": q, "answer": a, "model": which}, ensure_ascii=False) + "\n")
     log(f"{len(questions)} answers ({which} model): {out_file}")
+    return 0
 
 
 class StopAwareStreamer:
@@ -233,12 +252,20 @@ class StopAwareStreamer:
 HELP = "commands: /reset (new conversation), /adapter on|off, /quit"
 
 
-def run_chat(config: Any, variants: Any, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    """Multi-turn chat on stdin/stdout with streamed answers."""
-    import torch
-    from transformers import set_seed
+def run_chat(config: Any, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """`medpt chat`: multi-turn chat on stdin/stdout with streamed answers."""
+    from medpt.adapter import load_variants
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    if stdin is None or stdin.closed:
+        raise MedptError("chat reads questions from standard input, which is closed; use `medpt generate "
+                         "--questions FILE` to answer a file of questions")  # fmt: skip
+    return chat(config, load_variants(config), stdin, stdout)
+
+
+def chat(config: Any, variants: Any, stdin: TextIO, stdout: TextIO) -> int:
+    import torch
+    from transformers import set_seed
 
     def write(text: str) -> None:
         stdout.write(text)

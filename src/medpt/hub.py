@@ -35,7 +35,25 @@ def resolve_local(
     """A local directory for a model or tokenizer: the path itself, or a hub snapshot (downloaded, resumable)."""
     if os.path.isdir(name_or_path):
         return Path(name_or_path)
+    if looks_like_path(name_or_path):
+        what = "a file, not a model folder" if os.path.exists(name_or_path) else "no such local folder"
+        raise MedptError(f"{name_or_path}: {what} (it is a path, so the hub was not asked)")
     return _snapshot(name_or_path, "model", revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns)
+
+
+def looks_like_path(name: str) -> bool:
+    """A hub id is `name` or `org/name`; anything absolute, relative (./, ../, ~) or deeper is a local path, so a
+    deleted model folder is reported as missing instead of as an unreachable hub."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def run_download(args: Any) -> int:
+    """`medpt download REPO_ID`: fetch a model or dataset repository."""
+    if not args.repo_id:
+        raise MedptError("usage: medpt download REPO_ID [--repo_type dataset] [--revision REV] [--local_dir DIR]")
+    path = download(args.repo_id, args.repo_type, args.revision, args.cache_dir, args.local_dir, args.include)
+    print(f"{args.repo_id}: {path}")
+    return 0
 
 
 def download(
@@ -73,7 +91,8 @@ def _snapshot(repo_id: str, repo_type: str, **kwargs: Any) -> Path:
         ) from None
     except LocalEntryNotFoundError:
         raise MedptError(
-            f"{repo_id}: not in the local cache, and {endpoint} is unreachable or HF_HUB_OFFLINE is set. "
+            f"{repo_id}: no local folder of that name, not in the hub cache, and {endpoint} is unreachable or "
+            "HF_HUB_OFFLINE is set. "
             f"Download it while online with `medpt download {repo_id}`, {mirror}, or pass a local path"
         ) from None
     except (HfHubHTTPError, OSError) as e:

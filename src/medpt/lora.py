@@ -20,21 +20,10 @@ from medpt.errors import MedptError
 from medpt.hub import resolve_local
 
 
-def add_lora(
-    model: Any,
-    *,
-    rank: int,
-    alpha: float,
-    dropout: float,
-    target_modules: str,
-    modules_to_save: str | None = None,
-    use_rslora: bool = False,
-    use_dora: bool = False,
-    peft_path: str | None = None,
-    gradient_checkpointing: bool = False,
-) -> Any:
-    """Wrap the model with a trainable LoRA adapter (a new one, or --peft_path to continue one)."""
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+def add_lora(model: Any, lora: Any, gradient_checkpointing: bool = False) -> Any:
+    """Wrap the model with a trainable LoRA adapter: a new one from `lora` (LoraArguments builds the
+    peft.LoraConfig), or --peft_path to continue an existing one."""
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False):
         # Casts norms to fp32 and enables input gradients, which 4-bit training with checkpointing needs.
@@ -43,24 +32,12 @@ def add_lora(
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-    if peft_path:
-        return PeftModel.from_pretrained(model, resolve_local(peft_path, None), is_trainable=True)
-    # "all-linear" is PEFT's own resolution: every Linear (4-bit ones included) except the output head.
-    targets = "all-linear" if target_modules.strip() == "all" else [t.strip() for t in target_modules.split(",") if t]
-    config = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=targets,
-        modules_to_save=[m.strip() for m in modules_to_save.split(",")] if modules_to_save else None,
-        use_rslora=use_rslora,
-        use_dora=use_dora,
-    )
+    if lora.peft_path:
+        return PeftModel.from_pretrained(model, resolve_local(lora.peft_path, None), is_trainable=True)
     try:
-        return get_peft_model(model, config)
+        return get_peft_model(model, lora.to_peft_config())
     except ValueError as e:  # PEFT's message for target modules that match nothing
-        raise MedptError(f"--target_modules {target_modules}: {e}") from None
+        raise MedptError(f"--target_modules {','.join(lora.target_modules)}: {e}") from None
 
 
 def speed_up(model: Any, autocast: bool, compiled: bool) -> None:

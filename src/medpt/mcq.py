@@ -67,23 +67,56 @@ def read_questions(patterns: list[str]) -> list[Question]:
     return questions
 
 
+def _kind(value: Any) -> str:
+    """A value's type in the words of JSON, the format the user wrote."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+_CHOICES = 'expected an object of options {"A": "...", "B": "...", ...}'
+
+
 def _question(record: Any) -> Question:
+    """Every problem is a BadRecordError naming the field, checked before any use: a list where a string belongs
+    would otherwise fail later as an unhashable-type TypeError with no location."""
     v = record.value
     if not isinstance(v, dict):
-        raise record.bad(None, "expected an object with question, choices, answer")
+        raise record.bad(None, f"expected an object with question, choices, answer, got {_kind(v)}")
     for key in ("question", "choices", "answer"):
         if key not in v:
             raise record.bad(key, "missing")
-    choices = v["choices"]
-    if not isinstance(choices, dict) or len(choices) < 2 or not all(isinstance(t, str) for t in choices.values()):
-        raise record.bad("choices", 'expected {"A": "...", "B": "...", ...} with at least two options')
-    if v["answer"] not in choices:
-        raise record.bad("answer", f"{v['answer']!r} is not one of the choices {sorted(choices)}")
-    if not isinstance(v["question"], str):
-        raise record.bad("question", "expected a string")
-    return Question(
-        v["question"], dict(choices), v["answer"], str(v.get("subject", "all")), f"{record.source}:{record.line}"
-    )
+    question, choices, answer = v["question"], v["choices"], v["answer"]
+    if not isinstance(question, str):
+        raise record.bad("question", f"expected a string, got {_kind(question)}")
+    if not isinstance(choices, dict):
+        raise record.bad("choices", f"{_CHOICES}, got {_kind(choices)}")
+    if len(choices) < 2:
+        raise record.bad("choices", f"{_CHOICES} with at least two options, got {len(choices)}")
+    for letter, text in choices.items():
+        # The letter is printed before its option and scored as the answer's continuation: it must be a visible
+        # token of its own.
+        if not isinstance(letter, str) or not letter or any(c.isspace() for c in letter):
+            raise record.bad("choices", f"option letter {letter!r}: expected a non-empty string without spaces")
+        if not isinstance(text, str):
+            raise record.bad("choices", f"option {letter!r}: expected a string, got {_kind(text)}")
+        if not text.strip():
+            # Text scoring divides by the length: an empty option would score 0, the best possible log-probability.
+            raise record.bad("choices", f"option {letter!r} is empty; remove it or give its text")
+    if not isinstance(answer, str):
+        raise record.bad("answer", f"expected a string (one of the letters {sorted(choices)}), got {_kind(answer)}")
+    if answer not in choices:
+        raise record.bad("answer", f"{answer!r} is not one of the choices {sorted(choices)}")
+    subject = v.get("subject")
+    if subject is None:
+        subject = "all"  # absent or null: one group
+    elif isinstance(subject, bool) or not isinstance(subject, (str, int, float)):
+        raise record.bad("subject", f"expected a string or a number, got {_kind(subject)}")
+    return Question(question, dict(choices), answer, str(subject), f"{record.source}:{record.line}")
 
 
 def format_question(q: Question, answer: str | None = None) -> str:

@@ -21,33 +21,49 @@ def merge_dtype(torch_dtype: str | None, base_dir: Path) -> Any:
     return getattr(torch, name, torch.float32)
 
 
-def run_merge(config: Any, out: Path, log: Any = print) -> Path:
+def run_merge(config: Any, log: Any = print) -> int:
     from peft import PeftModel
 
-    from medpt.atomic import atomic_dir, atomic_write_text
+    from medpt.adapter import base_model_name, check_adapter_weights, check_base, lora_run, run_tokenizer_dir
+    from medpt.atomic import atomic_dir, atomic_write_text, check_free_space
     from medpt.hub import resolve_local
-    from medpt.model import MODEL_FILES, base_model_name, load_model, load_tokenizer, lora_run, run_tokenizer_dir
+    from medpt.model import MODEL_FILES, load_model, load_tokenizer
+    from medpt.rundir import MERGE_INFO, RunDir, check_output, inputs_of
 
+    if "output_dir" not in config.explicit:
+        raise MedptError("merge needs --output_dir (a new, empty folder for the merged model)")
     adapter = lora_run(config.eval.adapter, "merge")
-    if out.exists() and any(out.iterdir()) and not config.run.overwrite_output_dir:
-        raise MedptError(f"{out} is not empty; pass --overwrite to replace it, or another --output_dir")
-    if out.resolve() == adapter.resolve():
-        raise MedptError("--output_dir must differ from --adapter: the merged model is a new directory")
+    out = check_output("output_dir", config.run.output_dir, inputs_of(config))
+    existing = RunDir.open(out)
+    if existing.present():
+        # The merged model replaces the folder as a whole (one rename), so it must hold nothing medpt did not write.
+        if not (config.run.overwrite_output_dir and existing.kind == "merge" and not existing.foreign()):
+            raise MedptError(
+                f"{out} is not empty; pass --overwrite to replace a merged model medpt wrote there (the folder must "
+                "hold nothing else), or choose another --output_dir"
+            )
     m = config.model
     base_name = base_model_name(m.model_name_or_path, adapter)
+    check_adapter_weights(adapter)
+    check_base(m, adapter, base_name, config.eval.allow_base_mismatch, log)
     local = resolve_local(base_name, MODEL_FILES, m.revision, m.cache_dir)
     dtype = merge_dtype(m.torch_dtype, local)
+    weights = sum(f.stat().st_size for f in local.glob("*.safetensors"))
+    check_free_space(out.parent, weights * _bytes(dtype) // _bytes(merge_dtype(None, local)), "the merged model")
     log(f"merging {adapter} into {base_name} ({dtype})")
-    base = load_model(
-        base_name, dtype, revision=m.revision, cache_dir=m.cache_dir, trust_remote_code=m.trust_remote_code
-    )
+    base = load_model(m, dtype, name=base_name)
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    tokenizer = load_tokenizer(str(run_tokenizer_dir(adapter) or local), m.trust_remote_code)
+    tokenizer = load_tokenizer(str(run_tokenizer_dir(m, adapter, base_name)), m.trust_remote_code)
     with atomic_dir(out) as tmp:
         # 5 GB shards: the usual size on the hub, and small enough for filesystems with a per-file limit.
         merged.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")
         tokenizer.save_pretrained(tmp)
-        note = {"base_model": base_name, "adapter": str(adapter), "dtype": str(dtype).replace("torch.", "")}
-        atomic_write_text(Path(tmp) / "medpt_merge.json", json.dumps(note, indent=2))
+        note = {"base_model": base_name, "adapter": str(adapter.resolve()), "dtype": str(dtype).replace("torch.", "")}
+        atomic_write_text(Path(tmp) / MERGE_INFO, json.dumps(note, indent=2))
+        RunDir(Path(tmp)).record([p.name for p in Path(tmp).iterdir()], "merge")
     log(f"merged model: {out}")
-    return out
+    return 0
+
+
+def _bytes(dtype: Any) -> int:
+    return dtype.itemsize

@@ -13,30 +13,42 @@ from pathlib import Path
 from typing import Any
 
 from medpt.errors import MedptError
+from medpt.rundir import (
+    COMPARE_DIR,
+    CONFIG_FILE,
+    DATA_REPORT,
+    EVAL_DIR,
+    LOSS_CURVE,
+    METRICS,
+    REPORT_HTML,
+    REPORT_MD,
+    VERIFY,
+)
+
+REPORT_CURVE = "report_loss_curve.png"
 
 
 def _load(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def gather(run: Path) -> dict[str, Any]:
+def gather(run: Path, out: Path) -> dict[str, Any]:
     from medpt.curves import plot_losses
 
-    if not (run / "medpt_config.yaml").is_file():
-        raise MedptError(f"{run} is not a medpt run (no medpt_config.yaml)")
-    curve = run / "loss_curve.png"
-    if not curve.is_file():
-        plot_losses(run / "metrics.jsonl", curve, title=run.name)
-    compare = run / "compare" / "compare.jsonl"
+    if not (run / CONFIG_FILE).is_file():
+        raise MedptError(f"{run} is not a medpt run (no {CONFIG_FILE})")
+    curve = run / LOSS_CURVE
+    if not curve.is_file():  # a run trained with --plot false: the report draws its own copy
+        curve = out / REPORT_CURVE
+        plot_losses(run / METRICS, curve, title=run.name)
+    compare = run / COMPARE_DIR / "compare.jsonl"
     return {
-        "config": [
-            line for line in (run / "medpt_config.yaml").read_text(encoding="utf-8").splitlines() if "# set" in line
-        ],
-        "data": _load(run / "data_report.json"),
+        "config": [line for line in (run / CONFIG_FILE).read_text(encoding="utf-8").splitlines() if "# set" in line],
+        "data": _load(run / DATA_REPORT),
         "train": _load(run / "train_results.json"),
         "eval_during_training": _load(run / "eval_results.json"),
-        "evaluation": _load(run / "eval" / "eval_results.json"),
-        "verify": _load(run / "verify.json"),
+        "evaluation": _load(run / EVAL_DIR / "eval_results.json"),
+        "verify": _load(run / VERIFY),
         "compare": [json.loads(x) for x in compare.read_text(encoding="utf-8").splitlines()]
         if compare.is_file()
         else [],
@@ -154,12 +166,24 @@ def _markdown_html(text: str) -> str:
     return "".join(out)
 
 
+def run_report(args: Any) -> int:
+    """`medpt report RUN` (args: ReportArguments)."""
+    if not args.run_dir:
+        raise MedptError("usage: medpt report RUN_DIR [--output_dir DIR]")
+    write_report(Path(args.run_dir), Path(args.output_dir) if args.output_dir else None)
+    return 0
+
+
 def write_report(run: Path, out: Path | None = None, log: Any = print) -> tuple[Path, Path]:
     from medpt.atomic import atomic_write_text
+    from medpt.rundir import claim_dir
 
+    if not run.is_dir():
+        raise MedptError(f"{run}: no such run folder")
     out = out or run
-    facts = gather(run)
-    html_path, md_path = out / "report.html", out / "report.md"
+    claim_dir(out, "report", writes=(REPORT_HTML, REPORT_MD, REPORT_CURVE))
+    facts = gather(run, out)
+    html_path, md_path = out / REPORT_HTML, out / REPORT_MD
     atomic_write_text(html_path, page(run, facts))
     atomic_write_text(md_path, markdown(run, facts))
     log(f"report: {html_path} (and {md_path.name})")

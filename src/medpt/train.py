@@ -1,15 +1,14 @@
 """`medpt train`: continued pretraining with LoRA (or QLoRA, or full fine-tuning) on transformers.Trainer.
 
-Reads top to bottom: training arguments → where to start (fresh or resume) → data → model → trainer → train →
-evaluate → save a self-describing output directory.
+Reads top to bottom: training arguments → checks that need nothing loaded (paths, block size, target modules) → where
+to start (fresh or resume) → data → model → trainer → train → evaluate → save a self-describing output directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
-import shutil
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +16,32 @@ from medpt.atomic import atomic_write_text
 from medpt.config import Config
 from medpt.curves import plot_losses
 from medpt.errors import MedptError
+from medpt.hub import resolve_local
 from medpt.lora import add_lora, speed_up
 from medpt.model import (
-    TokenizerSource,
+    check_block_size,
+    check_target_modules,
     device_kind,
     load_model,
     load_tokenizer,
     resolve_precision,
+    tokenizer_source,
     trainable_summary,
     weight_dtype,
 )
-
-METRICS_FILE = "metrics.jsonl"
-# What a run writes into its output directory; --overwrite_output_dir removes exactly these, nothing else.
-RUN_ARTIFACTS = (
-    "checkpoint-*", ".staging", "runs", METRICS_FILE, "*_results.json", "adapter_model.safetensors",
-    "adapter_config.json", "model*.safetensors", "model.safetensors.index.json", "loss_curve.png",
-    "trainer_state.json", "training_args.*", "data_report.json", "rejected.jsonl", "eval_sets", "medpt_config.yaml",
-    "base_model.json", "verify.json", "eval", "compare", "report.html", "report.md",
-)  # fmt: skip
+from medpt.rundir import (
+    ADAPTER_WEIGHTS,
+    BASE_RECORD,
+    EVAL_SETS_DIR,
+    LOSS_CURVE,
+    METRICS,
+    STAGING,
+    TRAINING_ARGS,
+    RunDir,
+    checkpoints,
+    claim_dir,
+    inputs_of,
+)
 
 
 def train(config: Config, log: Any = print) -> int:
@@ -43,15 +49,22 @@ def train(config: Config, log: Any = print) -> int:
     if args.process_index != 0:  # one voice: only the main process prints progress notes
         log = _silent
     out = Path(args.output_dir)
-    with args.main_process_first(desc="check the output directory"):  # only the main process removes files
-        resume = starting_point(config, out, log)
+    # 1. What needs nothing loaded: the model's limits (from its config.json), then the paths.
+    check_block_size(config.model, config.data.block_size)
+    if config.lora.use_peft and not config.lora.peft_path:
+        check_target_modules(config.model, config.lora.target_modules)
+    if config.lora.use_peft and config.lora.peft_path:
+        resolve_local(config.lora.peft_path, ["adapter_config.json", "*.safetensors"])  # it exists, or a clear error
+    with args.main_process_first(desc="check the output directory"):  # only the main process writes the manifest
+        resume = starting_point(config, out, log, claim=args.process_index == 0)
 
-    # Data: the main process prepares (or finds the cache) first; the others then read the same cache.
+    # 2. Data: the main process prepares (or finds the cache) first; the others then read the same cache.
     with args.main_process_first(desc="prepare data"):
         data, eval_sets = prepare_all(config, out, log)
     if data.train is None:
         raise MedptError("no training blocks were prepared; see data_report.json")
 
+    # 3. Model and trainer.
     model, tokenizer = build_model(config, args, log)
     trainer = build_trainer(config, args, model, tokenizer, data, eval_sets)
 
@@ -78,7 +91,7 @@ def train(config: Config, log: Any = print) -> int:
         )
         return 130
 
-    finish(config, trainer, result, out, log)
+    finish(config, trainer, result, out, resume, log)
     return 0
 
 
@@ -103,8 +116,10 @@ def training_arguments(config: Config) -> Any:
         remove_unused_columns=False,  # the collator's fields are exactly what the model takes
         include_num_input_tokens_seen="no",  # medpt counts real tokens itself (see trainer.py)
     )
-    if device_kind() == "cpu" and (bf16 or fp16):
-        kwargs["use_cpu"] = True  # transformers refuses mixed precision on a CPU unless told it is one
+    if device_kind() == "cpu":
+        # transformers refuses mixed precision on a CPU unless told it is one, and (5.2x) detects torchrun's
+        # several CPU processes as DDP only with use_cpu: without it each process trains alone.
+        kwargs["use_cpu"] = True
     # MedicalGPT's --gradient_checkpointing is a deprecated alias in transformers >= 5.x (activation_checkpointing);
     # pass the new name where it exists, so the user's flag does not earn them a FutureWarning.
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -125,54 +140,67 @@ def training_arguments(config: Config) -> Any:
         raise MedptError(f"invalid training arguments: {e}") from None
 
 
-def starting_point(config: Config, out: Path, log: Any) -> str | None:
-    """Resume, start fresh, or refuse to clobber an existing run."""
+def starting_point(config: Config, out: Path, log: Any, claim: bool = True) -> str | None:
+    """Resume, start fresh, or refuse to clobber an existing run. Claims the output folder (medpt.rundir): nothing
+    medpt did not write there is touched, and only checkpoints medpt wrote are resumed from."""
     choice = (config.run.resume_from_checkpoint or "").strip()
-    overwrite = config.run.overwrite_output_dir
-    last = _last_checkpoint(out)
-    if choice.lower() in ("no", "false", "none"):
+    if choice.lower() in ("no", "false", "none", "null"):
         choice = "no"
-    elif choice and choice != "auto":
+    overwrite = config.run.overwrite_output_dir
+    run = RunDir.open(out)
+    mine = [p for p in checkpoints(out) if p.name in run.entries]
+    last = str(max(mine, key=_step)) if mine else None
+    resume_last = last is not None and (choice == "auto" or (choice == "" and not overwrite))
+    if claim:
+        claim_dir(out, "train", inputs=inputs_of(config), overwrite=overwrite and not resume_last)
+    if choice not in ("", "auto", "no"):
         if not Path(choice).is_dir():
             raise MedptError(f"--resume_from_checkpoint {choice}: no such checkpoint directory")
-        return choice
-    if last and (choice == "auto" or (not choice and not overwrite)):
-        return str(last)
-    existing = _artifacts(out)
-    if existing and not overwrite:
-        found = ", ".join(sorted(p.name for p in existing)[:4])
+        return _resume(out, choice, log)
+    if resume_last:
+        return _resume(out, last, log)
+    finished = [n for n in RunDir.open(out).owned() if n in (ADAPTER_WEIGHTS, "model.safetensors", "all_results.json")]
+    if finished or checkpoints(out):
         raise MedptError(
-            f"{out} already holds a run ({found}); pass --overwrite_output_dir to replace it, "
-            "--resume_from_checkpoint auto to continue it, or another --output_dir"
+            f"{out} already holds a run ({', '.join(finished or ['checkpoints'])}); pass --overwrite_output_dir to "
+            "replace it, --resume_from_checkpoint auto to continue it, or another --output_dir"
         )
-    if existing:
-        if last:
-            log(f"--overwrite_output_dir: starting over; the checkpoints in {out} are removed")
-        for path in existing:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
     return None
 
 
-def _artifacts(out: Path) -> list[Path]:
-    if not out.is_dir():
-        return []
-    return [p for p in out.iterdir() if any(fnmatch.fnmatch(p.name, pattern) for pattern in RUN_ARTIFACTS)]
+def _step(path: str | Path) -> int:
+    try:
+        return int(Path(path).name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
 
 
 def _last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    found = checkpoints(out) if out.is_dir() else []
+    return str(max(found, key=_step)) if found else None
 
-    return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+def _resume(out: Path, checkpoint: str, log: Any) -> str:
+    """Resuming replays the steps after the checkpoint: drop their earlier log lines, so metrics.jsonl holds each step
+    once (the resumed run logs them again)."""
+    step = _step(checkpoint)
+    metrics = out / METRICS
+    if step >= 0 and metrics.is_file():
+        lines = [line for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            atomic_write_text(metrics, "".join(line + "\n" for line in kept))
+            log(f"resuming from {checkpoint}: {len(lines) - len(kept)} log line(s) after step {step} are redone")
+    return checkpoint
 
 
 def prepare_all(config: Config, out: Path, log: Any) -> tuple[Any, dict[str, Any]]:
     """The main data (train + validation) and each named --eval_sets entry, all through the same pipeline."""
-    from medpt.cli import tokenizer_source
     from medpt.data.pipeline import prepare_data, prepare_eval_sets
 
     source = tokenizer_source(config.model)
     data = prepare_data(config.data, source, config.run.seed, out, log=log, hub_cache_dir=config.model.cache_dir)
-    return data, prepare_eval_sets(config.data, source, config.run.seed, out / "eval_sets", log=log)
+    return data, prepare_eval_sets(config.data, source, config.run.seed, out / EVAL_SETS_DIR, log=log)
 
 
 def build_model(config: Config, args: Any, log: Any) -> tuple[Any, Any]:
@@ -189,22 +217,12 @@ def build_model(config: Config, args: Any, log: Any) -> tuple[Any, Any]:
 
     compute = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     dtype = weight_dtype(m.torch_dtype, args.bf16, args.fp16, full_finetune=not lora.use_peft)
-    model = load_model(
-        m.model_name_or_path, dtype, revision=m.revision, cache_dir=m.cache_dir, trust_remote_code=m.trust_remote_code,
-        load_in_4bit=four_bit, compute_dtype=compute, attn_implementation=m.attn_implementation,
-    )  # fmt: skip
+    model = load_model(m, dtype, four_bit=four_bit, compute_dtype=compute)
     model.config.use_cache = False  # the KV cache is for generation; with checkpointing it is wrong and wasteful
-    tokenizer = load_tokenizer(
-        str(TokenizerSource(m.tokenizer_name_or_path or m.model_name_or_path, m.revision, m.cache_dir).local_dir()),
-        m.trust_remote_code,
-    )
+    tokenizer = load_tokenizer(str(tokenizer_source(m).local_dir()), m.trust_remote_code)
     model.config.pad_token_id = tokenizer.pad_token_id  # (EOS when the tokenizer has no pad; see load_tokenizer)
     if lora.use_peft:
-        model = add_lora(
-            model, rank=lora.lora_rank, alpha=lora.lora_alpha, dropout=lora.lora_dropout,
-            target_modules=lora.target_modules, modules_to_save=lora.modules_to_save, use_rslora=lora.use_rslora,
-            use_dora=lora.use_dora, peft_path=lora.peft_path, gradient_checkpointing=bool(args.gradient_checkpointing),
-        )  # fmt: skip
+        model = add_lora(model, lora, gradient_checkpointing=bool(args.gradient_checkpointing))
         speed_up(model, autocast=bool(args.bf16 or args.fp16), compiled=bool(args.torch_compile))
         if args.torch_compile and lora.lora_dropout > 0 and device_kind() == "cpu":
             # Measured (bench/train_throughput.py, 25m, bf16): compiled 942 tok/s vs eager 1,288 with dropout 0.05;
@@ -221,12 +239,9 @@ def build_model(config: Config, args: Any, log: Any) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _check_modules_to_save(model: Any, modules_to_save: str | None) -> None:
-    for name in (modules_to_save or "").split(","):
-        name = name.strip()
-        if name and not any(
-            name in n and "modules_to_save" in n and p.requires_grad for n, p in model.named_parameters()
-        ):
+def _check_modules_to_save(model: Any, modules_to_save: list[str] | None) -> None:
+    for name in modules_to_save or []:
+        if not any(name in n and "modules_to_save" in n and p.requires_grad for n, p in model.named_parameters()):
             raise MedptError(f"--modules_to_save {name}: no such trainable module in this model")
 
 
@@ -248,7 +263,7 @@ def build_trainer(config: Config, args: Any, model: Any, tokenizer: Any, data: A
         eval_dataset=eval_dataset,
         data_collator=Collator(tokenizer.pad_token_id, config.data.packing, pad_to),
         processing_class=tokenizer,
-        callbacks=[MetricsFileCallback(str(Path(args.output_dir) / METRICS_FILE)), InterruptCallback()],
+        callbacks=[MetricsFileCallback(str(Path(args.output_dir) / METRICS)), InterruptCallback()],
         embedding_learning_rate=config.lora.embedding_learning_rate,
     )
     if not args.disable_tqdm:
@@ -257,35 +272,87 @@ def build_trainer(config: Config, args: Any, model: Any, tokenizer: Any, data: A
     return trainer
 
 
-def finish(config: Config, trainer: Any, result: Any, out: Path, log: Any) -> None:
+def finish(config: Config, trainer: Any, result: Any, out: Path, resumed: str | None, log: Any) -> None:
     """Save the adapter (or model), tokenizer, metrics, config and curves: everything eval/merge/chat need."""
-    trainer.save_model(str(out))
-    trainer.save_metrics("train", result.metrics)
+    metrics = dict(result.metrics)
+    if resumed:
+        metrics.update(whole_run_train_loss(out / METRICS, _step(resumed), metrics["train_loss"], trainer.state))
+    save_final(trainer, out)
+    trainer.save_metrics("train", metrics)
     trainer.save_state()
     if trainer.eval_dataset is not None and trainer.args.do_eval:
         # With named eval sets (a dict) Trainer.evaluate scores each one under eval_<name>_ itself.
         trainer.save_metrics("eval", trainer.evaluate())
     if not trainer.is_world_process_zero():
         return
-    trainer.processing_class.save_pretrained(str(out))
     config.save(out)
     _record_base(config, out)
-    atomic_write_text(out / "training_args.json", trainer.args.to_json_string())
+    atomic_write_text(out / TRAINING_ARGS, trainer.args.to_json_string())
     if config.lora.use_peft and config.lora.modules_to_save:
-        _check_saved(out / "adapter_model.safetensors", config.lora.modules_to_save)
-    if config.run.plot and plot_losses(out / METRICS_FILE, out / "loss_curve.png", title=out.name):
-        log(f"loss curves: {out / 'loss_curve.png'}")
+        _check_saved(out / ADAPTER_WEIGHTS, config.lora.modules_to_save)
+    if config.run.plot and plot_losses(out / METRICS, out / LOSS_CURVE, title=out.name):
+        log(f"loss curves: {out / LOSS_CURVE}")
     summary = {
         k: v for k, v in json.loads((out / "all_results.json").read_text()).items() if "loss" in k or "perp" in k
     }
     log(f"done: {out}  {json.dumps(summary)}")
 
 
+def save_final(trainer: Any, out: Path) -> None:
+    """The adapter (or model) and the tokenizer, written to the staging folder, then each entry recorded in the
+    manifest and renamed into place: the names Trainer, PEFT and the tokenizer choose are known before they land."""
+    staging = out / STAGING / "final"
+    trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return
+    trainer.processing_class.save_pretrained(str(staging))
+    run = RunDir.open(out)
+    names = sorted(p.name for p in staging.iterdir())
+    clashes = [n for n in names if (out / n).exists() and n not in run.entries]
+    if clashes:
+        raise MedptError(
+            f"{out}: {', '.join(clashes)} exist and medpt did not write them; the trained files are in {staging}. "
+            "Move those files away and copy the trained ones from there"
+        )
+    run.record(names, "train")
+    for name in names:
+        target = out / name
+        if target.is_dir():
+            import shutil
+
+            shutil.rmtree(target)
+        os.replace(staging / name, target)
+    staging.rmdir()
+
+
+def whole_run_train_loss(metrics_file: Path, resumed_at: int, session_loss: float, state: Any) -> dict[str, Any]:
+    """Trainer's train_loss covers only the steps run since the resume; weigh it with the logged losses of the steps
+    before it (metrics.jsonl holds each logged interval once, see _resume). Steps between the last log and the
+    checkpoint of the first session were never logged and are left out (and counted)."""
+    session_steps = state.global_step - resumed_at
+    total, known, previous = 0.0, 0, 0
+    rows = [json.loads(x) for x in metrics_file.read_text(encoding="utf-8").splitlines() if x.strip()]
+    for row in rows:
+        if "loss" in row and row["step"] <= resumed_at:
+            total += row["loss"] * (row["step"] - previous)
+            known += row["step"] - previous
+            previous = row["step"]
+    total += session_loss * session_steps
+    known += session_steps
+    return {
+        "train_loss": total / max(known, 1),
+        "train_loss_since_resume": session_loss,
+        "train_loss_steps": known,
+        "train_loss_unlogged_steps": resumed_at - previous,
+    }
+
+
 def _record_base(config: Config, out: Path) -> None:
-    """Which weights this adapter was trained on, so `medpt verify` can catch it being applied to another base."""
+    """Which weights this adapter was trained on, so eval, merge and verify catch it being applied to another base."""
+    from medpt.adapter import weights_fingerprint
     from medpt.hub import resolve_local
-    from medpt.model import MODEL_FILES, weights_fingerprint
-    from medpt.verify import BASE_RECORD
+    from medpt.model import MODEL_FILES
 
     m = config.model
     local = resolve_local(m.model_name_or_path, MODEL_FILES, m.revision, m.cache_dir)
@@ -293,12 +360,12 @@ def _record_base(config: Config, out: Path) -> None:
     atomic_write_text(out / BASE_RECORD, json.dumps(record, indent=2))
 
 
-def _check_saved(adapter_file: Path, modules_to_save: str) -> None:
+def _check_saved(adapter_file: Path, modules_to_save: list[str]) -> None:
     """--modules_to_save only helps if those weights are really in the saved adapter: check the file itself."""
     from safetensors import safe_open
 
     with safe_open(str(adapter_file), "pt") as f:
         keys = list(f.keys())
-    for name in (m.strip() for m in modules_to_save.split(",") if m.strip()):
+    for name in modules_to_save:
         if not any(name in k for k in keys):
             raise MedptError(f"--modules_to_save {name}: not found in the saved adapter {adapter_file}")

@@ -25,9 +25,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from medpt.data.batches import REAL_TOKENS
 from medpt.errors import MedptError
-from medpt.evaluate import stats_from_sums, token_sums
-
-STAGING_DIR = ".staging"
+from medpt.evaluate import TokenStats, token_sums
+from medpt.rundir import STAGING, RunDir
 
 
 class NonFiniteLossError(MedptError):
@@ -87,8 +86,7 @@ class MedptTrainer(Trainer):
         )
         sums = self._eval_sums if self._eval_sums is not None else torch.zeros(3, dtype=torch.float64)
         sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum")
-        output.metrics.update(stats_from_sums(sums).metrics(prefix=f"{metric_key_prefix}_"))
-        output.metrics.pop(f"{metric_key_prefix}_tokens", None)
+        output.metrics.update(TokenStats.from_tensor(sums).metrics(prefix=f"{metric_key_prefix}_"))
         return output
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None):
@@ -107,7 +105,7 @@ class MedptTrainer(Trainer):
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         run_dir = super()._get_output_dir(trial)
-        staging = os.path.join(run_dir, STAGING_DIR)
+        staging = os.path.join(run_dir, STAGING)
         self._staging = staging
         try:
             super()._save_checkpoint(model, trial)  # every process writes its part under the staging folder
@@ -116,6 +114,7 @@ class MedptTrainer(Trainer):
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            RunDir.open(run_dir).record([name], "train")  # in the manifest before it exists (see medpt.rundir)
             final = os.path.join(run_dir, name)
             if os.path.exists(final):  # the same step saved again after a resume
                 shutil.rmtree(final)

@@ -2,46 +2,41 @@
 
 Checks, each reported, any failure making the exit status 1:
 1. the base model is the one the adapter was trained on (weights fingerprint recorded by `medpt train`);
-2. every target module of the adapter exists in the base model;
-3. every LoRA B matrix is non-zero (B starts at zero: an all-zero B means that layer never learned anything);
-4. the adapter changes the logits on a probe prompt (max |Δlogit| reported);
+2. every tensor of the adapter is finite (no NaN/inf from a diverged run);
+3. every target module of the adapter exists in the base model;
+4. every LoRA B matrix is non-zero (B starts at zero: an all-zero B means that layer never learned anything);
+5. the adapter changes the logits on a probe prompt (max |Δlogit| reported);
 and it reports the adapter's trainable parameters and file size.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
 
 from medpt.errors import MedptError
+from medpt.rundir import ADAPTER_WEIGHTS, VERIFY
 
-BASE_RECORD = "base_model.json"
 PROBE = "问:高血压患者日常饮食需要注意什么？\n答:"
 
 
 def run_verify(config: Any, log: Any = print) -> int:
-    import torch
-    from safetensors import safe_open
+    import json
 
+    import torch
+
+    from medpt.adapter import base_matches, base_model_name, lora_run, read_adapter_config, run_tokenizer_dir
     from medpt.atomic import atomic_write_text
-    from medpt.hub import resolve_local
-    from medpt.model import (
-        MODEL_FILES,
-        base_model_name,
-        load_model,
-        load_tokenizer,
-        lora_run,
-        run_tokenizer_dir,
-        weights_fingerprint,
-    )
+    from medpt.model import load_model, load_tokenizer
+    from medpt.rundir import claim_file
 
     adapter = lora_run(config.eval.adapter, "verify")
-    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
-    weights = adapter / "adapter_model.safetensors"
+    claim_file(adapter / VERIFY, "verify", flag="adapter")
+    adapter_config = read_adapter_config(adapter)
+    weights = adapter / ADAPTER_WEIGHTS
     if not weights.is_file():
-        raise MedptError(f"{adapter}: no adapter_model.safetensors")
+        raise MedptError(f"{adapter}: no {ADAPTER_WEIGHTS}")
     base_name = base_model_name(config.model.model_name_or_path, adapter)
     checks: list[dict[str, Any]] = []
 
@@ -50,18 +45,13 @@ def run_verify(config: Any, log: Any = print) -> int:
         log(f"  [{'ok' if ok else 'FAIL'}] {name}: {detail}")
 
     # 1. the right base
-    local = resolve_local(base_name, MODEL_FILES, config.model.revision, config.model.cache_dir)
-    record = adapter / BASE_RECORD
-    if record.is_file():
-        expected = json.loads(record.read_text())
-        same = expected["fingerprint"] == weights_fingerprint(local)
-        check("base model", same, f"{base_name} " + ("matches" if same else f"is not the base the adapter was trained "
-              f"on ({expected['name']})"))  # fmt: skip
-    else:
-        check("base model", True, f"{base_name} (no {BASE_RECORD}: trained outside medpt, not checked)")
-    # 2. target modules exist
-    base = load_model(base_name, torch.float32, revision=config.model.revision, cache_dir=config.model.cache_dir,
-                      trust_remote_code=config.model.trust_remote_code).eval()  # fmt: skip
+    same, detail = base_matches(config.model, adapter, base_name)
+    check("base model", same is not False, detail)
+    # 2. the weights file: readable, finite
+    nonfinite, b_keys, zero, n_params = _read_weights(weights)
+    check("finite weights", not nonfinite, f"NaN/inf in {nonfinite[:3]}" if nonfinite else "all finite")
+    # 3. target modules exist
+    base = load_model(config.model, torch.float32, name=base_name).eval()
     names = [n for n, _ in base.named_modules()]
     targets = adapter_config.get("target_modules") or []
     if isinstance(targets, str):  # a regex in PEFT's config
@@ -69,18 +59,13 @@ def run_verify(config: Any, log: Any = print) -> int:
     else:
         missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     check("target modules", not missing, f"{len(targets)} present" if not missing else f"missing in base: {missing}")
-    # 3. B matrices
-    with safe_open(str(weights), "pt") as f:
-        keys = list(f.keys())
-        b_keys = [k for k in keys if "lora_B" in k]
-        zero = [k for k in b_keys if f.get_tensor(k).abs().max().item() == 0]
-        n_params = sum(math.prod(f.get_slice(k).get_shape()) for k in keys)
+    # 4. B matrices
     detail = f"{len(b_keys) - len(zero)}/{len(b_keys)} non-zero" + (f"; all-zero: {zero[:3]}..." if zero else "")
     check("LoRA B non-zero", bool(b_keys) and not zero, detail)
-    # 4. the adapter changes the logits
+    # 5. the adapter changes the logits
     from peft import PeftModel
 
-    tokenizer = load_tokenizer(str(run_tokenizer_dir(adapter) or local))
+    tokenizer = load_tokenizer(str(run_tokenizer_dir(config.model, adapter, base_name)), config.model.trust_remote_code)
     ids = tokenizer(PROBE, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         before = base(ids).logits
@@ -99,16 +84,33 @@ def run_verify(config: Any, log: Any = print) -> int:
         "target_modules": targets,
         "trainable_parameters": n_params,
         "adapter_bytes": weights.stat().st_size,
-        "max_abs_logit_change": delta,
+        "max_abs_logit_change": delta if math.isfinite(delta) else None,
         "checks": checks,
         "ok": all(c["ok"] for c in checks),
     }
     log(f"  adapter: {n_params:,} parameters, {weights.stat().st_size / 2**20:.2f} MiB, r={summary['rank']}, "
         f"alpha={summary['alpha']}")  # fmt: skip
-    atomic_write_text(adapter / "verify.json", json.dumps(summary, ensure_ascii=False, indent=2))
+    atomic_write_text(adapter / VERIFY, json.dumps(summary, ensure_ascii=False, indent=2))
     if not summary["ok"]:
         failed = "; ".join(f"{c['check']}: {c['detail']}" for c in checks if not c["ok"])
         log(f"verify FAILED: {failed}")
         return 1
     log("verify: all checks passed")
     return 0
+
+
+def _read_weights(path: Any) -> tuple[list[str], list[str], list[str], int]:
+    """(non-finite tensors, LoRA B tensors, all-zero B tensors, parameter count) of the adapter file."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+            tensors = {k: f.get_tensor(k) for k in keys}
+    except SafetensorError as e:
+        raise MedptError(f"{path}: not a readable safetensors file ({e}); copy or train the adapter again") from None
+    nonfinite = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    b_keys = [k for k in keys if "lora_B" in k]
+    zero = [k for k in b_keys if tensors[k].abs().max().item() == 0]
+    return nonfinite, b_keys, zero, sum(math.prod(t.shape) for t in tensors.values())

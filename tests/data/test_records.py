@@ -1,6 +1,8 @@
 """Reading every supported file type, with the location of every record."""
 
+import csv
 import gzip
+import io
 import json
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from medpt.data import records
 from medpt.data.records import FileSource, resolve_files
 from medpt.errors import BadRecordError, MedptError
 
@@ -112,3 +115,111 @@ def test_resolve_files_folders_globs_and_errors(tmp_path: Path, capsys):
         resolve_files([str(tmp_path / "notes.md")], "f")
     with pytest.raises(MedptError, match="matches no"):
         resolve_files([str(tmp_path / "*.xml")], "f")
+
+
+DEEP_ARRAY = "[" * 100_000 + "]" * 100_000
+DEEP_OBJECT = '{"a": ' * 100_000 + "1" + "}" * 100_000
+JUST_TOO_DEEP = "[" * 101 + "]" * 101  # json.loads reads it; later steps must not get it
+
+
+def test_deeply_nested_jsonl_lines_are_skippable_bad_records(tmp_path: Path):
+    p = tmp_path / "deep.jsonl"
+    at_limit = '{"text": "x", "meta": ' + "[" * 99 + "]" * 99 + "}"  # 100 levels: the most that is read
+    p.write_text("\n".join(['{"text": "a"}', DEEP_ARRAY, DEEP_OBJECT, JUST_TOO_DEEP, at_limit, '{"text": "b"}']) + "\n")
+    items = list(FileSource(p).records())
+    assert [type(i).__name__ for i in items] == ["Record"] + ["BadRecordError"] * 3 + ["Record"] * 2
+    reason = "nested deeper than 100 levels of arrays/objects (the most medpt reads); flatten the record or remove it"
+    for item, line, raw in zip(items[1:4], (2, 3, 4), (DEEP_ARRAY, DEEP_OBJECT, JUST_TOO_DEEP)):
+        assert str(item) == f"{p}:{line}: {reason}"
+        # What --on_bad_record skip writes to rejected.jsonl: the raw line, which json.dumps cannot overflow on.
+        assert json.loads(json.dumps(item.to_json(), ensure_ascii=False))["record"] == raw
+    assert (items[4].line, items[5].value) == (5, {"text": "b"})
+
+
+def test_deeply_nested_records_in_a_json_file(tmp_path: Path):
+    p = tmp_path / "a.json"
+    p.write_text('[{"text": "a"},\n' + JUST_TOO_DEEP + ',\n{"text": "b"}]\n')
+    items = list(FileSource(p).records())
+    assert isinstance(items[1], BadRecordError) and str(items[1]).startswith(f"{p}:2: nested deeper than 100 levels")
+    assert items[1].to_json()["record"] == JUST_TOO_DEEP and (items[2].line, items[2].value) == (3, {"text": "b"})
+    # Deeper than the parser can go: fatal, as the next record's position is unknown; the line is still named.
+    q = tmp_path / "b.json"
+    q.write_text('[{"text": "a"},\n{"text": "b"},\n' + DEEP_ARRAY + "]\n")
+    with pytest.raises(BadRecordError, match=r"b\.json:3: nested deeper than 100 levels"):
+        _read(q)
+
+
+@pytest.fixture
+def _restore_csv_limit():
+    limit = csv.field_size_limit()
+    yield
+    csv.field_size_limit(limit)
+
+
+def test_csv_cells_beyond_the_csv_module_default_are_read(tmp_path: Path, _restore_csv_limit):
+    p = tmp_path / "a.csv"
+    long_text = "长" * 200_000  # the csv module's default limit is 131,072
+    p.write_text(f'text,source\n"{long_text}",guide\nshort,x\n', encoding="utf-8")
+    assert _read(p) == [(2, {"text": long_text, "source": "guide"}), (3, {"text": "short", "source": "x"})]
+    assert csv.field_size_limit() == records.CSV_FIELD_LIMIT == 64 << 20
+
+
+def test_csv_cell_over_the_limit_names_its_row(tmp_path: Path, monkeypatch, _restore_csv_limit):
+    monkeypatch.setattr(records, "CSV_FIELD_LIMIT", 1000)  # stands in for 64 MiB
+    p = tmp_path / "a.csv"
+    p.write_text('text,source\nok,x\n"multi\nline",y\n' + "z" * 2000 + ",w\n")
+    with pytest.raises(BadRecordError) as e:
+        _read(p)
+    assert str(e.value).startswith(
+        f"{p}:5: the row starting here has a cell longer than 1,000 characters (the most medpt reads from one CSV "
+        "cell); split the text over several rows or convert the file to .jsonl"
+    )
+
+
+@pytest.mark.parametrize(
+    "text, line, field, last",
+    [
+        ('instruction,input,output\nq1,i1,a1\nq2,"i2 never closed,a2\nq3,i3,a3\n', 3, "input", 4),
+        ('a,b\n"x\ny","opens on the row\'s second line\nmore\n', 3, "b", 4),
+        ('a,b\r\nx,y\r\nz,"w\r\n', 3, "b", 3),
+        ('a,b\nx,"say ""hi"" and never close', 2, "b", 2),
+        ('"a,b\nx,y\n', 1, None, 2),  # the header itself
+    ],
+)
+def test_csv_unclosed_quote_names_the_line_where_it_opens(tmp_path: Path, text, line, field, last):
+    p = tmp_path / "a.csv"
+    p.write_bytes(text.encode())
+    with pytest.raises(BadRecordError) as e:
+        _read(p)
+    where = f"{p}:{line}: " + (f"field {field!r}: " if field else "")
+    assert str(e.value) == (
+        f"{where}a quoted CSV field opens here and is never closed, so lines {line}-{last} would be read as one "
+        'cell; add the closing quote (a quote inside a quoted field is written "")'
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'a,b\nx,"ends in a line end\n"\n',
+        'a,b\nx,"\r\n"\r\n',  # a closed cell holding just the file's last line end
+        'a,b\nx,"no final newline"',
+        'a,b\nx,""',
+        'a,b\nx,"say ""hi"""\n',
+        'a,b\n5" screen,ok\n',  # a quote inside an unquoted cell is a character
+        'a,b\nx,"a"b\n',  # a character after a closing quote continues the cell
+        "a,b\nx,y,extra,more\nonly\n,\n\n",  # extra cells, a missing cell, an empty row, a blank line
+        'a,a\n"1","2"\n',  # a repeated header name
+    ],
+)
+def test_closed_csv_quotes_read_as_dictreader_does(tmp_path: Path, text):
+    p = tmp_path / "a.csv"
+    p.write_bytes(text.encode())
+    rows = [r for r in csv.DictReader(io.StringIO(text, newline="")) if any(v not in (None, "") for v in r.values())]
+    assert [v for _, v in _read(p)] == rows
+
+
+def test_csv_row_after_a_blank_line_has_its_own_line(tmp_path: Path):
+    p = tmp_path / "a.csv"
+    p.write_text("a,b\nx,y\n\nz,w\n")
+    assert _read(p) == [(2, {"a": "x", "b": "y"}), (4, {"a": "z", "b": "w"})]  # DictReader's skip made it line 3

@@ -13,6 +13,7 @@ import datetime
 import functools
 import json
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -34,9 +35,10 @@ from medpt.data.report import check_record_accounting, format_table, split_stats
 from medpt.data.templates import RenderedBatch, make_renderer
 from medpt.data.tokenize import load_tokenizer_info, tokenize_documents, tokenizer_info
 from medpt.errors import MedptError
+from medpt.rundir import DATA_REPORT as REPORT_FILE  # the run directory's file names live in one place
+from medpt.rundir import REJECTED as REJECTED_FILE
+from medpt.rundir import RunDir
 
-REPORT_FILE = "data_report.json"
-REJECTED_FILE = "rejected.jsonl"
 # Data flags that cannot change the prepared blocks, so they stay out of the cache key.
 _NOT_IN_KEY = {
     "preprocessing_num_workers",
@@ -47,6 +49,7 @@ _NOT_IN_KEY = {
     "validation_file_dir",
     "dataset_name",
     "dataset_config_name",
+    "eval_sets",  # prepared separately (prepare_eval_sets); naming one must not re-tokenize the training corpus
 }
 
 
@@ -92,6 +95,7 @@ def prepare_data(
         }
     )
     root = cache.cache_root(args.data_cache_dir)
+    _claim_cache(root)
     cache.remove_stale_temporaries(root)
     entry = root / key
     hit = (entry / REPORT_FILE).is_file() and not args.overwrite_cache
@@ -158,6 +162,29 @@ def prepare_data(
             report["cache"] = {"key": key, "path": str(entry), "reused": False}
             (tmp / REPORT_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     return _finish(entry, output_dir, reused=False, log=log, t0=t0)
+
+
+_CACHE_ENTRY = re.compile(r"\.?[0-9a-f]{24}(\..*)?")  # a key, or the temporary of one (.KEY.xxx.tmp, .KEY.old-PID)
+
+
+def _claim_cache(root: Path) -> None:
+    """The cache folder is medpt's alone: a folder holding anything else is refused, because the cache removes its
+    stale temporaries itself (see cache.remove_stale_temporaries) and must never mistake a user's file for one."""
+    run = RunDir.open(root)
+    if run.kind == "cache":
+        return
+    strangers = [name for name in run.foreign() if not _CACHE_ENTRY.fullmatch(name)]
+    if strangers:
+        shown = ", ".join(strangers[:6]) + (", ..." if len(strangers) > 6 else "")
+        raise MedptError(
+            f"--data_cache_dir {root} holds files medpt did not write ({shown}); point it at an empty folder or "
+            "at medpt's own cache"
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise MedptError(f"--data_cache_dir {root} is a file, not a folder") from None
+    run.record([], "cache")
 
 
 _PARALLEL_MIN_BYTES = 4 << 20

@@ -3,6 +3,19 @@
 Every record keeps its location (file and line, or dataset and row) so that any later error can name it.
 Each source also has a content fingerprint, used as part of the cache key: the same bytes give the same key
 whatever the file is called or when it was touched.
+
+Limits on what a file may contain:
+
+- JSON records may nest at most MAX_JSON_DEPTH (100) arrays/objects deep. Real records nest 2-5 levels (a
+  conversation is object > list > object > string). Python's JSON parser, json.dumps, pickle (to and from worker
+  processes) and the renderers all recurse, and Python's default recursion limit is 1000 frames shared with the
+  caller's own; 100 keeps every later step far from it. A deeper .jsonl line is a bad record (skippable, written to
+  rejected.jsonl as its raw text); a deeper record in a .json file is skippable too if the parser could read it,
+  and fatal if it could not (the parser then cannot say where the next record starts).
+- A CSV cell may hold at most CSV_FIELD_LIMIT (64 MiB) characters, up from the csv module's 128 KiB default, which
+  long documents (a whole guideline in one cell) exceed. A bigger cell stops the run with its line.
+- A CSV quoted field left unclosed at the end of the file (which the csv module would silently turn into one cell
+  holding the rest of the file) stops the run, naming the line where the quote opens.
 """
 
 from __future__ import annotations
@@ -21,6 +34,9 @@ from typing import Any
 
 from medpt.errors import BadRecordError, MedptError
 
+MAX_JSON_DEPTH = 100  # see the module docstring
+# 64 MiB fits a 32-bit C long (csv.field_size_limit takes one; sys.maxsize, the usual idiom, overflows on Windows).
+CSV_FIELD_LIMIT = 64 << 20
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
 _SPLIT_PREFIXES = ("train", "valid", "validation", "dev", "test", "eval")
 _NEWLINE_SAFE = ("utf-8", "utf8", "utf-8-sig", "ascii", "gb18030", "gbk", "gb2312", "latin-1", "iso-8859-1")
@@ -39,6 +55,35 @@ class Record:
 
     def bad(self, field: str | None, reason: str) -> BadRecordError:
         return BadRecordError(self.source, self.line, field, reason, raw=self.value, unit=self.unit)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests more than `limit` arrays/objects; iterative, so it cannot overflow itself.
+
+    Callers first count the record's '[' and '{' (nesting needs one per level): two fast counts settle nearly every
+    record, and only the few with many brackets (in strings, mostly) are walked."""
+    if not isinstance(value, (dict, list)):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+_TOO_DEEP = (
+    f"nested deeper than {MAX_JSON_DEPTH} levels of arrays/objects (the most medpt reads); flatten the record or "
+    "remove it"
+)
+
+
+def _line_at(text: str, pos: int) -> int:
+    """1-based line of text[pos], counting LF, CRLF and a lone CR as line ends (as the csv module does)."""
+    # A CR directly before text[pos] == LF is half of a CRLF, hence pos + 1 for the pairs.
+    return text.count("\n", 0, pos) + text.count("\r", 0, pos) - text.count("\r\n", 0, pos + 1) + 1
 
 
 def data_suffix(path: Path) -> str:
@@ -183,9 +228,16 @@ class FileSource:
                 # Yielded, not raised: one bad line must not end the file for --on_bad_record skip.
                 yield BadRecordError(self.name, number, None, f"invalid JSON: {e.msg} (column {e.colno})", raw=line)
                 continue
+            except RecursionError:  # the parser recurses once per level: thousands of levels exhaust Python's stack
+                yield BadRecordError(self.name, number, None, _TOO_DEEP, raw=line)
+                continue
+            if line.count("[") + line.count("{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+                # The raw text, not the value, goes to rejected.jsonl: json.dumps of the value could overflow too.
+                yield BadRecordError(self.name, number, None, _TOO_DEEP, raw=line)
+                continue
             yield Record(self.name, number, value)
 
-    def _json(self, text: str) -> Iterator[Record]:
+    def _json(self, text: str) -> Iterator[Record | BadRecordError]:
         """A JSON array of records, or JSON objects one after another (JSON lines saved as .json)."""
         decoder = json.JSONDecoder()
         pos, line, counted, n = 0, 1, 0, len(text)
@@ -200,6 +252,11 @@ class FileSource:
                 return decoder.raw_decode(text, p)
             except json.JSONDecodeError as e:
                 raise BadRecordError(self.name, e.lineno, None, f"invalid JSON: {e.msg} (column {e.colno})") from None
+            except RecursionError:
+                # Fatal, unlike in .jsonl: the parser gave up inside the record, so where the next one starts is
+                # unknown.
+                reason = f"{_TOO_DEEP} (in a .json file it cannot be skipped: where the next record starts is unknown)"
+                raise BadRecordError(self.name, line, None, reason) from None
 
         pos = skip_ws(pos)
         in_array = pos < n and text[pos] == "["
@@ -211,7 +268,12 @@ class FileSource:
             line += text.count("\n", counted, pos)  # count incrementally: a big array stays linear
             counted = pos
             value, end = decode_at(pos)
-            yield Record(self.name, line, value)
+            brackets = text.count("[", pos, end) + text.count("{", pos, end)
+            if brackets > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+                # Skippable: the parser read it, so the next record's position is known.
+                yield BadRecordError(self.name, line, None, _TOO_DEEP, raw=text[pos:end])
+            else:
+                yield Record(self.name, line, value)
             pos = skip_ws(end)
             if in_array:
                 if pos < n and text[pos] == ",":
@@ -227,12 +289,77 @@ class FileSource:
             raise BadRecordError(self.name, line, None, "invalid JSON: the array is not closed with ']'")
 
     def _csv(self, text: str) -> Iterator[Record]:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        start = 2  # line 1 is the header
-        for row in reader:
-            if any(v not in (None, "") for v in row.values()):
-                yield Record(self.name, start, dict(row))
+        """Rows as dicts keyed by the header, exactly as csv.DictReader makes them (extra cells under None, missing
+        ones None), read with csv.reader so the last row and where it starts are at hand for the quote check."""
+        # Process-wide (the csv module has no per-reader limit); no other medpt code reads CSV.
+        csv.field_size_limit(CSV_FIELD_LIMIT)
+        buffer = io.StringIO(text, newline="")
+        reader = csv.reader(buffer)
+        header: list[str] | None = None
+        start = 1  # line where the next row starts
+        last: list[str] = []
+        last_offset = 0
+        while True:
+            offset = buffer.tell()  # the csv reader takes one line at a time, so this is where the next row starts
+            try:
+                fields = next(reader, None)
+            except csv.Error as e:
+                raise self._csv_error(e, start) from None
+            if fields is None:
+                break
+            last, last_offset = fields, offset
+            if header is None:
+                header = fields
+            elif fields:  # a blank line is [], skipped as DictReader does
+                row: dict[Any, Any] = dict(zip(header, fields))
+                if len(header) < len(fields):
+                    row[None] = fields[len(header) :]
+                else:
+                    row.update((key, None) for key in header[len(fields) :])
+                if any(v not in (None, "") for v in row.values()):
+                    yield Record(self.name, start, row)
             start = reader.line_num + 1
+        if last:
+            self._check_quotes_closed(text, last_offset, last, header if last is not header else None)
+
+    def _csv_error(self, e: csv.Error, start: int) -> BadRecordError:
+        if "field larger than field limit" in str(e):
+            return BadRecordError(
+                self.name,
+                start,
+                None,
+                f"the row starting here has a cell longer than {CSV_FIELD_LIMIT:,} characters (the most medpt reads "
+                "from one CSV cell); split the text over several rows or convert the file to .jsonl. "
+                "If no cell should be that long, look for an unclosed quote at or after this line",
+            )
+        return BadRecordError(self.name, start, None, f"not readable as CSV: {e}")
+
+    def _check_quotes_closed(self, text: str, offset: int, last: list[str], header: list[str] | None) -> None:
+        """An unclosed quoted field makes the csv module read the rest of the file into one cell, silently.
+
+        Test: read the last row again with a line end and a character appended. Only inside a quoted field is a line
+        end part of a cell, so the row comes out different exactly when the file ended inside quotes. Only the last
+        row is read again, so a normal file pays nothing noticeable."""
+        try:
+            closed = next(csv.reader(io.StringIO(text[offset:] + "\nX", newline=""))) == last
+        except csv.Error:  # the two extra characters took the cell past the size limit: it did not end
+            closed = False
+        if closed:
+            return
+        # The open cell is the row's last, and after its opening quote the file holds exactly the cell with each "
+        # written "" (in quotes that is the only escape, and a quote followed by anything else would have closed it).
+        tail = len(last[-1]) + last[-1].count('"')
+        pos = len(text) - tail - 1
+        line = _line_at(text, pos) if pos >= offset and text[pos] == '"' else _line_at(text, offset)
+        column = len(last) - 1
+        field = header[column] if header is not None and column < len(header) else None
+        raise BadRecordError(
+            self.name,
+            line,
+            field,
+            f"a quoted CSV field opens here and is never closed, so lines {line}-{_line_at(text, len(text) - 1)} "
+            'would be read as one cell; add the closing quote (a quote inside a quoted field is written "")',
+        )
 
     def _txt(self, text: str) -> Iterator[Record]:
         text = text.replace("\r\n", "\n")

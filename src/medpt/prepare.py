@@ -1,0 +1,24 @@
+"""`medpt prepare`: files or a hub dataset → rendered text → tokens → packed blocks (cached), and a data report in
+--output_dir. The work is medpt.data.pipeline's; this command checks the paths and writes the run's files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medpt.data.pipeline import prepare_data
+from medpt.model import check_block_size, tokenizer_source
+from medpt.rundir import claim_dir, claim_file, inputs_of
+
+
+def run_prepare(config: Any) -> int:
+    source = tokenizer_source(config.model)
+    inputs = inputs_of(config)
+    check_block_size(config.model, config.data.block_size)
+    out = Path(config.run.output_dir)
+    claim_dir(out, "prepare", inputs=inputs, overwrite=config.run.overwrite_output_dir)
+    if config.data.dump_text:
+        claim_file(config.data.dump_text, "prepare", flag="dump_text", inputs=inputs)
+    prepare_data(config.data, source, config.run.seed, out, hub_cache_dir=config.model.cache_dir)
+    print(f"configuration: {config.save(out)}")
+    return 0

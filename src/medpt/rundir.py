@@ -1,0 +1,395 @@
+"""The run directory: what medpt writes where, and the rule that medpt removes or replaces only what it wrote.
+
+Every folder medpt writes into holds a manifest, `.medpt-manifest.json`, naming each top-level entry medpt created
+there and the command that created it. A name is recorded *before* the entry is written, so a crash never leaves a
+medpt file the manifest does not know. From that:
+
+1. `--overwrite_output_dir` / `--overwrite` remove exactly the manifest's entries; anything else in the folder (your
+   notes, your data) stays.
+2. A folder that holds entries medpt did not write is refused, with their names, unless it is a medpt run; and even
+   in a run, an entry a command is about to write that medpt did not write is refused.
+3. An entry written by one command is never replaced by another (an `eval` never writes over a training result).
+4. Before anything is written, an output that is, holds or sits inside an input (data, a model, an adapter, a
+   tokenizer, a cache) is refused, naming both paths. The one exception is the intended layout of a run: `eval`,
+   `compare`, `verify` and `report` write *inside* the adapter's run directory (RUN/eval, RUN/compare, ...).
+
+The file names of a run are defined here, once; other modules import them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import glob
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medpt import __version__
+from medpt.atomic import atomic_write_text
+from medpt.errors import MedptError
+
+MANIFEST = ".medpt-manifest.json"
+
+# --- what a run holds ---------------------------------------------------------------------------------------------
+CONFIG_FILE = "medpt_config.yaml"  # the fully resolved configuration
+DATA_REPORT = "data_report.json"  # where every record and token went
+REJECTED = "rejected.jsonl"  # records skipped with --on_bad_record skip, with their reasons
+METRICS = "metrics.jsonl"  # one line per log step
+BASE_RECORD = "base_model.json"  # fingerprint of the base weights the adapter was trained on
+VERIFY = "verify.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+LOSS_CURVE = "loss_curve.png"
+TRAINING_ARGS = "training_args.json"
+EVAL_SETS_DIR = "eval_sets"  # data reports of the named --eval_sets
+EVAL_DIR = "eval"  # `medpt eval` results
+COMPARE_DIR = "compare"
+ANSWERS = "answers.jsonl"
+REPORT_HTML, REPORT_MD = "report.html", "report.md"
+STAGING = ".staging"  # checkpoints and final files are written here, then renamed into place
+CHECKPOINT_PREFIX = "checkpoint-"
+TINY_INFO = "medpt_tiny.json"
+MERGE_INFO = "medpt_merge.json"
+
+# What each command writes at the top of its output folder. Names are recorded in the manifest when the folder is
+# claimed; patterns (checkpoint-*) only guard against overwriting a foreign entry, and each concrete name is recorded
+# when it is created.
+TRAINER_FILES = (
+    "train_results.json", "eval_results.json", "all_results.json", "trainer_state.json", "training_args.bin",
+    "runs", "README.md",
+)  # fmt: skip
+WRITES: dict[str, tuple[str, ...]] = {
+    "prepare": (CONFIG_FILE, DATA_REPORT, REJECTED),
+    "train": (
+        CONFIG_FILE,
+        DATA_REPORT,
+        REJECTED,
+        METRICS,
+        BASE_RECORD,
+        LOSS_CURVE,
+        TRAINING_ARGS,
+        EVAL_SETS_DIR,
+        STAGING,
+        *TRAINER_FILES,
+    ),  # fmt: skip
+    "eval": ("eval_results.json", "eval.md", "mcq_predictions.jsonl"),
+    "compare": ("compare.jsonl", "compare.md", "compare.html"),
+    "report": (REPORT_HTML, REPORT_MD),
+}
+PATTERNS: dict[str, tuple[str, ...]] = {"train": (f"{CHECKPOINT_PREFIX}*",)}
+# Whose files a command may replace besides its own: training into a folder `medpt prepare` wrote writes a newer
+# config and data report there. Nothing replaces a training run's files but --overwrite_output_dir.
+REPLACES: dict[str, tuple[str, ...]] = {"train": ("prepare",)}
+
+
+# --- the manifest -------------------------------------------------------------------------------------------------
+@dataclass
+class RunDir:
+    """A folder medpt writes into, with its manifest (empty when the folder is new or not medpt's)."""
+
+    path: Path
+    entries: dict[str, str] = field(default_factory=dict)  # name -> command that wrote it
+    kind: str | None = None  # the command that first claimed the folder
+    legacy: bool = False  # a run written before manifests existed (it has medpt_config.yaml)
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        path = Path(path)
+        manifest = path / MANIFEST
+        if not manifest.is_file():
+            return cls(path, legacy=(path / CONFIG_FILE).is_file())
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            return cls(path, dict(data["entries"]), data.get("kind"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise MedptError(
+                f"{manifest} is unreadable ({e}); medpt cannot tell which files there it wrote. Move the folder's "
+                "contents you want to keep elsewhere and delete it, or use another output folder"
+            ) from None
+
+    @property
+    def is_medpt(self) -> bool:
+        return self.kind is not None or bool(self.entries) or self.legacy
+
+    def present(self) -> list[str]:
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name != MANIFEST)
+
+    def foreign(self) -> list[str]:
+        """Entries of the folder that medpt did not write."""
+        return [name for name in self.present() if name not in self.entries]
+
+    def owned(self) -> list[str]:
+        """Entries medpt wrote that are still there."""
+        return [name for name in self.present() if name in self.entries]
+
+    def record(self, names: Iterable[str], command: str) -> None:
+        """Add names to the manifest, before they are written."""
+        new = {n: command for n in names if self.entries.get(n) != command}
+        if not new and (self.path / MANIFEST).is_file():
+            return
+        self.entries.update(new)
+        self.kind = self.kind or command
+        self._save()
+
+    def forget(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.entries.pop(name, None)
+        self._save()
+
+    def remove_owned(self) -> list[str]:
+        """Delete every entry medpt wrote here (and nothing else); returns what was removed."""
+        removed = []
+        for name in self.owned():
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+            removed.append(name)
+        self.entries, self.kind = {}, None
+        self._save()
+        return removed
+
+    def _save(self) -> None:
+        data = {
+            "about": "entries medpt wrote in this folder; `--overwrite*` removes exactly these, nothing else",
+            "medpt_version": __version__,
+            "updated": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "kind": self.kind,
+            "entries": dict(sorted(self.entries.items())),
+        }
+        atomic_write_text(self.path / MANIFEST, json.dumps(data, indent=2) + "\n")
+
+
+# --- inputs, and outputs that must not touch them -----------------------------------------------------------------
+@dataclass
+class Inputs:
+    """What a command reads, by role, so that no output is, holds or sits inside one of them."""
+
+    paths: list[tuple[str, Path]] = field(default_factory=list)  # (what it is, path), files or folders
+    patterns: list[tuple[str, str]] = field(default_factory=list)  # (what, glob) for input globs
+    adapter: Path | None = None  # outputs may sit inside the adapter's run (RUN/eval), never be or hold it
+
+    def add(self, what: str, path: str | os.PathLike | None, even_if_missing: bool = False) -> None:
+        """A local file or folder (hub ids and missing paths are skipped: they hold nothing to protect, except a
+        folder medpt is about to create, such as a cache: `even_if_missing`)."""
+        if path is None:
+            return
+        text = str(path)
+        if any(ch in text for ch in "*?["):
+            self.patterns.append((what, os.path.abspath(os.path.expanduser(text))))
+            # A recursive glob reads any depth under its fixed part: that folder is an input as a whole.
+            if "**" in text:
+                self.paths.append((what, Path(_fixed_part(text)).resolve()))
+            for match in glob.glob(text, recursive=True):
+                self.paths.append((what, Path(match).resolve()))
+            return
+        expanded = Path(os.path.expanduser(text))
+        if expanded.exists() or even_if_missing:
+            self.paths.append((what, expanded.resolve()))
+
+    def add_all(self, what: str, paths: Iterable[str] | None) -> None:
+        for p in paths or []:
+            self.add(what, p)
+
+
+def _fixed_part(pattern: str) -> str:
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    return str(Path(*fixed)) if fixed else "."
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_output(flag: str, output: str | os.PathLike, inputs: Inputs, is_file: bool = False) -> Path:
+    """Refuse an output that is, holds or sits inside an input; returns the output as an absolute path."""
+    out = Path(os.path.expanduser(str(output))).resolve()
+    for what, path in inputs.paths:
+        if _inside(out, path) or _inside(path, out):
+            relation = "is" if out == path else ("is inside" if _inside(out, path) else "holds")
+            raise MedptError(
+                f"--{flag} {output} {relation} the {what} {path}: medpt never writes over its inputs. Choose an "
+                f"--{flag} outside it"
+            )
+    if inputs.adapter is not None:
+        adapter = inputs.adapter.resolve()
+        if out == adapter or _inside(adapter, out):
+            relation = "is" if out == adapter else "holds"
+            raise MedptError(
+                f"--{flag} {output} {relation} the adapter {adapter}: write somewhere else (by default medpt writes "
+                "inside the run, e.g. RUN/eval)"
+            )
+    if is_file:
+        for what, pattern in inputs.patterns:
+            if fnmatch.fnmatch(str(out), pattern):
+                raise MedptError(
+                    f"--{flag} {output} matches the {what} pattern {pattern}: a later run would read it as data. "
+                    "Choose another name or folder"
+                )
+    return out
+
+
+def hub_cache(cache_dir: str | None) -> str:
+    """Where huggingface_hub keeps models and datasets (read from the environment, as it does, without importing it)."""
+    if cache_dir:
+        return cache_dir
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
+    return os.path.join(home, "hub")
+
+
+def inputs_of(config: Any) -> Inputs:
+    """Everything a command configured by `config` (a medpt.config.Config) reads."""
+    from medpt.data.cache import cache_root
+
+    inputs = Inputs()
+    data, model = config.data, config.model
+    inputs.add_all("training data", data.train_file_dir)
+    inputs.add_all("validation data", data.validation_file_dir)
+    for item in data.eval_sets or []:
+        name, _, path = item.partition("=")
+        inputs.add(f"eval set {name!r}", path)
+    inputs.add("dataset folder", data.dataset_name)
+    inputs.add("base model", model.model_name_or_path)
+    inputs.add("tokenizer", model.tokenizer_name_or_path)
+    inputs.add("hub cache", hub_cache(model.cache_dir), even_if_missing=True)
+    inputs.add("data cache", cache_root(data.data_cache_dir), even_if_missing=True)
+    inputs.add("adapter to continue (--peft_path)", config.lora.peft_path)
+    inputs.add_all("multiple-choice file", config.eval.mcq_file)
+    inputs.add("few-shot file", config.eval.fewshot_file)
+    inputs.add("questions file", config.generate.questions)
+    resume = config.run.resume_from_checkpoint
+    if resume and resume.lower() not in ("auto", "no", "none", "false", "null"):
+        inputs.add("checkpoint to resume from", resume)
+    if config.eval.adapter:
+        inputs.adapter = Path(config.eval.adapter)
+    return inputs
+
+
+# --- claiming an output ---------------------------------------------------------------------------------------------
+def claim_dir(
+    path: str | os.PathLike,
+    command: str,
+    *,
+    flag: str = "output_dir",
+    inputs: Inputs | None = None,
+    overwrite: bool = False,
+    writes: Iterable[str] | None = None,
+    patterns: Iterable[str] | None = None,
+) -> RunDir:
+    """Make `path` this command's output folder, or refuse before anything is written.
+
+    `writes` are the top-level names the command will write (recorded now); `patterns` name entries it creates later
+    (each recorded when created). With `overwrite`, medpt's own earlier entries are removed first."""
+    out = check_output(flag, path, inputs or Inputs())
+    if out.exists() and not out.is_dir():
+        raise MedptError(f"--{flag} {path} is a file, not a folder: pass a folder path")
+    writes = tuple(WRITES.get(command, ()) if writes is None else writes)
+    patterns = tuple(PATTERNS.get(command, ()) if patterns is None else patterns)
+    run = RunDir.open(out)
+    foreign = run.foreign()
+    if foreign and not run.is_medpt:
+        raise MedptError(
+            f"--{flag} {path} holds files medpt did not write ({_names(foreign)}); medpt writes only into an empty "
+            "folder or one of its own runs. Choose a new --" + flag
+        )
+    clashes = [n for n in foreign if n in writes or any(fnmatch.fnmatch(n, p) for p in patterns)]
+    if clashes:
+        raise MedptError(
+            f"--{flag} {path}: {_names(clashes)} would be overwritten but medpt did not write "
+            f"{'it' if len(clashes) == 1 else 'them'}; move {'it' if len(clashes) == 1 else 'them'} away or choose "
+            "another --" + flag
+        )
+    if overwrite and run.owned():
+        removed = run.remove_owned()
+        print(f"--overwrite: removed medpt's earlier output in {path}: {_names(removed)}")
+    allowed = (None, command, *REPLACES.get(command, ()))
+    foreign_to_command = [n for n in writes if run.entries.get(n) not in allowed and (out / n).exists()]
+    if foreign_to_command:
+        owner = run.entries[foreign_to_command[0]]
+        raise MedptError(
+            f"--{flag} {path}: {_names(foreign_to_command)} belong{'s' if len(foreign_to_command) == 1 else ''} to "
+            f"`medpt {owner}`, which `medpt {command}` does not replace; pass --overwrite_output_dir to replace that "
+            "output as a whole, or choose another --" + flag
+        )
+    _make_dir(out, flag)
+    _register_in_parent(out, command)
+    run.record(writes, command)
+    return run
+
+
+def claim_file(path: str | os.PathLike, command: str, *, flag: str, inputs: Inputs | None = None) -> Path:
+    """A single output file: replaced only if medpt wrote it (per its folder's manifest)."""
+    out = check_output(flag, path, inputs or Inputs(), is_file=True)
+    if out.is_dir():
+        raise MedptError(f"--{flag} {path} is a folder; pass a file path")
+    parent = RunDir.open(out.parent)
+    owner = parent.entries.get(out.name)
+    if out.exists() and owner is None:
+        raise MedptError(
+            f"--{flag} {path} exists and medpt did not write it; medpt does not replace your files. Choose another "
+            "path, or move it away"
+        )
+    if owner not in (None, command):
+        raise MedptError(f"--{flag} {path} belongs to `medpt {owner}`; `medpt {command}` does not replace it")
+    _make_dir(out.parent, flag)
+    parent.record([out.name], command)
+    return out
+
+
+def _register_in_parent(out: Path, command: str) -> None:
+    """A folder made inside a medpt folder (RUN/eval) is recorded in that folder's manifest too."""
+    parent = RunDir.open(out.parent)
+    if parent.is_medpt and out.name not in parent.entries:
+        parent.record([out.name], command)
+
+
+def _make_dir(path: Path, flag: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise MedptError(f"--{flag} {path}: a file stands where a folder is needed") from None
+    except OSError as e:
+        raise MedptError(f"--{flag} {path}: cannot create the folder: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise MedptError(f"--{flag} {path}: the folder is not writable")
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+# --- reading a run ----------------------------------------------------------------------------------------------
+def is_lora_run(path: str | os.PathLike) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def run_config_path(path: str | os.PathLike) -> Path:
+    return Path(path) / CONFIG_FILE
+
+
+def checkpoints(path: Path) -> list[Path]:
+    return sorted(p for p in path.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """What the manifest says, for reports and error messages."""
+    run = RunDir.open(path)
+    return {"kind": run.kind, "entries": run.entries, "foreign": run.foreign()}
