@@ -309,3 +309,26 @@ def test_gradient_checkpointing_flag_reaches_the_trainer_non_reentrant_without_a
     kwargs = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
     assert kwargs == {"use_reentrant": False}
     assert not [w for w in recwarn if "checkpointing" in str(w.message)]
+
+
+def test_named_sources_are_evaluated_each_on_its_own_during_and_after_training(tiny_model_dir, tmp_path):
+    from medpt.samples import SAMPLE_GENERAL
+
+    out = tmp_path / "run"
+    extra = ["--train_file_dir", f"medical={SAMPLE_QA}", f"general={SAMPLE_GENERAL}", "--mix", "medical=0.9,general=0.1",
+             "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "2", "--do_eval", "--save_strategy", "no"]  # fmt: skip
+    assert _run(tiny_model_dir, out, *extra) == 0
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for name in ("medical", "general"):
+        assert {r["step"] for r in logged if f"eval_{name}_perplexity" in r} >= {2, 4}
+    evals = json.loads((out / "eval_results.json").read_text())
+    assert "eval_loss" not in evals and evals["eval_general_loss"] != evals["eval_medical_loss"]
+    shares = json.loads((out / "data_report.json").read_text())["sources"]
+    assert abs(shares["general"]["mix"]["achieved_share"] - 0.1) < 0.01
+    assert main(["eval", "--adapter", str(out)]) == 0  # the run's own sources, each a row
+    results = json.loads((out / "eval" / "eval_results.json").read_text())
+    assert set(results["sets"]) == {"medical", "general"}
+    assert main(["report", str(out)]) == 0  # the forgetting chart and the per-source shares
+    page = (out / "report.html").read_text()
+    assert "Forgetting chart" in page and "share asked" in page and "90.0%" in page
+    assert (out / "report_forgetting.png").stat().st_size > 1000

@@ -109,17 +109,40 @@ class ModelArguments:
         _check_ranges(self)
 
 
+def split_named(item: str) -> tuple[str, str]:
+    """`NAME=PATH` → (NAME, PATH); a plain path → ("", path). NAME must be an identifier, so a path that merely
+    contains "=" stays a path."""
+    name, eq, rest = item.partition("=")
+    if eq and name.isidentifier() and rest:
+        return name, rest
+    return "", item
+
+
 @dataclass
 class DataArguments:
-    dataset_name: str | None = _arg(None, "Hub dataset id (or a local dataset folder) read with datasets.", path=True)
+    dataset_name: list[str] | None = _arg(
+        None, "Hub dataset ids (or local dataset folders) read with datasets; NAME=ID names a source.", path=True
+    )
     dataset_config_name: str | None = _arg(None, "Configuration (subset) name of --dataset_name.")
     train_file_dir: list[str] | None = _arg(
-        None, "Training files, folders or globs: .jsonl .json .parquet .csv .txt, each optionally .gz.", path=True
+        None,
+        "Training files, folders or globs (.jsonl .json .parquet .csv .txt, optionally .gz); NAME=PATH names a source "
+        "(medical=data/qa general=wiki/), each with its own format detection.",
+        path=True,
     )
     validation_file_dir: list[str] | None = _arg(
         None,
-        "Validation files, folders or globs; without them a stable hash split of the training data is used.",
+        "Validation files, folders or globs (NAME=PATH for a named source); without them a stable hash split of "
+        "each source's training data is used.",
         path=True,
+    )
+    mix: list[str] | None = _arg(
+        None,
+        "Each named source's share of the training tokens, e.g. medical=0.95,general=0.05 (replay). The first "
+        "source is used once and anchors the total; the others are repeated or sampled to their share (seeded).",
+    )
+    mix_tokens: int | None = _arg(
+        None, "Total training tokens of the --mix (default: the first source's tokens / its share).", ge=1
     )
     data_format: Literal["auto", "sharegpt", "messages", "alpaca", "text"] = _arg(
         "auto", "Record shape; auto detects it per file from the first record's keys."
@@ -177,11 +200,13 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
-        for name in ("train_file_dir", "validation_file_dir"):
+        for name in ("train_file_dir", "validation_file_dir", "dataset_name"):
             value = getattr(self, name)
             if isinstance(value, str):
                 setattr(self, name, [value])
+        self.mix = _comma_list(self.mix) or None
         _check_ranges(self)
+        self._check_sources()
         if self.template not in TEMPLATES:
             hint = closest(self.template, TEMPLATES)
             raise MedptError(
@@ -194,6 +219,9 @@ class DataArguments:
             name, eq, path = item.partition("=")
             if not eq or not name.isidentifier() or not path:
                 raise MedptError(f"--eval_sets takes NAME=PATH items (e.g. medical=data/valid.jsonl), got {item!r}")
+            if name in self.source_names():
+                raise MedptError(f"--eval_sets {item}: {name!r} already names a training source (its held-out "
+                                 "documents are evaluated as that name); choose another name")  # fmt: skip
         if self.template_format is not None:
             unknown = set(self.template_format) - {"system", "human", "gpt", "end"}
             if unknown or not {"human", "gpt"} <= set(self.template_format):
@@ -201,6 +229,54 @@ class DataArguments:
                     "--template_format needs keys human and gpt (each with {text}), optionally system and end; "
                     f"got {sorted(self.template_format)}"
                 )
+
+    def source_names(self) -> list[str]:
+        """The training sources in order of first appearance ("" for unnamed paths)."""
+        names = [split_named(x)[0] for x in (*(self.dataset_name or []), *(self.train_file_dir or []))]
+        return list(dict.fromkeys(names))
+
+    def _check_sources(self) -> None:
+        names = self.source_names()
+        if "" in names and len(names) > 1:
+            raise MedptError(
+                "--train_file_dir / --dataset_name: name every source or none (NAME=PATH, e.g. medical=data/qa "
+                f"general=wiki/); got named {[n for n in names if n]} beside unnamed paths"
+            )
+        named = bool(names) and names != [""]
+        for item in self.validation_file_dir or []:
+            name, _ = split_named(item)
+            if named and name not in names:
+                raise MedptError(
+                    f"--validation_file_dir {item}: the training sources are named, so name its source "
+                    f"({' or '.join(f'{n}=PATH' for n in names)})"
+                )
+            if not named and name:
+                raise MedptError(f"--validation_file_dir {item}: names a source, but the training data is unnamed")
+        if self.mix is None:
+            if self.mix_tokens is not None:
+                raise MedptError("--mix_tokens sets the size of a --mix: give --mix too")
+            return
+        from medpt.data.mixing import parse_shares
+
+        shares = parse_shares(self.mix)
+        if names == [""] or not names:
+            raise MedptError("--mix needs named sources: --train_file_dir medical=PATH general=PATH")
+        unknown = [n for n in shares if n not in names]
+        if unknown:
+            hint = closest(unknown[0], names)
+            raise MedptError(
+                f"--mix {unknown[0]}: no such source (sources: {', '.join(names)})"
+                + (f"; did you mean {hint!r}?" if hint else "")
+            )
+        missing = [n for n in names if n not in shares]
+        if missing:
+            raise MedptError(f"--mix gives no share to {', '.join(missing)}; give every source a share (0 to leave "
+                             "it out of training)")  # fmt: skip
+
+    def shares(self) -> dict[str, float] | None:
+        from medpt.data.mixing import parse_shares
+
+        return parse_shares(self.mix) if self.mix else None
 
 
 @dataclass

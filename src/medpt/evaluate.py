@@ -127,7 +127,9 @@ def evaluate_run(config: Any, log: Any = print) -> dict[str, Any]:
     quiet = lambda *_: None  # noqa: E731 - the data reports are written to disk; the terminal gets the table
     if config.data.train_file_dir or config.data.dataset_name or config.data.validation_file_dir:
         prepared = prepare_data(config.data, source, config.run.seed, log=quiet)  # the run's own held-out split
-        if prepared.validation is not None:
+        if prepared.validation_sets:  # named sources: each one's held-out documents
+            sets.update(prepared.validation_sets)
+        elif prepared.validation is not None:
             sets["validation"] = prepared.validation
     sets.update(prepare_eval_sets(config.data, source, config.run.seed, log=quiet))
     if not sets and not config.eval.mcq_file:

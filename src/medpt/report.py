@@ -26,6 +26,7 @@ from medpt.rundir import (
 )
 
 REPORT_CURVE = "report_loss_curve.png"
+FORGETTING_CHART = "report_forgetting.png"  # medical vs general perplexity during training (named eval sets)
 
 
 def _load(path: Path) -> Any:
@@ -33,7 +34,7 @@ def _load(path: Path) -> Any:
 
 
 def gather(run: Path, out: Path) -> dict[str, Any]:
-    from medpt.curves import plot_losses
+    from medpt.curves import plot_forgetting, plot_losses
 
     if not (run / CONFIG_FILE).is_file():
         raise MedptError(f"{run} is not a medpt run (no {CONFIG_FILE})")
@@ -41,6 +42,7 @@ def gather(run: Path, out: Path) -> dict[str, Any]:
     if not curve.is_file():  # a run trained with --plot false: the report draws its own copy
         curve = out / REPORT_CURVE
         plot_losses(run / METRICS, curve, title=run.name)
+    forgetting = plot_forgetting(run / METRICS, out / FORGETTING_CHART, title=f"{run.name}: held-out perplexity")
     compare = run / COMPARE_DIR / "compare.jsonl"
     return {
         "config": [line for line in (run / CONFIG_FILE).read_text(encoding="utf-8").splitlines() if "# set" in line],
@@ -53,6 +55,7 @@ def gather(run: Path, out: Path) -> dict[str, Any]:
         if compare.is_file()
         else [],
         "curve": curve if curve.is_file() else None,
+        "forgetting": forgetting,
     }
 
 
@@ -68,6 +71,8 @@ def markdown(run: Path, facts: dict[str, Any]) -> str:
         parts += ["## Training\n", _kv_md(facts["train"])]
     if facts["curve"]:
         parts += [f"![loss curves]({facts['curve'].name})\n"]
+    if facts["forgetting"]:
+        parts += ["## Forgetting chart\n", f"![held-out perplexity per set]({facts['forgetting'].name})\n"]
     if facts["evaluation"]:
         parts += ["## Base vs adapted\n", format_eval(facts["evaluation"]) + "\n"]
     elif facts["eval_during_training"]:
@@ -105,6 +110,10 @@ def page(run: Path, facts: dict[str, Any]) -> str:
     if facts["curve"]:
         data = base64.b64encode(facts["curve"].read_bytes()).decode()
         body += [f"<img alt='loss curves' src='data:image/png;base64,{data}'>"]
+    if facts["forgetting"]:
+        data = base64.b64encode(facts["forgetting"].read_bytes()).decode()
+        body += ["<h2>Forgetting chart</h2><p>Held-out perplexity of each named set during training (log scale).</p>",
+                 f"<img alt='held-out perplexity per set' src='data:image/png;base64,{data}'>"]  # fmt: skip
     evaluation = facts["evaluation"]
     if evaluation:
         body += ["<h2>Base vs adapted</h2>", _markdown_html(format_eval(evaluation))]
@@ -181,7 +190,7 @@ def write_report(run: Path, out: Path | None = None, log: Any = print) -> tuple[
     if not run.is_dir():
         raise MedptError(f"{run}: no such run folder")
     out = out or run
-    claim_dir(out, "report", writes=(REPORT_HTML, REPORT_MD, REPORT_CURVE))
+    claim_dir(out, "report", writes=(REPORT_HTML, REPORT_MD, REPORT_CURVE, FORGETTING_CHART))
     facts = gather(run, out)
     html_path, md_path = out / REPORT_HTML, out / REPORT_MD
     atomic_write_text(html_path, page(run, facts))

@@ -251,10 +251,13 @@ def build_trainer(config: Config, args: Any, model: Any, tokenizer: Any, data: A
     from medpt.data.batches import Collator, PackedDataset
     from medpt.trainer import InterruptCallback, MedptTrainer, MetricsFileCallback, TokenProgressCallback
 
+    # One unnamed source: its held-out blocks are `eval_loss`. Named sources: each its own set (eval_medical_loss,
+    # eval_general_loss: the domain gain and the forgetting, side by side), as are the --eval_sets.
     eval_dataset: Any = PackedDataset(data.validation) if data.validation is not None else None
-    if eval_sets:
-        eval_dataset = {**({"valid": eval_dataset} if eval_dataset is not None else {}),
-                        **{k: PackedDataset(v) for k, v in eval_sets.items()}}  # fmt: skip
+    named = {k: PackedDataset(v) for k, v in {**data.validation_sets, **eval_sets}.items()}
+    if named:
+        unnamed = {"valid": eval_dataset} if eval_dataset is not None and not data.validation_sets else {}
+        eval_dataset = {**unnamed, **named}
     pad_to = None if config.data.packing == "none" else config.data.block_size
     trainer = MedptTrainer(
         model=model,

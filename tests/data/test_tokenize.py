@@ -6,7 +6,7 @@ import pytest
 from medpt.data.formats import Document
 from medpt.data.parallel import Workers
 from medpt.data.templates import RenderedBatch, make_renderer
-from medpt.data.tokenize import _scale, tokenize_documents, tokenizer_info
+from medpt.data.tokenize import scale_roles, tokenize_documents, tokenizer_info
 
 QA = [("头痛发热怎么办？", "多喝水，注意休息，持续高热请就医。"), ("高血压要吃药吗", "需要医生评估。"), ("咳嗽", "")]
 
@@ -66,7 +66,7 @@ def test_role_counts_match_tokenizing_each_span(tokenizer):
 def test_sampled_role_counts_still_add_up_exactly():
     from collections import Counter
 
-    scaled = _scale(Counter({"human": 3, "gpt": 5, "template": 1}), 1001)
+    scaled = scale_roles(Counter({"human": 3, "gpt": 5, "template": 1}), 1001)
     assert sum(scaled.values()) == 1001
     assert scaled["gpt"] > scaled["human"] > scaled["template"]
 

@@ -18,22 +18,26 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from medpt import __version__
+from medpt.args import DataArguments
 from medpt.atomic import atomic_dir, atomic_writer
-from medpt.config import DataArguments
 from medpt.data import cache
-from medpt.data.hygiene import sample_indices
+from medpt.data.accounting import Selection, select_documents
+from medpt.data.mixing import gather, interleave, plan_mix
 from medpt.data.packing import Packed, pack
 from medpt.data.parallel import Workers
 from medpt.data.reading import ReadResult, ReadTask, peek_format, read_source
-from medpt.data.records import FileSource, HubSource, load_hub_splits, resolve_files
-from medpt.data.report import check_record_accounting, format_table, split_stats
+from medpt.data.records import FileSource, HubSource, resolve_files
+from medpt.data.report import check_record_accounting, check_sources, format_table, split_stats
+from medpt.data.sources import SourceFile, data_sources, file_bytes
 from medpt.data.templates import RenderedBatch, make_renderer
-from medpt.data.tokenize import load_tokenizer_info, tokenize_documents, tokenizer_info
+from medpt.data.tokenize import load_tokenizer_info, scale_roles, tokenize_documents, tokenizer_info
 from medpt.errors import MedptError
 from medpt.rundir import DATA_REPORT as REPORT_FILE  # the run directory's file names live in one place
 from medpt.rundir import REJECTED as REJECTED_FILE
@@ -64,9 +68,10 @@ class TokenizerSource(Protocol):
 @dataclass
 class PreparedData:
     train: Packed | None
-    validation: Packed | None
+    validation: Packed | None  # every source's held-out documents together
     report: dict[str, Any]
     cache_dir: Path
+    validation_sets: dict[str, Packed] = field(default_factory=dict)  # per named source: NAME → its held-out blocks
 
     @property
     def reused(self) -> bool:
@@ -83,12 +88,11 @@ def prepare_data(
 ) -> PreparedData:
     """Prepare (or reuse) the training and validation blocks; write data_report.json (+ rejected.jsonl)."""
     t0 = time.perf_counter()
-    train_sources, val_sources = _sources(args, hub_cache_dir)
+    files = data_sources(args, hub_cache_dir)
     settings = {k: v for k, v in asdict(args).items() if k not in _NOT_IN_KEY}
     key = cache.cache_key(
         {
-            "train": [(s.suffix, s.fingerprint()) for s in train_sources],
-            "validation": [(s.suffix, s.fingerprint()) for s in val_sources],
+            "inputs": [(f.name, f.split, f.source.suffix, f.source.fingerprint()) for f in files],
             "tokenizer": tokenizer.fingerprint(),
             "settings": settings,
             "seed": seed,
@@ -104,26 +108,23 @@ def prepare_data(
         return _finish(entry, output_dir, reused=True, log=log, t0=t0)
 
     n_workers = args.preprocessing_num_workers or min(8, os.cpu_count() or 1)
-    total_bytes = sum(s.path.stat().st_size for s in (*train_sources, *val_sources) if isinstance(s, FileSource))
     # Spawning workers costs about a second; below a few MB of input one process is faster.
-    with Workers(n_workers if total_bytes >= _PARALLEL_MIN_BYTES else 1) as workers:
+    with Workers(n_workers if file_bytes(files) >= _PARALLEL_MIN_BYTES else 1) as workers:
         # 1. Load the tokenizer (importing transformers takes seconds) in a worker while this process reads.
         needs_tokenizer_here = args.template == "chat_template"
         pending_info = None if (hit or needs_tokenizer_here) else workers.submit(load_tokenizer_info, tokenizer)
         render = make_renderer(args.template, args.template_format, tokenizer.load() if needs_tokenizer_here else None)
         # 2. Read and render, in parallel slices; dedup, split and sampling follow input order in this process.
-        results = _read_all(train_sources, val_sources, args, workers, render if needs_tokenizer_here else None)
-        acct = _Accounting(results)
-        train_docs, val_docs = acct.select(args, seed)
-        if not train_docs:
-            raise MedptError(f"no training documents left after reading: {acct.summary(0, len(val_docs))}")
-        log(
-            f"read {acct.read:,} records from {len(train_sources) + len(val_sources)} source(s) "
-            f"in {time.perf_counter() - t0:.1f} s"
-        )
+        results = _read_all(files, args, workers, render if needs_tokenizer_here else None)
+        names = list(dict.fromkeys(f.name for f in files if f.split == "train"))
+        selection = select_documents(results, names, args, seed)
+        total = selection.total()
+        if not total["documents"]["train"]:
+            raise MedptError(f"no training documents left after reading: {total}")
+        log(f"read {total['read']:,} records from {len(files)} input(s) in {time.perf_counter() - t0:.1f} s")
         if args.dump_text:
-            _dump(args.dump_text, train_docs, val_docs)
-            log(f"wrote {len(train_docs) + len(val_docs):,} rendered documents to {args.dump_text}")
+            _dump(args.dump_text, selection)
+            log(f"wrote {sum(total['documents'].values()):,} rendered documents to {args.dump_text}")
         if hit:
             log(f"reusing prepared data from {entry} (same inputs, tokenizer and settings)")
             return _finish(entry, output_dir, reused=True, log=log, t0=t0)
@@ -133,35 +134,127 @@ def prepare_data(
             "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "tokenizer": tokenizer.name,
             "settings": settings,
-            "inputs": acct.inputs,
-            "records": acct.summary(len(train_docs), len(val_docs)),
+            "inputs": selection.inputs,
+            "records": total,
         }
-        check_record_accounting(report["records"])
-        # 3. Tokenize and pack each split; the result appears under its key only once complete.
+        for name in names:
+            check_record_accounting(selection.records[name])
+        check_record_accounting(total)
+        # 3. Tokenize, mix and pack each split; the result appears under its key only once complete.
         with atomic_dir(entry) as tmp:
             json_path = tmp / "tokenizer.json"
             if info.backend_json is not None:
                 json_path.write_text(info.backend_json, encoding="utf-8")
-            for split, docs in (("train", train_docs), ("validation", val_docs)):
-                report[split] = None
-                if docs:
-                    t = time.perf_counter()
-                    tokenized = tokenize_documents(docs, info, workers, str(json_path), None)
-                    packed = pack(tokenized.tokens, tokenized.offsets, args.block_size, args.packing)
-                    cache.save_split(tmp / split, packed)
-                    report[split] = split_stats(packed, tokenized.offsets, tokenized.by_role, tokenized.roles_basis)
-                    log(
-                        f"{split}: {len(docs):,} documents → {tokenized.offsets[-1]:,} tokens → {len(packed):,} "
-                        f"blocks of {args.block_size} ({args.packing}) in {time.perf_counter() - t:.1f} s, "
-                        f"{workers.n} worker(s)"
-                    )
+            tokenizing = _Tokenizing(args, seed, info, workers, str(json_path), tmp, log)
+            report["train"], sources = tokenizing.train(selection)
+            report["validation"], held_out = tokenizing.validation(selection)
+            if selection.named:
+                report["sources"] = {
+                    n: {"records": selection.records[n], **sources[n], "validation": held_out.get(n)} for n in names
+                }
+                check_sources(report)
             json_path.unlink(missing_ok=True)
             with open(tmp / REJECTED_FILE, "w", encoding="utf-8") as f:
-                for item in acct.rejected:
+                for item in selection.rejected:
                     f.write(json.dumps(item, ensure_ascii=False) + "\n")
             report["cache"] = {"key": key, "path": str(entry), "reused": False}
             (tmp / REPORT_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     return _finish(entry, output_dir, reused=False, log=log, t0=t0)
+
+
+@dataclass
+class _Tokenizing:
+    """Tokenize each source's documents, mix the training sources (--mix), pack, and save each split."""
+
+    args: DataArguments
+    seed: int
+    info: Any
+    workers: Workers
+    json_path: str
+    tmp: Path
+    log: Callable[[str], None]
+
+    def _tokenize(self, docs: RenderedBatch) -> Any:
+        return tokenize_documents(docs, self.info, self.workers, self.json_path, None)
+
+    def _save(self, split: str, tokens: np.ndarray, offsets: np.ndarray, by_role: dict, basis: str) -> dict:
+        t = time.perf_counter()
+        packed = pack(tokens, offsets, self.args.block_size, self.args.packing)
+        cache.save_split(self.tmp / split, packed)
+        self.log(
+            f"{split}: {len(offsets) - 1:,} documents → {offsets[-1]:,} tokens → {len(packed):,} blocks of "
+            f"{self.args.block_size} ({self.args.packing}) in {time.perf_counter() - t:.1f} s, {self.workers.n} "
+            "worker(s)"
+        )
+        return split_stats(packed, offsets, by_role, basis)
+
+    def train(self, selection: Selection) -> tuple[dict, dict[str, dict]]:
+        """The training split (mixed when --mix is given) and, per source, what it contributed."""
+        parts = {n: self._tokenize(selection.train[n]) for n in selection.names}
+        shares = self.args.shares()
+        per_source = {n: {"train": {"documents": len(p.offsets) - 1, "tokens": int(p.offsets[-1])}} for n, p in
+                      parts.items()}  # fmt: skip
+        if shares is None:
+            runs = [(n, np.arange(len(parts[n].offsets) - 1)) for n in selection.names]
+            selected = {n: int(parts[n].offsets[-1]) for n in selection.names}
+            basis = _basis(parts.values())
+        else:
+            lengths = {n: np.diff(parts[n].offsets) for n in selection.names}
+            picks, plans = plan_mix(lengths, shares, self.seed, self.args.mix_tokens)
+            runs = interleave(picks, self.seed)
+            selected = {n: plans[n].selected_tokens for n in selection.names}
+            for n in selection.names:
+                per_source[n]["mix"] = plans[n].to_dict()
+            basis = "estimated: each source's role counts scaled to the tokens it contributes to the mix"
+        tokens, offsets = join_documents([gather(parts[n].tokens, parts[n].offsets, idx) for n, idx in runs])
+        by_role = _roles({n: (parts[n].by_role, selected[n]) for n in selection.names})
+        return self._save("train", tokens, offsets, by_role, basis), per_source
+
+    def validation(self, selection: Selection) -> tuple[dict | None, dict[str, dict]]:
+        """Every source's held-out documents together ("validation"), and each named source's on its own."""
+        docs = selection.all_validation()
+        if not len(docs):
+            return None, {}
+        tok = self._tokenize(docs)
+        stats = self._save("validation", tok.tokens, tok.offsets, tok.by_role, tok.roles_basis)
+        per_source: dict[str, dict] = {}
+        if selection.named:
+            first = 0
+            for name in selection.names:
+                n = len(selection.validation[name])
+                if n:
+                    offsets = tok.offsets[first : first + n + 1]
+                    tokens = tok.tokens[offsets[0] : offsets[-1]]
+                    roles = {"mixed": int(offsets[-1] - offsets[0])}  # per-role counts are in the union's stats
+                    stats_n = self._save(f"validation.{name}", tokens, offsets - offsets[0], roles, "not counted")
+                    per_source[name] = {"documents": n, "tokens": stats_n["tokens"], "blocks": stats_n["blocks"]}
+                first += n
+        return stats, per_source
+
+
+def join_documents(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, offsets) pieces laid end to end."""
+    if not parts:
+        return np.zeros(0, np.int32), np.zeros(1, np.int64)
+    tokens = np.concatenate([t for t, _ in parts])
+    lengths = np.concatenate([np.diff(o) for _, o in parts])
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return tokens, offsets
+
+
+def _basis(parts: Any) -> str:
+    bases = {p.roles_basis for p in parts}
+    return bases.pop() if len(bases) == 1 else "estimated on the larger sources (totals exact)"
+
+
+def _roles(by_source: dict[str, tuple[dict[str, int], int]]) -> dict[str, int]:
+    """Per-role token counts of the training split: each source's, scaled to the tokens it contributes (exact when
+    nothing is repeated or sampled), summed; they always add up to the split's token count."""
+    total: Counter = Counter()
+    for roles, selected in by_source.values():
+        total.update(roles if sum(roles.values()) == selected else scale_roles(Counter(roles), selected))
+    return dict(sorted((k, v) for k, v in total.items() if v))
 
 
 _CACHE_ENTRY = re.compile(r"\.?[0-9a-f]{24}(\..*)?")  # a key, or the temporary of one (.KEY.xxx.tmp, .KEY.old-PID)
@@ -191,13 +284,13 @@ _PARALLEL_MIN_BYTES = 4 << 20
 _SLICE_BYTES = 8 << 20  # a .jsonl slice per read task: ~12k records of the reference corpus
 
 
-def _read_all(train: list, validation: list, args: DataArguments, workers: Workers, render: Any) -> list[ReadResult]:
+def _read_all(files: list[SourceFile], args: DataArguments, workers: Workers, render: Any) -> list[ReadResult]:
     tasks = []
-    for split, sources in (("train", train), ("validation", validation)):
-        for source in sources:
-            pieces = source.chunks(_SLICE_BYTES) if isinstance(source, FileSource) and workers.pool else [source]
-            fmt = peek_format(pieces[0], args.data_format) if len(pieces) > 1 else _fixed(args)
-            tasks += [ReadTask(p, split, fmt) for p in pieces]
+    for f in files:
+        source = f.source
+        pieces = source.chunks(_SLICE_BYTES) if isinstance(source, FileSource) and workers.pool else [source]
+        fmt = peek_format(pieces[0], args.data_format) if len(pieces) > 1 else _fixed(args)
+        tasks += [ReadTask(p, f.split, fmt, f.name) for p in pieces]
     if render is not None or any(isinstance(t.source, HubSource) for t in tasks):
         # The chat template needs the tokenizer, and a hub dataset is already in this process: read here.
         return [read_source(t, args, render) for t in tasks]
@@ -208,104 +301,13 @@ def _fixed(args: DataArguments) -> str | None:
     return None if args.data_format == "auto" else args.data_format
 
 
-def _sources(args: DataArguments, hub_cache_dir: str | None) -> tuple[list, list]:
-    train: list = []
-    validation: list = []
-    if args.dataset_name:
-        hub_train, hub_val = load_hub_splits(args.dataset_name, args.dataset_config_name, hub_cache_dir)
-        train.append(hub_train)
-        if hub_val is not None and not args.validation_file_dir:
-            validation.append(hub_val)
-    if args.train_file_dir:
-        train += [
-            FileSource(p, args.encoding, args.txt_split) for p in resolve_files(args.train_file_dir, "train_file_dir")
-        ]
-    if args.validation_file_dir:
-        validation += [
-            FileSource(p, args.encoding, args.txt_split)
-            for p in resolve_files(args.validation_file_dir, "validation_file_dir")
-        ]
-    if not train:
-        raise MedptError("no training data: pass --train_file_dir (files, folders or globs) or --dataset_name")
-    return train, validation
-
-
-class _Accounting:
-    """Merges the read results in input order, and counts every record that does not become a document."""
-
-    def __init__(self, results: list[ReadResult]):
-        self.results = results
-        self.read = sum(r.read for r in results)
-        self.skipped: Counter = Counter()
-        self.not_sampled: Counter = Counter()
-        self.ignored: Counter = Counter()
-        self.rejected: list[dict[str, Any]] = []
-        self.inputs: list[dict[str, Any]] = []
-        for r in results:
-            self.skipped.update(r.skipped)
-            self.ignored.update(r.ignored)
-            self.rejected += r.rejected
-            if self.inputs and self.inputs[-1]["source"] == r.source and self.inputs[-1]["split"] == r.split:
-                self.inputs[-1]["records"] += r.read  # slices of one file
-            else:
-                self.inputs.append({"source": r.source, "split": r.split, "format": r.fmt, "records": r.read})
-
-    def _docs(self, split: str, dedup: bool) -> tuple[RenderedBatch, list[bytes], list[bool], list[int]]:
-        """All documents of a split in input order, and the indices left after removing exact duplicates."""
-        results = [r for r in self.results if r.split == split]
-        batch = RenderedBatch.concat([r.docs for r in results])
-        hashes = [h for r in results for h in r.hashes]
-        held = [h for r in results for h in r.held_out]
-        if not dedup:
-            return batch, hashes, held, list(range(len(batch)))
-        seen: set[bytes] = set()
-        kept = []
-        for i, digest in enumerate(hashes):
-            if digest not in seen:
-                seen.add(digest)
-                kept.append(i)
-        self.skipped["duplicate"] += len(hashes) - len(kept)
-        return batch, hashes, held, kept
-
-    def select(self, args: DataArguments, seed: int) -> tuple[RenderedBatch, RenderedBatch]:
-        """Dedup, then the split (validation files win, else the stable hash split), then seeded sampling.
-
-        Training documents identical to a validation document are removed and counted, so the eval loss never
-        scores text the model trained on."""
-        train_batch, train_hashes, held, train = self._docs("train", args.dedup)
-        if any(r.split == "validation" for r in self.results):
-            val_batch, val_hashes, _, val = self._docs("validation", args.dedup)
-            in_val = {val_hashes[i] for i in val}
-            kept = [i for i in train if train_hashes[i] not in in_val]
-            self.skipped["in_validation_set"] += len(train) - len(kept)
-            train = kept
-        else:
-            val_batch = train_batch
-            val = [i for i in train if held[i]]
-            train = [i for i in train if not held[i]]
-        picked_train = [train[i] for i in sample_indices(len(train), args.max_train_samples, seed)]
-        picked_val = [val[i] for i in sample_indices(len(val), args.max_eval_samples, seed + 1)]
-        self.not_sampled["train"] = len(train) - len(picked_train)
-        self.not_sampled["validation"] = len(val) - len(picked_val)
-        return train_batch.take(picked_train), val_batch.take(picked_val)
-
-    def summary(self, n_train: int, n_val: int) -> dict[str, Any]:
-        reasons = ("bad_record", "empty", "duplicate", "in_validation_set")
-        return {
-            "read": self.read,
-            "skipped": {r: self.skipped[r] for r in reasons},
-            "empty_files": self.skipped["empty_file"],
-            "not_sampled": dict(self.not_sampled),
-            "documents": {"train": n_train, "validation": n_val},
-            "ignored_fields": dict(self.ignored.most_common()),
-        }
-
-
-def _dump(path: str, train: RenderedBatch, val: RenderedBatch) -> None:
+def _dump(path: str, selection: Selection) -> None:
     with atomic_writer(path) as f:
-        for split, docs in (("train", train), ("validation", val)):
-            for text in docs.texts:
-                f.write(json.dumps({"text": text, "split": split}, ensure_ascii=False) + "\n")
+        for split, batches in (("train", selection.train), ("validation", selection.validation)):
+            for name, docs in batches.items():
+                extra = {"source": name} if name else {}
+                for text in docs.texts:
+                    f.write(json.dumps({"text": text, "split": split, **extra}, ensure_ascii=False) + "\n")
 
 
 def _finish(
@@ -314,6 +316,11 @@ def _finish(
     report = json.loads((entry / REPORT_FILE).read_text(encoding="utf-8"))
     report["cache"]["reused"] = reused
     splits = {s: cache.load_split(entry / s) if (entry / s).is_dir() else None for s in ("train", "validation")}
+    per_source = {
+        name: cache.load_split(entry / f"validation.{name}")
+        for name in report.get("sources", {})
+        if (entry / f"validation.{name}").is_dir()
+    }
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -328,12 +335,12 @@ def _finish(
             )
     log(format_table(report))
     log(f"prepared in {time.perf_counter() - t0:.1f} s")
-    return PreparedData(splits["train"], splits["validation"], report, entry)
+    return PreparedData(splits["train"], splits["validation"], report, entry, per_source)
 
 
 def read_texts(patterns: list[str], template: str = "qa_separator") -> list[str]:
     """Rendered documents of some files, untokenized (e.g. a corpus to train a tokenizer on)."""
-    args = DataArguments(train_file_dir=patterns, template=template, validation_split_percentage=0.0)
+    args = DataArguments(template=template, validation_split_percentage=0.0)
     sources = [FileSource(p, args.encoding, args.txt_split) for p in resolve_files(patterns, "corpus")]
     return [t for s in sources for t in read_source(ReadTask(s, "train", _fixed(args)), args).docs.texts]
 
@@ -356,6 +363,8 @@ def prepare_eval_sets(
             dataset_name=None,
             train_file_dir=[path],
             validation_file_dir=None,
+            mix=None,
+            mix_tokens=None,
             validation_split_percentage=0.0,
             max_train_samples=args.max_eval_samples,
             eval_sets=None,

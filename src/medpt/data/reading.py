@@ -26,6 +26,7 @@ class ReadTask:
     source: FileSource | HubSource
     split: str
     fmt: str | None  # decided per file before it is sliced, so every slice reads it the same way
+    name: str = ""  # the data source (--train_file_dir NAME=PATH) this file belongs to; "" when unnamed
 
 
 @dataclass
@@ -33,6 +34,7 @@ class ReadResult:
     source: str
     split: str
     fmt: str | None = None
+    name: str = ""  # the data source, as in ReadTask
     docs: RenderedBatch = field(default_factory=RenderedBatch)
     hashes: list[bytes] = field(default_factory=list)  # of the rendered text, for exact dedup
     held_out: list[bool] = field(default_factory=list)  # stable-split bucket of each document
@@ -57,7 +59,7 @@ def read_source(
 ) -> ReadResult:
     """Read one source (or slice). `render` is passed only in-process (the chat template needs the tokenizer)."""
     render = render or _renderer(args)
-    result = ReadResult(task.source.name, task.split, task.fmt)
+    result = ReadResult(task.source.name, task.split, task.fmt, task.name)
     pct = args.validation_split_percentage
     for record in task.source.records():
         result.read += 1

@@ -66,6 +66,41 @@ def check_record_accounting(records: dict[str, Any]) -> None:
     assert records["read"] == skipped + kept, f"record accounting is off: {records}"
 
 
+def check_sources(report: dict[str, Any]) -> None:
+    """Per source: its records add up, and with --mix its contribution is whole passes plus the sampled part; the
+    sources' contributions add up to the training split."""
+    contributed = 0
+    for name, source in report["sources"].items():
+        check_record_accounting(source["records"])
+        mix = source.get("mix")
+        if mix:
+            assert mix["selected_tokens"] == mix["full_passes"] * mix["available_tokens"] + mix["sampled_tokens"], name
+            contributed += mix["selected_tokens"]
+        else:
+            contributed += source["train"]["tokens"]
+    assert contributed == report["train"]["tokens"], f"sources contribute {contributed:,} tokens, not the split's"
+
+
+def format_sources(report: dict[str, Any]) -> list[str]:
+    """One row per named source: records, documents, tokens, and with --mix the requested and achieved shares."""
+    rows = [("source", "records", "train docs", "valid docs", "tokens", "share asked", "share got", "repeats")]
+    for name, src in report["sources"].items():
+        mix = src.get("mix")
+        asked, got, repeats = ("", "", "")
+        if mix:
+            asked, got = f"{mix['requested_share']:.1%}", f"{mix['achieved_share']:.1%}"
+            fraction = mix["sampled_tokens"] / mix["available_tokens"] if mix["available_tokens"] else 0.0
+            repeats = f"{mix['full_passes'] + fraction:.2f}×"
+        tokens = mix["selected_tokens"] if mix else src["train"]["tokens"]
+        docs = src["records"]["documents"]
+        rows.append((name, _fmt(src["records"]["read"]), _fmt(docs["train"]), _fmt(docs["validation"]), _fmt(tokens),
+                     asked, got, repeats))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) + 2 for i in range(len(rows[0]))]
+    lines = ["", "per source (tokens: what each contributes to the training split; repeats: passes over its own)"]
+    lines += [r[0].ljust(widths[0]) + "".join(v.rjust(w) for v, w in zip(r[1:], widths[1:])) for r in rows]
+    return lines
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The report as a fixed-width table for the terminal."""
     rec = report["records"]
@@ -111,6 +146,8 @@ def format_table(report: dict[str, Any]) -> str:
             for s, st in zip(splits, stats)
             if st["tokens_by_role_basis"] != "exact"
         ]
+    if report.get("sources"):
+        lines += format_sources(report)
     cache = report["cache"]
     lines.append(f"cache: {cache['path']} ({'reused' if cache['reused'] else 'new'})")
     return "\n".join(lines)

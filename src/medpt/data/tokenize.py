@@ -123,13 +123,13 @@ def _join(parts: list[_Part], n_docs: int, every: int) -> TokenizedDocs:
     for p in parts:
         sampled.update(p.sampled_roles)
     text_tokens = sum(p.text_tokens for p in parts)
-    by_role = dict(sampled) if every == 1 else _scale(sampled, text_tokens)
+    by_role = dict(sampled) if every == 1 else scale_roles(sampled, text_tokens)
     by_role[SPECIAL_ROLE] = sum(p.n_special for p in parts)
     basis = "exact" if every == 1 else f"estimated from every {every}th document (totals exact)"
     return TokenizedDocs(tokens, offsets, dict(sorted(by_role.items())), basis)
 
 
-def _scale(sampled: Counter, total: int) -> dict[str, int]:
+def scale_roles(sampled: Counter, total: int) -> dict[str, int]:
     """Scale sampled per-role counts to `total`, rounding so the parts still add up exactly (largest remainder)."""
     seen = sum(sampled.values())
     if not seen:

@@ -1,0 +1,211 @@
+"""The forgetting experiment: a tiny base that knows general Chinese, continued on medical QA with and without replay.
+
+    python bench/forgetting.py [--size 5m] [--pretrain_steps 1500] [--steps 400] [--out bench/results/forgetting]
+
+1. Base: `medpt init-tiny` (tokenizer trained on the general and medical training text), then `medpt train
+   --use_peft false` on the general Chinese training splits in ../shared/data/general_zh_* until its held-out general
+   perplexity is far below the random-init value. Cached under OUT/base (reused while the settings are the same).
+2. Arms: continued pretraining on ../shared/data/medical_qa_zh_mix with LoRA and with full fine-tuning, at 0%, 5% and
+   25% replay of the general training text (`--mix medical=0.95,general=0.05`, ...), the same steps and learning rate
+   per method; and two schedule arms (full fine-tuning, 5% replay): re-warmed (warmup to the peak learning rate, then
+   cosine decay, as every other arm) against constant at the base's final learning rate, without re-warming.
+3. Evaluation (`medpt eval`): base and every arm on the medical held-out split, the general held-out splits (the
+   valid/test files, never seen in pretraining), and CMMLU multiple choice, general and medical.
+
+Writes OUT/results.json and OUT/forgetting.md (the README table). Every step is cached: a rerun redoes only what
+changed. Whole script ≤ 60 min on a 2-core CPU (see the wall times in the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+GENERAL = ["general_zh_cmrc2018_wiki", "general_zh_cmrc2019_stories", "general_zh_csl_abstracts"]
+MEDICAL = DATA / "medical_qa_zh_mix"
+
+
+def general_train() -> list[str]:
+    return [str(DATA / g / "train.jsonl") for g in GENERAL]
+
+
+def general_heldout() -> str:
+    return str(DATA / "general_zh_*" / "*[dt].jsonl")  # valid.jsonl and test.jsonl, never train.jsonl
+
+
+def medpt(*argv: str) -> None:
+    from medpt.cli import main
+
+    code = main([str(a) for a in argv])
+    if code != 0:
+        sys.exit(f"medpt {argv[0]} failed with status {code}")
+
+
+def cached(folder: Path, settings: dict, work) -> float:
+    """Run `work()` unless `folder` holds a finished result of the same settings; returns the wall time (or the
+    one recorded when it was first made)."""
+    stamp = folder / "bench_settings.json"
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    if stamp.is_file() and json.loads(stamp.read_text())["key"] == key:
+        return json.loads(stamp.read_text())["seconds"]
+    t = time.perf_counter()
+    work()
+    seconds = round(time.perf_counter() - t, 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"key": key, "settings": settings, "seconds": seconds}, indent=2))
+    return seconds
+
+
+def common_train_flags(args: argparse.Namespace) -> list[str]:
+    return ["--block_size", args.block_size, "--per_device_train_batch_size", args.batch, "--logging_steps", "20",
+            "--eval_strategy", "steps", "--do_eval", "--save_strategy", "no", "--report_to", "none",
+            "--disable_tqdm", "true", "--weight_decay", "0.01", "--data_cache_dir", args.out / "cache",
+            "--overwrite_output_dir"]  # fmt: skip
+
+
+def build_base(args: argparse.Namespace) -> dict:
+    out = args.out
+    settings = {k: str(v) for k, v in vars(args).items() if k in ("size", "pretrain_steps", "pretrain_lr", "block_size",
+                                                                   "batch", "seed")}  # fmt: skip
+
+    def work() -> None:
+        corpus = [*general_train(), str(MEDICAL / "train-*.jsonl")]
+        medpt("init-tiny", "--output_dir", out / "tiny", "--size", args.size, "--corpus", *corpus, "--overwrite")
+        medpt("train", "--model_name_or_path", out / "tiny", "--use_peft", "false",
+              "--train_file_dir", *general_train(), "--validation_file_dir", general_heldout(),
+              "--max_eval_samples", "300", "--max_steps", args.pretrain_steps, "--learning_rate", args.pretrain_lr,
+              "--warmup_ratio", "0.02", "--lr_scheduler_type", "cosine", "--eval_steps", args.pretrain_steps // 5,
+              "--output_dir", out / "base", *common_train_flags(args))  # fmt: skip
+
+    seconds = cached(out / "base", settings, work)
+    return {"seconds": seconds, "settings": settings}
+
+
+ARMS = [
+    # name, method, replay %, schedule
+    ("lora-0", "lora", 0, "rewarm"),
+    ("lora-5", "lora", 5, "rewarm"),
+    ("lora-25", "lora", 25, "rewarm"),
+    ("full-0", "full", 0, "rewarm"),
+    ("full-5", "full", 5, "rewarm"),
+    ("full-25", "full", 25, "rewarm"),
+    ("full-5-constant", "full", 5, "constant"),
+]
+
+
+def train_arm(args: argparse.Namespace, name: str, method: str, replay: int, schedule: str) -> float:
+    out = args.out / "arms" / name
+    lr = args.lora_lr if method == "lora" else args.full_lr
+    flags = ["--model_name_or_path", args.out / "base", "--max_steps", args.steps, "--eval_steps", args.steps // 4,
+             "--max_eval_samples", "300", "--output_dir", out, *common_train_flags(args)]  # fmt: skip
+    if replay:
+        flags += ["--train_file_dir", f"medical={MEDICAL / 'train-*.jsonl'}", *(f"general={p}" for p in general_train()),
+                  "--mix", f"medical={1 - replay / 100:g},general={replay / 100:g}",
+                  "--validation_file_dir", f"medical={MEDICAL / 'valid.jsonl'}", f"general={general_heldout()}"]  # fmt: skip
+    else:
+        flags += ["--train_file_dir", f"medical={MEDICAL / 'train-*.jsonl'}",
+                  "--validation_file_dir", f"medical={MEDICAL / 'valid.jsonl'}",
+                  "--eval_sets", f"general={general_heldout()}"]  # fmt: skip
+    if method == "lora":
+        flags += ["--lora_rank", "16", "--lora_alpha", "32", "--lora_dropout", "0.05", "--target_modules", "all"]
+    else:
+        flags += ["--use_peft", "false"]
+    if schedule == "rewarm":  # re-warm to the peak learning rate, then decay (Ibrahim et al. 2024)
+        flags += ["--learning_rate", lr, "--warmup_ratio", "0.05", "--lr_scheduler_type", "cosine"]
+    else:  # no re-warming: continue at the base's final learning rate (its cosine ended at ~0; use 10% of the peak)
+        flags += ["--learning_rate", lr * 0.1, "--lr_scheduler_type", "constant"]
+    settings = {"flags": [str(f) for f in flags]}
+    return cached(out, settings, lambda: medpt("train", *flags))
+
+
+def evaluate(args: argparse.Namespace, name: str, target: Path, adapter: bool) -> dict:
+    """Held-out perplexities and multiple choice of one model (the base, or an arm: its own sources' held-out
+    documents, all of them)."""
+    out = args.out / "eval" / name
+    model = ["--adapter", target] if adapter else ["--model_name_or_path", target]
+    sets = [] if adapter else ["--eval_sets", f"medical={MEDICAL / 'valid.jsonl'}", f"general={general_heldout()}"]
+    mcq = ["--mcq", f"general_cmmlu={DATA / 'general_mcq_cmmlu' / 'test.jsonl'}",
+           f"medical_cmmlu={DATA / 'medical_mcq_cmmlu' / 'test.jsonl'}", "--max_mcq_questions", args.mcq_questions]  # fmt: skip
+    mcq = mcq if args.mcq_questions else []
+    flags = [*model, *sets, "--max_eval_samples", "none", *mcq, "--output_dir", out, "--overwrite_output_dir"]
+    cached(out, {"flags": [str(f) for f in flags], "target": str(target)}, lambda: medpt("eval", *flags))
+    return json.loads((out / "eval_results.json").read_text())
+
+
+def lm(results: dict, which: str) -> dict[str, float]:
+    """{set: perplexity} for the base or adapted side (an arm evaluated with --adapter reports both)."""
+    return {s: r[which]["perplexity"] for s, r in results["sets"].items()}
+
+
+def table(base: dict, arms: dict[str, dict], walls: dict[str, float]) -> str:
+    b = lm(base, "base")
+    head = ("| model | medical ppl | Δ medical | general ppl | Δ general | general MCQ (95% CI) | medical MCQ (95% CI) "
+            "| wall |")  # fmt: skip
+    lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines.append(f"| base (pretrained on general text) | {b['medical']:.1f} | | {b['general']:.1f} | "
+                 f"| {mcq_cell(base, 'base')} | {mcq_cell(base, 'base', 'medical_cmmlu')} | {walls['base']:.0f} s |")  # fmt: skip
+    for name, results in arms.items():
+        a = lm(results, "adapted")
+        lines.append(
+            f"| {name} | {a['medical']:.1f} | {a['medical'] / b['medical'] - 1:+.1%} | {a['general']:.1f} | "
+            f"{a['general'] / b['general'] - 1:+.1%} | {mcq_cell(results, 'adapted')} "
+            f"| {mcq_cell(results, 'adapted', 'medical_cmmlu')} | {walls[name]:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def mcq_cell(results: dict, which: str, bench: str = "general_cmmlu") -> str:
+    """Accuracy (letter scoring) with the 95% CI of the accuracy itself, from the eval suite's JSON."""
+    suite = results.get("mcq", {}).get("benchmarks", {}).get(bench)
+    if not suite:
+        return "n/a"
+    acc = suite["accuracy"][which]["letter"]
+    low, high = acc.get("ci95", (math.nan, math.nan))
+    return f"{acc['overall']:.1%} ({low:.1%}–{high:.1%})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="5m", choices=["5m", "25m"])
+    parser.add_argument("--pretrain_steps", type=int, default=1500)
+    parser.add_argument("--pretrain_lr", type=float, default=3e-3)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--lora_lr", type=float, default=2e-3)
+    parser.add_argument("--full_lr", type=float, default=1e-3)
+    parser.add_argument("--block_size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--mcq_questions", type=int, default=600, help="per benchmark; 0 skips multiple choice")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "forgetting")
+    parser.add_argument("--arms", nargs="*", default=[a[0] for a in ARMS])
+    args = parser.parse_args()
+    if not (MEDICAL.is_dir() and all((DATA / g).is_dir() for g in GENERAL)):
+        print(f"skipped: {DATA} lacks medical_qa_zh_mix or general_zh_*")
+        return
+    t0 = time.perf_counter()
+    walls: dict[str, float] = {}
+    walls["base"] = build_base(args)["seconds"]
+    base = evaluate(args, "base", args.out / "base", adapter=False)
+    arms: dict[str, dict] = {}
+    for name, method, replay, schedule in ARMS:
+        if name not in args.arms:
+            continue
+        walls[name] = train_arm(args, name, method, replay, schedule)
+        arms[name] = evaluate(args, name, args.out / "arms" / name, adapter=True)
+    text = table(base, arms, walls)
+    total = time.perf_counter() - t0
+    (args.out / "results.json").write_text(json.dumps({"base": base, "arms": arms, "walls": walls}, indent=2))
+    (args.out / "forgetting.md").write_text(text + f"\n\nwhole script: {total / 60:.1f} min\n")
+    print(text)
+    print(f"\nwhole script: {total / 60:.1f} min (cached steps count their first wall time in the table)")
+
+
+if __name__ == "__main__":
+    main()
