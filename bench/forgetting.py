@@ -106,8 +106,8 @@ def train_arm(args: argparse.Namespace, name: str, method: str, replay: int, sch
     flags = ["--model_name_or_path", args.out / "base", "--max_steps", args.steps, "--eval_steps", args.steps // 4,
              "--max_eval_samples", "300", "--output_dir", out, *common_train_flags(args)]  # fmt: skip
     if replay:
-        flags += ["--train_file_dir", f"medical={MEDICAL / 'train-*.jsonl'}", *(f"general={p}" for p in general_train()),
-                  "--mix", f"medical={1 - replay / 100:g},general={replay / 100:g}",
+        sources = [f"medical={MEDICAL / 'train-*.jsonl'}", *(f"general={p}" for p in general_train())]
+        flags += ["--train_file_dir", *sources, "--mix", f"medical={1 - replay / 100:g},general={replay / 100:g}",
                   "--validation_file_dir", f"medical={MEDICAL / 'valid.jsonl'}", f"general={general_heldout()}"]  # fmt: skip
     else:
         flags += ["--train_file_dir", f"medical={MEDICAL / 'train-*.jsonl'}",
@@ -131,8 +131,8 @@ def evaluate(args: argparse.Namespace, name: str, target: Path, adapter: bool) -
     out = args.out / "eval" / name
     model = ["--adapter", target] if adapter else ["--model_name_or_path", target]
     sets = [] if adapter else ["--eval_sets", f"medical={MEDICAL / 'valid.jsonl'}", f"general={general_heldout()}"]
-    mcq = ["--mcq", f"general_cmmlu={DATA / 'general_mcq_cmmlu' / 'test.jsonl'}",
-           f"medical_cmmlu={DATA / 'medical_mcq_cmmlu' / 'test.jsonl'}", "--max_mcq_questions", args.mcq_questions]  # fmt: skip
+    benchmarks = [f"{name}_cmmlu={DATA / f'{name}_mcq_cmmlu' / 'test.jsonl'}" for name in ("general", "medical")]
+    mcq = ["--mcq", *benchmarks, "--max_mcq_questions", args.mcq_questions]
     mcq = mcq if args.mcq_questions else []
     flags = [*model, *sets, "--max_eval_samples", "none", *mcq, "--output_dir", out, "--overwrite_output_dir"]
     cached(out, {"flags": [str(f) for f in flags], "target": str(target)}, lambda: medpt("eval", *flags))
@@ -149,8 +149,9 @@ def table(base: dict, arms: dict[str, dict], walls: dict[str, float]) -> str:
     head = ("| model | medical ppl | Δ medical | general ppl | Δ general | general MCQ (95% CI) | medical MCQ (95% CI) "
             "| wall |")  # fmt: skip
     lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    lines.append(f"| base (pretrained on general text) | {b['medical']:.1f} | | {b['general']:.1f} | "
-                 f"| {mcq_cell(base, 'base')} | {mcq_cell(base, 'base', 'medical_cmmlu')} | {walls['base']:.0f} s |")  # fmt: skip
+    mcq = f"{mcq_cell(base, 'base')} | {mcq_cell(base, 'base', 'medical_cmmlu')}"
+    lines.append(f"| base (pretrained on general text) | {b['medical']:.1f} | | {b['general']:.1f} | | {mcq} "
+                 f"| {walls['base']:.0f} s |")  # fmt: skip
     for name, results in arms.items():
         a = lm(results, "adapted")
         lines.append(
