@@ -107,8 +107,9 @@ def train_arm(args: argparse.Namespace, name: str, method: str, replay: int, sch
              "--max_eval_samples", "300", "--output_dir", out, *common_train_flags(args)]  # fmt: skip
     if replay:
         sources = [f"medical={MEDICAL / 'train-*.jsonl'}", *(f"general={p}" for p in general_train())]
+        held_out = [f"medical={MEDICAL / 'valid.jsonl'}", f"general={general_heldout()}"]
         flags += ["--train_file_dir", *sources, "--mix", f"medical={1 - replay / 100:g},general={replay / 100:g}",
-                  "--validation_file_dir", f"medical={MEDICAL / 'valid.jsonl'}", f"general={general_heldout()}"]  # fmt: skip
+                  "--validation_file_dir", *held_out]  # fmt: skip
     else:
         flags += ["--train_file_dir", f"medical={MEDICAL / 'train-*.jsonl'}",
                   "--validation_file_dir", f"medical={MEDICAL / 'valid.jsonl'}",

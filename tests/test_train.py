@@ -316,8 +316,8 @@ def test_named_sources_are_evaluated_each_on_its_own_during_and_after_training(t
 
     out = tmp_path / "run"
     extra = ["--train_file_dir", f"medical={SAMPLE_QA}", f"general={SAMPLE_GENERAL}", "--mix",
-             "medical=0.9,general=0.1", "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "2", "--do_eval",
-             "--save_strategy", "no"]  # fmt: skip
+             "medical=0.9,general=0.1", "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "2",
+             "--do_eval", "--save_strategy", "no"]  # fmt: skip
     assert _run(tiny_model_dir, out, *extra) == 0
     logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     for name in ("medical", "general"):
