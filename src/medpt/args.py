@@ -183,6 +183,13 @@ class DataArguments:
     preprocessing_num_workers: int | None = _arg(
         None, "Tokenizer processes; default: the number of CPU cores, up to 8.", ge=1, le=256
     )
+    shard_mb: float = _arg(
+        8.0,
+        "Input per shard, in MiB: preparation holds a few shards in memory at a time (memory does not grow with the "
+        "corpus) and a killed run resumes from its completed shards.",
+        gt=0,
+        le=4096,
+    )
     on_bad_record: Literal["error", "skip"] = _arg(
         "error", "error stops at the first bad record; skip writes each one with its reason to rejected.jsonl."
     )

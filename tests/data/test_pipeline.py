@@ -91,7 +91,7 @@ def test_interrupted_run_leaves_no_cache_that_a_later_run_trusts(tokenizer_dir, 
     def crash(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "split_stats", crash)
+    monkeypatch.setattr(pipeline, "split_report", crash)  # dies while writing the splits
     with pytest.raises(KeyboardInterrupt):
         _prepare(tokenizer_dir, train_file_dir=[str(data)])
     root = Path(pipeline.cache.cache_root(None))
@@ -228,9 +228,12 @@ def test_parallel_reading_and_tokenizing_match_one_process(tokenizer_dir, tmp_pa
         tokenizer_dir, train_file_dir=[str(data)], preprocessing_num_workers=1, data_cache_dir=str(tmp_path / "c1")
     )
     monkeypatch.setattr(pipeline, "_PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(pipeline, "_SLICE_BYTES", 20_000)  # many slices of one file
-    two, _ = _prepare(
-        tokenizer_dir, train_file_dir=[str(data)], preprocessing_num_workers=2, data_cache_dir=str(tmp_path / "c2")
+    two, _ = _prepare(  # many shards of one file
+        tokenizer_dir,
+        train_file_dir=[str(data)],
+        preprocessing_num_workers=2,
+        data_cache_dir=str(tmp_path / "c2"),
+        shard_mb=0.02,
     )
     assert np.array_equal(np.asarray(one.train.tokens), np.asarray(two.train.tokens))
     assert one.report["train"] == two.report["train"] and one.report["records"] == two.report["records"]

@@ -45,6 +45,25 @@ def cache_root(data_cache_dir: str | None) -> Path:
     return Path(xdg) / "medpt"
 
 
+@contextlib.contextmanager
+def lock(root: Path, key: str, log: Any = print) -> Any:
+    """Hold the entry's lock file while preparing it: a second process preparing the same data (DDP ranks, parallel
+    `medpt tune` workers) waits, then finds the finished entry instead of racing to write the same shards."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{key}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another medpt process preparing the same data ({root / key})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def cache_key(parts: dict[str, Any]) -> str:
     blob = json.dumps({"version": FORMAT_VERSION, **parts}, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
@@ -62,23 +81,73 @@ def file_crc32(path: Path) -> int:
 
 
 def save_split(directory: Path, packed: Packed) -> None:
-    arrays = {name: getattr(packed, name) for name in _ARRAYS}
-    check_free_space(
-        directory,
-        sum(a.nbytes for a in arrays.values()),
-        f"caching the prepared {directory.name} data",
-        elsewhere="--data_cache_dir (or MEDPT_CACHE)",
-    )
+    """A split held in memory."""
+    _check_space(directory, sum(getattr(packed, name).nbytes for name in _ARRAYS))
     directory.mkdir(parents=True, exist_ok=True)
     files = {}
-    for name, array in arrays.items():
-        path = directory / f"{name}.npy"
-        np.save(path, array)
-        # Read back rather than hashed while writing: np.save writes in its own chunks, and the file is still in
-        # the page cache, so this costs little.
-        files[path.name] = {"bytes": path.stat().st_size, "crc32": file_crc32(path)}
-    meta = {"format_version": FORMAT_VERSION, "block_size": packed.block_size, "mode": packed.mode, "files": files}
+    for name in _ARRAYS:
+        files.update(_save_array(directory / f"{name}.npy", getattr(packed, name)))
+    _write_meta(directory, packed.block_size, packed.mode, files)
+
+
+def _check_space(directory: Path, nbytes: int) -> None:
+    check_free_space(
+        directory, nbytes, f"caching the prepared {directory.name} data", elsewhere="--data_cache_dir (or MEDPT_CACHE)"
+    )
+
+
+def _save_array(path: Path, array: np.ndarray) -> dict[str, dict[str, int]]:
+    np.save(path, array)
+    # Read back rather than hashed while writing: np.save writes in its own chunks, and the file is still in the page
+    # cache, so this costs little.
+    return {path.name: {"bytes": path.stat().st_size, "crc32": file_crc32(path)}}
+
+
+def _write_meta(directory: Path, block_size: int, mode: str, files: dict) -> None:
+    meta = {"format_version": FORMAT_VERSION, "block_size": block_size, "mode": mode, "files": files}
     (directory / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+class StreamedSplit:
+    """A split whose tokens are written piece by piece (a corpus larger than memory): `tokens.npy` gets its header for
+    the final length first, then the pieces, its CRC computed on the way; `close` writes the layout arrays."""
+
+    def __init__(self, directory: Path, n_tokens: int, layout: Any):
+        import io
+
+        self.directory, self.n_tokens, self.layout, self.written = directory, n_tokens, layout, 0
+        small = sum(getattr(layout, name).nbytes for name in _ARRAYS[1:])
+        _check_space(directory, n_tokens * 4 + small)
+        directory.mkdir(parents=True, exist_ok=True)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header,
+            {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)),
+                "fortran_order": False,
+                "shape": (n_tokens,),
+            },  # fmt: skip
+        )
+        self.file = open(directory / "tokens.npy", "wb")
+        self.crc = 0
+        self._raw(header.getvalue())
+
+    def _raw(self, data: bytes | memoryview) -> None:
+        self.file.write(data)
+        self.crc = zlib.crc32(data, self.crc)
+
+    def write(self, tokens: np.ndarray) -> None:
+        self._raw(memoryview(np.ascontiguousarray(tokens, dtype=np.int32)).cast("B"))
+        self.written += len(tokens)
+
+    def close(self) -> None:
+        self.file.close()
+        assert self.written == self.n_tokens, f"wrote {self.written:,} tokens, expected {self.n_tokens:,}"
+        path = self.directory / "tokens.npy"
+        files = {path.name: {"bytes": path.stat().st_size, "crc32": self.crc}}
+        for name in _ARRAYS[1:]:
+            files.update(_save_array(self.directory / f"{name}.npy", getattr(self.layout, name)))
+        _write_meta(self.directory, self.layout.block_size, self.layout.mode, files)
 
 
 def _damaged(directory: Path, file: str, problem: str) -> MedptError:

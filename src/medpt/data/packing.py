@@ -65,9 +65,44 @@ class Packed:
         return np.diff(np.searchsorted(starts, self.block_offsets, side="left"))
 
 
+@dataclass
+class Layout:
+    """Where every token of a packed split comes from, computed from document lengths alone (no tokens needed), so
+    a corpus larger than memory is packed by streaming its tokens through `Layout.copy_runs`.
+
+    The output is the source pieces `run_start[i] : run_start[i] + run_length[i]` (positions in the documents laid
+    end to end) in this order; blocks and segments are as in `Packed`."""
+
+    block_offsets: np.ndarray
+    segment_offsets: np.ndarray
+    segment_doc: np.ndarray
+    run_start: np.ndarray  # int64, per output run: where it starts in the documents' token space
+    run_length: np.ndarray  # int64
+    block_size: int
+    mode: str
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.block_offsets[-1])
+
+    def packed(self, tokens: np.ndarray) -> Packed:
+        return Packed(tokens, self.block_offsets, self.segment_offsets, self.segment_doc, self.block_size, self.mode)
+
+
 def pack(tokens: np.ndarray, doc_offsets: np.ndarray, block_size: int, mode: str) -> Packed:
+    """Pack documents held in memory (the same layout `layout` gives a streamed corpus)."""
+    lay = layout(doc_offsets, block_size, mode)
     if mode == "concat":
-        return _concat(tokens, doc_offsets, block_size)
+        return lay.packed(tokens)
+    src = np.repeat(lay.run_start - np.cumsum(lay.run_length) + lay.run_length, lay.run_length) + np.arange(
+        lay.n_tokens
+    )
+    return lay.packed(tokens[src])
+
+
+def layout(doc_offsets: np.ndarray, block_size: int, mode: str) -> Layout:
+    if mode == "concat":
+        return _concat(doc_offsets, block_size)
     pieces_start, pieces_len, pieces_doc = _pieces(doc_offsets, block_size)
     if mode == "none":
         order = np.arange(len(pieces_len))
@@ -76,10 +111,10 @@ def pack(tokens: np.ndarray, doc_offsets: np.ndarray, block_size: int, mode: str
         order, block_of_piece = _best_fit(pieces_len, block_size)
     else:
         raise ValueError(f"unknown packing mode {mode!r}")
-    return _gather(tokens, pieces_start, pieces_len, pieces_doc, order, block_of_piece, block_size, mode)
+    return _arrange(pieces_start, pieces_len, pieces_doc, order, block_of_piece, block_size, mode)
 
 
-def _concat(tokens: np.ndarray, doc_offsets: np.ndarray, block_size: int) -> Packed:
+def _concat(doc_offsets: np.ndarray, block_size: int) -> Layout:
     total = int(doc_offsets[-1])
     block_offsets = (
         np.append(np.arange(0, total, block_size, dtype=np.int64), total) if total else np.zeros(1, np.int64)
@@ -88,7 +123,9 @@ def _concat(tokens: np.ndarray, doc_offsets: np.ndarray, block_size: int) -> Pac
     seg = np.union1d(doc_offsets[:-1], block_offsets[:-1])
     seg = seg[seg < total] if total else seg[:0]
     segment_doc = (np.searchsorted(doc_offsets, seg, side="right") - 1).astype(np.int32)
-    return Packed(tokens, block_offsets, np.append(seg, total).astype(np.int64), segment_doc, block_size, "concat")
+    whole = np.array([0, total][: 2 if total else 0], np.int64)  # one run: everything, in order
+    return Layout(block_offsets, np.append(seg, total).astype(np.int64), segment_doc, whole[:1], whole[1:],
+                  block_size, "concat")  # fmt: skip
 
 
 def _pieces(doc_offsets: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,8 +180,7 @@ def _best_fit(lengths: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndar
     return order, block_rank[order]
 
 
-def _gather(
-    tokens: np.ndarray,
+def _arrange(
     start: np.ndarray,
     length: np.ndarray,
     doc: np.ndarray,
@@ -152,16 +188,15 @@ def _gather(
     block_of_piece: np.ndarray,
     block_size: int,
     mode: str,
-) -> Packed:
+) -> Layout:
     """Lay the pieces out in `order`; `block_of_piece[j]` is the block of the j-th piece in that order."""
     lengths = length[order]
     out_offsets = np.zeros(len(order) + 1, np.int64)
     np.cumsum(lengths, out=out_offsets[1:])
-    # Source index of every output token: the piece's source start plus the token's rank inside the piece.
-    src = np.repeat(start[order] - out_offsets[:-1], lengths) + np.arange(out_offsets[-1])
     n_blocks = int(block_of_piece[-1]) + 1 if len(order) else 0
     block_offsets = np.zeros(n_blocks + 1, np.int64)
     np.add.at(block_offsets, block_of_piece + 1, lengths)
     np.cumsum(block_offsets, out=block_offsets)
     assert np.all(np.diff(block_offsets) <= block_size)
-    return Packed(tokens[src], block_offsets, out_offsets, doc[order], block_size, mode)
+    return Layout(block_offsets, out_offsets, doc[order], start[order].astype(np.int64), lengths.astype(np.int64),
+                  block_size, mode)  # fmt: skip

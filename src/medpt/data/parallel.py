@@ -41,8 +41,25 @@ class Workers:
             return [fn(t) for t in tasks]
         return list(self.pool.imap(fn, tasks))
 
-    def submit(self, fn: Callable, *args: Any) -> Callable[[], Any]:
-        """Start fn(*args) in the background (in-process: run it when the result is asked for)."""
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        """Start fn(*args) in the background (in-process: at once). Call the result (or .get()) to wait for it."""
         if self.pool is None:
-            return lambda: fn(*args)
-        return self.pool.apply_async(fn, args).get
+            return Future(value=fn(*args))
+        return Future(pending=self.pool.apply_async(fn, args))
+
+
+class Future:
+    """The result of a submitted task: `ready()` without waiting, `get()` (or calling it) waits."""
+
+    def __init__(self, value: Any = None, pending: Any = None):
+        self.value, self.pending = value, pending
+
+    def ready(self) -> bool:
+        return self.pending is None or self.pending.ready()
+
+    def get(self) -> Any:
+        if self.pending is not None:
+            self.value, self.pending = self.pending.get(), None
+        return self.value
+
+    __call__ = get

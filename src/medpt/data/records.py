@@ -153,18 +153,34 @@ class FileSource:
         splittable = self.suffix == ".jsonl" and self.path.suffix.lower() != ".gz"
         if not splittable or size <= target_bytes or _norm(self.encoding) not in _NEWLINE_SAFE:
             return [self]
+        # Streamed in 1 MiB blocks (never the whole file in memory): a cut goes after the first newline at or past
+        # each target offset; lines are counted on the way so every slice knows its first line number.
+        pieces: list[FileSource] = []
+        line = 1
+        start, cut_from, newlines = 0, target_bytes, 0
         with open(self.path, "rb") as f:
-            data = f.read()
-        pieces, start, line = [], 0, 1
-        while start < size:
-            end = data.find(b"\n", min(start + target_bytes, size - 1))
-            end = size if end < 0 else end + 1
-            piece = FileSource(self.path, self.encoding, self.txt_split)
-            piece.byte_range, piece.first_line = (start, end), line
-            pieces.append(piece)
-            line += data.count(b"\n", start, end)
-            start = end
+            pos = 0
+            while block := f.read(1 << 20):
+                at = 0
+                while pos + len(block) > cut_from:
+                    nl = block.find(b"\n", max(at, cut_from - pos))
+                    if nl < 0:
+                        break
+                    newlines += block.count(b"\n", at, nl + 1)
+                    pieces.append(self._slice(start, pos + nl + 1, line))
+                    line += newlines
+                    newlines, start, at = 0, pos + nl + 1, nl + 1
+                    cut_from = start + target_bytes
+                newlines += block.count(b"\n", at)
+                pos += len(block)
+        if start < size:
+            pieces.append(self._slice(start, size, line))
         return pieces
+
+    def _slice(self, start: int, end: int, first_line: int) -> FileSource:
+        piece = FileSource(self.path, self.encoding, self.txt_split)
+        piece.byte_range, piece.first_line = (start, end), first_line
+        return piece
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -404,17 +420,33 @@ class HubSource:
     The hub is reached through huggingface_hub, which honours HF_ENDPOINT (mirrors), HF_HOME and HF_HUB_OFFLINE.
     """
 
-    def __init__(self, dataset: Any, dataset_name: str, split: str):
-        self.dataset, self.split = dataset, split
+    def __init__(self, dataset: Any, dataset_name: str, split: str, rows: tuple[int, int] | None = None):
+        self.dataset, self.split, self.rows = dataset, split, rows
         self.name = f"{dataset_name}[{split}]"
         self.suffix = ".hub"
+        self.byte_range = None
+        self.nbytes = 0
 
     def fingerprint(self) -> str:
         # datasets derives _fingerprint from the downloaded files' hashes; it is the stable identity it uses itself.
         return f"{self.name}:{self.dataset._fingerprint}"
 
+    def batches(self, target_bytes: int) -> list[HubSource]:
+        """Row ranges of about target_bytes each (from the Arrow table's size), for sharded preparation."""
+        n = len(self.dataset)
+        size = max(int(getattr(self.dataset.data, "nbytes", 0)), 1)
+        per = max(1, int(n * target_bytes / size))
+        pieces = []
+        for start in range(0, max(n, 1), per):
+            piece = HubSource(self.dataset, self.name.rsplit("[", 1)[0], self.split, (start, min(n, start + per)))
+            piece.nbytes = int(size * (piece.rows[1] - start) / max(n, 1))
+            pieces.append(piece)
+        return pieces
+
     def records(self) -> Iterator[Record]:
-        for row, value in enumerate(self.dataset, start=1):
+        first, last = self.rows or (0, len(self.dataset))
+        rows = self.dataset.select(range(first, last)) if self.rows else self.dataset
+        for row, value in enumerate(rows, start=first + 1):
             yield Record(self.name, row, value, unit="row")
 
 

@@ -150,13 +150,23 @@ def _set_encoder(encoder: Any, path: str | None = None) -> None:
     _encoder, _encoder_path = encoder, path
 
 
-def _encode_task(docs: RenderedBatch, info: TokenizerInfo, json_path: str, every: int) -> _Part:
-    """Worker side: the tokenizer JSON is read from a file once per process, not pickled into every task."""
-    if _encoder_path != json_path:
+def encode_task(docs: RenderedBatch, info: TokenizerInfo, json_path: str, every: int) -> _Part:
+    """Tokenize one chunk of documents. In a worker, `info` comes without the tokenizer's JSON, which is read from
+    `json_path` once per process (not pickled into every task); in-process, `info` carries it."""
+    if info.backend_json is not None:
+        key = f"memory:{hash(info.backend_json)}"
+        if _encoder_path != key:
+            from tokenizers import Tokenizer
+
+            _set_encoder(Tokenizer.from_str(info.backend_json), key)
+    elif _encoder_path != json_path:
         from tokenizers import Tokenizer
 
         _set_encoder(Tokenizer.from_file(json_path), json_path)
     return _encode_chunk(docs, info, every)
+
+
+_encode_task = encode_task
 
 
 def _encode_chunk(docs: RenderedBatch, info: TokenizerInfo, every: int) -> _Part:

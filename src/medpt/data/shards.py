@@ -1,0 +1,335 @@
+"""Preparation in shards: read, render, deduplicate, split and tokenize one slice of the input at a time, and write
+each finished shard to disk, so peak memory depends on the shard size (--shard_mb), not on the corpus; a run killed
+at any point resumes from its completed shards.
+
+1. Jobs: every input file cut into slices of about --shard_mb (.jsonl at line ends; other formats one job per file;
+   hub datasets in row batches), in input order, the validation files first (their documents must be known before a
+   training document identical to one of them can be dropped).
+2. Workers read and render a job's records; in this process, in job order, exact duplicates are dropped (16-byte
+   hashes per source, a few dozen bytes per document) and each document is assigned to its split; the kept documents
+   go back to the workers to be tokenized while the next jobs are read. At most a few jobs are in flight.
+3. Each job becomes a shard folder under the cache's `.KEY.partial/`: its kept documents' tokens, lengths, split and
+   hashes, and its counts; written to a temporary folder, then renamed, so a shard folder is complete or absent.
+   A rerun replays the completed shards' hashes and counts and continues with the first missing one: the same result
+   as an uninterrupted run. medpt.data.assemble then builds the final splits from the shards.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medpt.args import DataArguments
+from medpt.data.parallel import Workers
+from medpt.data.reading import ReadResult, ReadTask, peek_format, read_source
+from medpt.data.records import FileSource, HubSource
+from medpt.data.sources import SourceFile
+from medpt.data.templates import RenderedBatch
+from medpt.data.tokenize import CHUNK, ROLE_SAMPLE_EVERY, TokenizerInfo, encode_task
+from medpt.errors import MedptError
+
+TRAIN, HELD_OUT, VALIDATION_FILE = 0, 1, 2  # a kept document's origin: train file, hash-split from one, validation file
+SHARD_PREFIX = "shard-"
+# Role counts need token offsets (~60% dearer to encode); for a (source, split) with more input than this, every 8th
+# document is encoded with offsets and the per-role split scaled from them (totals stay exact). ~20k documents.
+EXACT_ROLES_BYTES = 10 << 20
+_AHEAD = 3  # jobs read ahead per worker: keeps both stages busy, bounds what waits in memory
+
+
+@dataclass
+class Job:
+    index: int
+    task: ReadTask
+    nbytes: int  # input bytes (for progress and the ETA)
+    every: int  # role counting: every document (1) or every 8th
+
+
+def plan_jobs(files: list[SourceFile], args: DataArguments, shard_bytes: int) -> list[Job]:
+    """Validation inputs first, then training inputs; each in the order given."""
+    size = {id(f): _size(f) for f in files}
+    every = {}
+    for split in ("train", "validation"):
+        for name in dict.fromkeys(f.name for f in files):
+            total = sum(size[id(f)] for f in files if f.name == name and f.split == split)
+            every[(name, split)] = ROLE_SAMPLE_EVERY if total > EXACT_ROLES_BYTES else 1
+    jobs: list[Job] = []
+    for f in sorted(files, key=lambda f: f.split != "validation"):
+        pieces = f.source.chunks(shard_bytes) if isinstance(f.source, FileSource) else f.source.batches(shard_bytes)
+        fmt = peek_format(pieces[0], args.data_format) if len(pieces) > 1 and isinstance(f.source, FileSource) else (
+            None if args.data_format == "auto" else args.data_format
+        )  # fmt: skip
+        for piece in pieces:
+            nbytes = _size(piece) if isinstance(piece, FileSource) else getattr(piece, "nbytes", 0)
+            jobs.append(Job(len(jobs), ReadTask(piece, f.split, fmt, f.name), nbytes, every[(f.name, f.split)]))
+    return jobs
+
+
+def _size(item: Any) -> int:
+    source = item.source if isinstance(item, SourceFile) else item
+    if isinstance(source, FileSource):
+        if source.byte_range is not None:
+            return source.byte_range[1] - source.byte_range[0]
+        return source.path.stat().st_size
+    return getattr(source, "nbytes", 0)
+
+
+def plan_fingerprint(jobs: list[Job], extra: dict) -> str:
+    """What the shards of a partial run were made from: a resume with another plan starts over."""
+    items = [(j.task.name, j.task.split, j.task.source.name, getattr(j.task.source, "byte_range", None),
+              getattr(j.task.source, "rows", None), j.every) for j in jobs]  # fmt: skip
+    return hashlib.sha256(json.dumps([items, extra], default=str).encode()).hexdigest()[:16]
+
+
+# --- dedup and split, in job order --------------------------------------------------------------------------------
+@dataclass
+class Kept:
+    """The documents of one job that are kept, grouped by split (train first), and what the job added to dedup."""
+
+    train: RenderedBatch
+    validation: RenderedBatch
+    validation_origin: list[int]  # HELD_OUT or VALIDATION_FILE per validation document
+    seen: np.ndarray  # 64-bit hashes this job added to its source's dedup set (for a resumed run to replay)
+    counts: dict[str, Any]
+
+
+class HashSet:
+    """A set of 64-bit document hashes as one sorted numpy array: 8 bytes a document (a Python set of the 16-byte
+    digests costs ~100), merged once per job. Two different documents share the first 64 bits of their blake2b
+    digest with probability ~n²/2⁶⁵: 2×10⁻⁷ for 2.7M documents."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, np.uint64)
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        if not len(self.keys):
+            return np.zeros(len(keys), bool)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.keys[at] == keys
+
+    def add_first(self, keys: np.ndarray) -> np.ndarray:
+        """Add the keys; True for each one seen for the first time (earlier in `keys` or before)."""
+        unique, first = np.unique(keys, return_index=True)
+        fresh = ~self.contains(unique)
+        mask = np.zeros(len(keys), bool)
+        mask[first[fresh]] = True
+        self.add(unique[fresh])
+        return mask
+
+    def add(self, keys: np.ndarray) -> None:
+        keys = np.unique(keys)
+        self.keys = np.insert(self.keys, np.searchsorted(self.keys, keys), keys) if len(self.keys) else keys
+
+
+def hash64(digests: list[bytes]) -> np.ndarray:
+    """The first 8 bytes of each 16-byte content digest, as integers."""
+    if not digests:
+        return np.zeros(0, np.uint64)
+    return np.frombuffer(b"".join(digests), np.uint64).reshape(-1, 2)[:, 0].copy()
+
+
+class Selector:
+    """Per source: exact dedup (training files and validation files separately, as before sharding), the split,
+    and the removal of training documents identical to one of the source's validation files."""
+
+    def __init__(self, dedup: bool):
+        self.dedup = dedup
+        self.seen: dict[tuple[str, str], HashSet] = {}  # (source, which files: "train"|"validation") -> hashes
+
+    def _seen(self, name: str, kind: str) -> HashSet:
+        return self.seen.setdefault((name, kind), HashSet())
+
+    def take(self, result: ReadResult) -> Kept:
+        kind = result.split  # which files the documents came from
+        has_validation_files = (result.name, "validation") in self.seen or kind == "validation"
+        keys = hash64(result.hashes)
+        kept = self._seen(result.name, kind).add_first(keys) if self.dedup else np.ones(len(keys), bool)
+        if kind == "validation":
+            to_val, to_train, dropped = kept, np.zeros(len(keys), bool), np.zeros(len(keys), bool)
+        else:
+            held = np.asarray(result.held_out, bool) & (not has_validation_files)
+            in_val = self.seen[(result.name, "validation")].contains(keys) if has_validation_files else held & False
+            to_val = kept & held
+            dropped = kept & ~held & in_val
+            to_train = kept & ~held & ~in_val
+        origin = VALIDATION_FILE if kind == "validation" else HELD_OUT
+        return Kept(
+            result.docs.take(np.flatnonzero(to_train).tolist()),
+            result.docs.take(np.flatnonzero(to_val).tolist()),
+            [origin] * int(to_val.sum()),
+            keys[kept] if self.dedup else np.zeros(0, np.uint64),
+            _counts(result, int(len(keys) - kept.sum()), int(dropped.sum())),
+        )
+
+    def replay(self, name: str, kind: str, seen: np.ndarray) -> None:
+        """Rebuild the state a completed shard left, for a resumed run."""
+        self._seen(name, kind).add(seen)
+
+
+def _counts(result: ReadResult, duplicates: int, in_validation: int) -> dict[str, Any]:
+    skipped = Counter(result.skipped)
+    skipped["duplicate"] += duplicates
+    skipped["in_validation_set"] += in_validation
+    return {
+        "read": result.read,
+        "skipped": dict(skipped),
+        "ignored": dict(result.ignored),
+        "input": {"source": result.source, "split": result.split, "format": result.fmt, "records": result.read},
+    }
+
+
+# --- the shards on disk ---------------------------------------------------------------------------------------------
+class ShardStore:
+    """`.KEY.partial/`: one folder per completed job, `shard-000123/`, plus the plan it belongs to."""
+
+    def __init__(self, directory: Path, plan: str):
+        self.directory = directory
+        marker = directory / "plan.json"
+        if directory.is_dir() and (not marker.is_file() or json.loads(marker.read_text())["plan"] != plan):
+            shutil.rmtree(directory)  # another plan (inputs or settings changed): nothing to resume
+        directory.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"plan": plan}))
+
+    def path(self, index: int) -> Path:
+        return self.directory / f"{SHARD_PREFIX}{index:06d}"
+
+    def completed(self) -> int:
+        """How many shards, from the first, are complete (a resume continues after them)."""
+        n = 0
+        while (self.path(n) / "meta.json").is_file():
+            n += 1
+        return n
+
+    def write(self, index: int, shard: dict[str, Any], arrays: dict[str, np.ndarray], tokens: list[np.ndarray]) -> None:
+        final = self.path(index)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        with open(tmp / "tokens.bin", "wb") as f:
+            for part in tokens:
+                part.astype(np.int32, copy=False).tofile(f)
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array)
+        (tmp / "meta.json").write_text(json.dumps(shard, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, final)
+
+    def meta(self, index: int) -> dict[str, Any]:
+        return json.loads((self.path(index) / "meta.json").read_text(encoding="utf-8"))
+
+    def array(self, index: int, name: str) -> np.ndarray:
+        return np.load(self.path(index) / f"{name}.npy")
+
+
+# --- the loop ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    total_bytes: int
+    log: Callable[[str], None]
+    every_s: float = 10.0
+    done_bytes: int = 0
+    records: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    last: float = field(default_factory=time.perf_counter)
+
+    def update(self, nbytes: int, records: int) -> None:
+        self.done_bytes += nbytes
+        self.records += records
+        now = time.perf_counter()
+        if now - self.last >= self.every_s and self.total_bytes:
+            self.last = now
+            rate = self.records / max(now - self.start, 1e-9)
+            share = self.done_bytes / self.total_bytes
+            eta = (now - self.start) * (1 - share) / share if share else 0.0
+            self.log(f"prepare: {share:.0%} of the input, {self.records:,} records ({rate:,.0f}/s), "
+                     f"ETA {int(eta // 60)}:{int(eta % 60):02d}")  # fmt: skip
+
+
+def run_jobs(
+    jobs: list[Job],
+    store: ShardStore,
+    selector: Selector,
+    args: DataArguments,
+    workers: Workers,
+    info: Callable[[], TokenizerInfo],
+    json_path: str,
+    render: Any,
+    log: Callable[[str], None],
+    dump: bool,
+) -> None:
+    """Read, select and tokenize the jobs from the first one not yet in `store`, writing each as a shard."""
+    first = store.completed()
+    progress = Progress(sum(j.nbytes for j in jobs[first:]), log)
+    in_process = render is not None or workers.pool is None or any(isinstance(j.task.source, HubSource) for j in jobs)
+    read = functools.partial(read_source, args=args, render=render) if in_process else functools.partial(
+        read_source, args=args
+    )  # fmt: skip
+    reading: deque = deque()
+    tokenizing: deque = deque()
+    next_job = first
+    limit = _AHEAD * max(workers.n, 1)
+    light: TokenizerInfo | None = None
+    while next_job < len(jobs) or reading or tokenizing:
+        while next_job < len(jobs) and len(reading) + len(tokenizing) < limit:
+            job = jobs[next_job]
+            reading.append((job, read(job.task) if in_process else workers.submit(read, job.task)))
+            next_job += 1
+        if tokenizing and (all(p.ready() for p in tokenizing[0][2]) or not reading):
+            _finish(store, *tokenizing.popleft(), dump, progress)
+            continue
+        job, pending = reading.popleft()
+        result = pending if in_process else pending.get()
+        kept = selector.take(result)
+        if light is None:
+            full = info()
+            # Workers read the tokenizer's JSON from a file once each, instead of receiving it with every task.
+            light = full if workers.pool is None else TokenizerInfo(
+                None, full.prefix, full.suffix, full.eos_id, full.pad_id, full.vocab_size
+            )  # fmt: skip
+            if light is not full:
+                if full.backend_json is None:
+                    raise MedptError("this tokenizer has no fast (tokenizers) version; medpt needs one")
+                Path(json_path).write_text(full.backend_json, encoding="utf-8")
+        encode = functools.partial(encode_task, info=light, json_path=json_path, every=job.every)
+        chunks = [c for docs in (kept.train, kept.validation) for c in docs.chunks(CHUNK)]
+        parts = [workers.submit(encode, chunk) for chunk in chunks]
+        splits = [len(kept.train.chunks(CHUNK)), len(kept.validation.chunks(CHUNK))]
+        tokenizing.append((job, kept, parts, splits, result))
+
+
+def _finish(store: ShardStore, job: Job, kept: Kept, parts: list, splits: list[int], result: ReadResult, dump: bool,
+            progress: Progress) -> None:  # fmt: skip
+    encoded = [p.get() for p in parts]
+    by_split = {"train": encoded[: splits[0]], "validation": encoded[splits[0] :]}
+    meta: dict[str, Any] = {"name": job.task.name, "kind": job.task.split, "job": job.index, **kept.counts,
+                            "rejected": result.rejected}  # fmt: skip
+    for split, pieces in by_split.items():
+        roles: Counter = Counter()
+        for p in pieces:
+            roles.update(p.sampled_roles)
+        meta[split] = {
+            "documents": int(sum(len(p.lengths) for p in pieces)),
+            "roles": dict(roles),
+            "text_tokens": int(sum(p.text_tokens for p in pieces)),
+            "special_tokens": int(sum(p.n_special for p in pieces)),
+            "every": job.every,
+        }
+    lengths = [p.lengths for p in encoded]
+    arrays = {
+        "lengths": np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
+        "seen": kept.seen,
+        "validation_origin": np.asarray(kept.validation_origin, np.uint8),
+    }
+    if dump:
+        meta["texts"] = {"train": kept.train.texts, "validation": kept.validation.texts}
+    store.write(job.index, meta, arrays, [p.tokens for p in encoded])
+    progress.update(job.nbytes, result.read)
