@@ -80,7 +80,8 @@ sys.exit(main({argv!r}))
 def test_a_prepare_killed_midway_resumes_to_the_identical_result(tokenizer_dir, tmp_path):
     data = _corpus(tmp_path / "d.jsonl", 3000)
     argv = ["prepare", "--model_name_or_path", str(tokenizer_dir), "--train_file_dir", str(data), "--block_size",
-            "64", "--shard_mb", "0.02", "--output_dir", str(tmp_path / "out"), "--preprocessing_num_workers", "1"]  # fmt: skip
+            "64", "--shard_mb", "0.02", "--output_dir", str(tmp_path / "out"),
+            "--preprocessing_num_workers", "1"]  # fmt: skip
     env = {**os.environ, "MEDPT_CACHE": str(tmp_path / "cache")}
     killed = subprocess.run([sys.executable, "-c", _KILL_AFTER.format(after=5, argv=argv)], env=env,
                             capture_output=True, text=True)  # fmt: skip
