@@ -124,6 +124,11 @@ class DataArguments:
         None, "Hub dataset ids (or local dataset folders) read with datasets; NAME=ID names a source.", path=True
     )
     dataset_config_name: str | None = _arg(None, "Configuration (subset) name of --dataset_name.")
+    streaming: bool = _arg(
+        False,
+        "Read --dataset_name as a stream (datasets' streaming=True): prepared batch by batch as rows arrive, for "
+        "datasets larger than the disk.",
+    )
     train_file_dir: list[str] | None = _arg(
         None,
         "Training files, folders or globs (.jsonl .json .parquet .csv .txt, optionally .gz); NAME=PATH names a source "
@@ -259,6 +264,8 @@ class DataArguments:
                 )
             if not named and name:
                 raise MedptError(f"--validation_file_dir {item}: names a source, but the training data is unnamed")
+        if self.streaming and not self.dataset_name:
+            raise MedptError("--streaming reads a --dataset_name as a stream; files are read in shards anyway")
         if self.mix is None:
             if self.mix_tokens is not None:
                 raise MedptError("--mix_tokens sets the size of a --mix: give --mix too")

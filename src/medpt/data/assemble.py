@@ -28,7 +28,7 @@ from medpt.data.report import split_stats
 from medpt.data.shards import SHARD_PREFIX, ShardStore
 from medpt.data.tokenize import SPECIAL_ROLE, scale_roles
 
-_COPY_TOKENS = 4 << 20  # tokens per copy step (16 MB of int32)
+_COPY_TOKENS = 1 << 20  # tokens per copy step (4 MB of int32)
 
 
 @dataclass

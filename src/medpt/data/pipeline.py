@@ -40,7 +40,7 @@ from medpt.data.parallel import Future, Workers
 from medpt.data.reading import ReadTask, read_source
 from medpt.data.records import FileSource, resolve_files
 from medpt.data.report import check_record_accounting, check_sources, format_table
-from medpt.data.shards import Selector, ShardStore, plan_fingerprint, plan_jobs, run_jobs
+from medpt.data.shards import JobPlan, Selector, ShardStore, run_jobs
 from medpt.data.sources import SourceFile, data_sources, file_bytes
 from medpt.data.templates import make_renderer
 from medpt.data.tokenize import load_tokenizer_info, tokenizer_info
@@ -133,26 +133,27 @@ def prepare_data(
 
 def _shards(files: list[SourceFile], args: DataArguments, tokenizer: TokenizerSource, partial: Path, log: Callable):
     """Read, render, dedup, split and tokenize every input into shards under `partial` (resuming completed ones)."""
-    jobs = plan_jobs(files, args, max(int(args.shard_mb * 2**20), 1))
-    store = ShardStore(partial, plan_fingerprint(jobs, {"dump": bool(args.dump_text)}))
+    plan = JobPlan(files, args, max(int(args.shard_mb * 2**20), 1))
+    store = ShardStore(partial, plan.fingerprint({"dump": bool(args.dump_text)}))
     selector = Selector(bool(args.dedup))
     done = store.completed()
     for i in range(done):
         meta = store.meta(i)
         selector.replay(meta["name"], meta["kind"], store.array(i, "seen"))
     if done:
-        log(f"resuming: {done} of {len(jobs)} shard(s) were already prepared in {partial}")
+        log(f"resuming: {done} shard(s) were already prepared in {partial}")
     n_workers = args.preprocessing_num_workers or min(8, os.cpu_count() or 1)
-    # Spawning workers costs about a second; below a few MB of input one process is faster.
-    with Workers(n_workers if file_bytes(files) >= _PARALLEL_MIN_BYTES else 1) as workers:
+    # Spawning workers costs about a second; below a few MB of input one process is faster (streams: always spawn).
+    small = file_bytes(files) < _PARALLEL_MIN_BYTES and not any(f.source.suffix == ".hub-stream" for f in files)
+    with Workers(1 if small else n_workers) as workers:
         # The tokenizer loads (importing transformers takes seconds) in a worker while the first jobs are read;
         # the chat template needs it here, to render.
         here = tokenizer.load() if args.template == "chat_template" else None
         info = workers.submit(load_tokenizer_info, tokenizer) if here is None else Future(value=tokenizer_info(here))
         render = make_renderer(args.template, args.template_format, here) if here is not None else None
-        run_jobs(jobs, store, selector, args, workers, info, str(partial / "tokenizer.json"), render, log,
+        run_jobs(plan, store, selector, workers, info, str(partial / "tokenizer.json"), render, log,
                  dump=bool(args.dump_text))  # fmt: skip
-    return store, len(jobs)
+    return store, store.completed()
 
 
 def _assemble(entry: Path, store: ShardStore, n_shards: int, g: Any, plan: Any, args: DataArguments, key: str,

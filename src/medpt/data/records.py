@@ -453,12 +453,54 @@ class HubSource:
 _VALIDATION_SPLITS = ("validation", "valid", "dev", "eval")
 
 
-def load_hub_splits(name: str, config: str | None, cache_dir: str | None) -> tuple[HubSource, HubSource | None]:
+class HubStream:
+    """One split of a dataset read with `datasets.load_dataset(..., streaming=True)`: rows arrive as they are read,
+    so a dataset larger than the disk is prepared batch by batch (--streaming). Its identity for the cache is the
+    dataset's name, configuration and, when the hub can say, its commit."""
+
+    def __init__(self, dataset: Any, dataset_name: str, split: str, revision: str):
+        self.dataset, self.split, self.revision = dataset, split, revision
+        self.name = f"{dataset_name}[{split}]"
+        self.suffix = ".hub-stream"
+
+    def fingerprint(self) -> str:
+        return f"{self.name}:stream:{self.revision}"
+
+    def batches(self, rows: int, skip: int = 0) -> Iterator[StreamBatch]:
+        """Consecutive batches of `rows` rows, from batch `skip` on (a resumed run skips what it has)."""
+        stream = self.dataset.skip(skip * rows) if skip else self.dataset
+        batch: list[Any] = []
+        first = skip * rows
+        for value in stream:
+            batch.append(value)
+            if len(batch) == rows:
+                yield StreamBatch(self.name, first, batch)
+                first, batch = first + rows, []
+        if batch:
+            yield StreamBatch(self.name, first, batch)
+
+
+class StreamBatch:
+    """Rows already read from a stream (plain data: it travels to a worker to be rendered)."""
+
+    def __init__(self, name: str, first: int, rows: list[Any]):
+        self.name, self.first, self.rows = name, first, rows
+        self.byte_range = None
+        self.nbytes = 0
+
+    def records(self) -> Iterator[Record]:
+        for row, value in enumerate(self.rows, start=self.first + 1):
+            yield Record(self.name, row, value, unit="row")
+
+
+def load_hub_splits(
+    name: str, config: str | None, cache_dir: str | None, streaming: bool = False
+) -> tuple[HubSource | HubStream, HubSource | HubStream | None]:
     """The train split and, when the dataset has one, its validation split."""
     import datasets
 
     try:
-        dsd = datasets.load_dataset(name, config, cache_dir=cache_dir)
+        dsd = datasets.load_dataset(name, config, cache_dir=cache_dir, streaming=streaming)
     except FileNotFoundError as e:
         raise MedptError(
             f"--dataset_name {name}: not found ({e}); check the id, HF_ENDPOINT and HF_HUB_OFFLINE"
@@ -470,5 +512,25 @@ def load_hub_splits(name: str, config: str | None, cache_dir: str | None) -> tup
         ) from None
     if "train" not in dsd:
         raise MedptError(f"--dataset_name {name}: no 'train' split (splits: {', '.join(dsd)})")
+    if streaming:
+        revision = _stream_revision(name, config)
+        validation = next((HubStream(dsd[s], name, s, revision) for s in _VALIDATION_SPLITS if s in dsd), None)
+        return HubStream(dsd["train"], name, "train", revision), validation
     validation = next((HubSource(dsd[s], name, s) for s in _VALIDATION_SPLITS if s in dsd), None)
     return HubSource(dsd["train"], name, "train"), validation
+
+
+def _stream_revision(name: str, config: str | None) -> str:
+    """What identifies a streamed dataset's content without reading it: a local folder's files (names, sizes, times),
+    else the hub commit (asked once; offline, the name alone)."""
+    folder = Path(name)
+    if folder.is_dir():
+        stats = sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                       for p in folder.rglob("*") if p.is_file())  # fmt: skip
+        return hashlib.sha256(json.dumps([config, stats]).encode()).hexdigest()[:16]
+    try:
+        from huggingface_hub import HfApi
+
+        return f"{config}:{HfApi().dataset_info(name).sha}"
+    except Exception:  # offline, or a mirror without the API: the name is all there is
+        return f"{config}:unknown-revision"

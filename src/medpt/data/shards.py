@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import numpy as np
 from medpt.args import DataArguments
 from medpt.data.parallel import Workers
 from medpt.data.reading import ReadResult, ReadTask, peek_format, read_source
-from medpt.data.records import FileSource, HubSource
+from medpt.data.records import FileSource, HubSource, HubStream
 from medpt.data.sources import SourceFile
 from medpt.data.templates import RenderedBatch
 from medpt.data.tokenize import CHUNK, ROLE_SAMPLE_EVERY, TokenizerInfo, encode_task
@@ -49,30 +49,65 @@ _AHEAD = 3  # jobs read ahead per worker: keeps both stages busy, bounds what wa
 
 @dataclass
 class Job:
-    index: int
+    index: int  # position in processing order (the shard's number)
     task: ReadTask
-    nbytes: int  # input bytes (for progress and the ETA)
+    nbytes: int  # input bytes (for progress and the ETA; 0 for streamed rows)
     every: int  # role counting: every document (1) or every 8th
+    where: tuple[int, int]  # (input, batch within it): where a resumed run continues
 
 
-def plan_jobs(files: list[SourceFile], args: DataArguments, shard_bytes: int) -> list[Job]:
-    """Validation inputs first, then training inputs; each in the order given."""
-    size = {id(f): _size(f) for f in files}
-    every = {}
-    for split in ("train", "validation"):
-        for name in dict.fromkeys(f.name for f in files):
-            total = sum(size[id(f)] for f in files if f.name == name and f.split == split)
-            every[(name, split)] = ROLE_SAMPLE_EVERY if total > EXACT_ROLES_BYTES else 1
-    jobs: list[Job] = []
-    for f in sorted(files, key=lambda f: f.split != "validation"):
-        pieces = f.source.chunks(shard_bytes) if isinstance(f.source, FileSource) else f.source.batches(shard_bytes)
-        fmt = peek_format(pieces[0], args.data_format) if len(pieces) > 1 and isinstance(f.source, FileSource) else (
-            None if args.data_format == "auto" else args.data_format
-        )  # fmt: skip
-        for piece in pieces:
-            nbytes = _size(piece) if isinstance(piece, FileSource) else getattr(piece, "nbytes", 0)
-            jobs.append(Job(len(jobs), ReadTask(piece, f.split, fmt, f.name), nbytes, every[(f.name, f.split)]))
-    return jobs
+class JobPlan:
+    """The jobs of a preparation, in processing order: validation inputs first, then training inputs, each in the
+    order given; files cut into slices, hub datasets into row ranges, streamed datasets into batches of rows as they
+    arrive (so their jobs are made while the stream is read)."""
+
+    def __init__(self, files: list[SourceFile], args: DataArguments, shard_bytes: int):
+        self.args, self.shard_bytes = args, shard_bytes
+        self.inputs = sorted(files, key=lambda f: f.split != "validation")
+        self.stream_rows = max(1, shard_bytes // 1024)  # a streamed row is taken as ~1 KB: a fixed, resumable cut
+        sizes = {id(f): _size(f) for f in files}
+        self.every = {}
+        for f in files:
+            total = sum(sizes[id(g)] for g in files if g.name == f.name and g.split == f.split)
+            streamed = isinstance(f.source, HubStream)
+            self.every[(f.name, f.split)] = ROLE_SAMPLE_EVERY if streamed or total > EXACT_ROLES_BYTES else 1
+        self.pieces = [self._pieces(f) for f in self.inputs]
+        self.total_bytes = sum(_size(p) for pieces in self.pieces if pieces is not None for p in pieces)
+
+    def _pieces(self, f: SourceFile) -> list | None:
+        if isinstance(f.source, FileSource):
+            return f.source.chunks(self.shard_bytes)
+        if isinstance(f.source, HubSource):
+            return f.source.batches(self.shard_bytes)
+        return None  # a stream: batches are made while it is read
+
+    def _fmt(self, f: SourceFile, pieces: list | None) -> str | None:
+        if self.args.data_format != "auto":
+            return self.args.data_format
+        if pieces and len(pieces) > 1 and isinstance(f.source, FileSource):
+            return peek_format(pieces[0], "auto")  # every slice of a file reads it the same way
+        return None
+
+    def fingerprint(self, extra: dict) -> str:
+        """What the shards were made from: a resume with another plan starts over."""
+        items = []
+        for f, pieces in zip(self.inputs, self.pieces):
+            cut = [getattr(p, "byte_range", None) or getattr(p, "rows", None) for p in pieces or []]
+            items.append((f.name, f.split, f.source.name, f.source.fingerprint(), cut, self.stream_rows))
+        return hashlib.sha256(json.dumps([items, extra], default=str).encode()).hexdigest()[:16]
+
+    def jobs(self, after: tuple[int, int] | None = None, start: int = 0) -> Iterator[Job]:
+        """Jobs in order, from the one after `after` (the last completed job's `where`); `start` numbers the first."""
+        index = start
+        for i, (f, pieces) in enumerate(zip(self.inputs, self.pieces)):
+            if after is not None and i < after[0]:
+                continue  # finished before the resume
+            skip = after[1] + 1 if after is not None and i == after[0] else 0
+            fmt, every = self._fmt(f, pieces), self.every[(f.name, f.split)]
+            batches = pieces[skip:] if pieces is not None else f.source.batches(self.stream_rows, skip)
+            for b, piece in enumerate(batches, start=skip):
+                yield Job(index, ReadTask(piece, f.split, fmt, f.name), _size(piece), every, (i, b))
+                index += 1
 
 
 def _size(item: Any) -> int:
@@ -82,13 +117,6 @@ def _size(item: Any) -> int:
             return source.byte_range[1] - source.byte_range[0]
         return source.path.stat().st_size
     return getattr(source, "nbytes", 0)
-
-
-def plan_fingerprint(jobs: list[Job], extra: dict) -> str:
-    """What the shards of a partial run were made from: a resume with another plan starts over."""
-    items = [(j.task.name, j.task.split, j.task.source.name, getattr(j.task.source, "byte_range", None),
-              getattr(j.task.source, "rows", None), j.every) for j in jobs]  # fmt: skip
-    return hashlib.sha256(json.dumps([items, extra], default=str).encode()).hexdigest()[:16]
 
 
 # --- dedup and split, in job order --------------------------------------------------------------------------------
@@ -255,10 +283,9 @@ class Progress:
 
 
 def run_jobs(
-    jobs: list[Job],
+    plan: JobPlan,
     store: ShardStore,
     selector: Selector,
-    args: DataArguments,
     workers: Workers,
     info: Callable[[], TokenizerInfo],
     json_path: str,
@@ -266,52 +293,53 @@ def run_jobs(
     log: Callable[[str], None],
     dump: bool,
 ) -> None:
-    """Read, select and tokenize the jobs from the first one not yet in `store`, writing each as a shard."""
-    first = store.completed()
-    progress = Progress(sum(j.nbytes for j in jobs[first:]), log)
-    in_process = render is not None or workers.pool is None or any(isinstance(j.task.source, HubSource) for j in jobs)
-    read = functools.partial(read_source, args=args, render=render) if in_process else functools.partial(
-        read_source, args=args
-    )  # fmt: skip
+    """Read, select and tokenize every job not yet in `store`, writing each as a shard."""
+    done = store.completed()
+    after = tuple(store.meta(done - 1)["where"]) if done else None
+    jobs = plan.jobs(after, start=done)
+    progress = Progress(plan.total_bytes, log)
+    in_process = render is not None or workers.pool is None or any(isinstance(f.source, HubSource) for f in plan.inputs)
+    read = functools.partial(read_source, args=plan.args, render=render)
     reading: deque = deque()
     tokenizing: deque = deque()
-    next_job = first
     limit = _AHEAD * max(workers.n, 1)
     light: TokenizerInfo | None = None
-    while next_job < len(jobs) or reading or tokenizing:
-        while next_job < len(jobs) and len(reading) + len(tokenizing) < limit:
-            job = jobs[next_job]
+    job = next(jobs, None)
+    while job is not None or reading or tokenizing:
+        while job is not None and len(reading) + len(tokenizing) < limit:
             reading.append((job, read(job.task) if in_process else workers.submit(read, job.task)))
-            next_job += 1
+            job = next(jobs, None)
         if tokenizing and (all(p.ready() for p in tokenizing[0][2]) or not reading):
             _finish(store, *tokenizing.popleft(), dump, progress)
             continue
-        job, pending = reading.popleft()
+        current, pending = reading.popleft()
         result = pending if in_process else pending.get()
         kept = selector.take(result)
         if light is None:
-            full = info()
-            # Workers read the tokenizer's JSON from a file once each, instead of receiving it with every task.
-            light = full if workers.pool is None else TokenizerInfo(
-                None, full.prefix, full.suffix, full.eos_id, full.pad_id, full.vocab_size
-            )  # fmt: skip
-            if light is not full:
-                if full.backend_json is None:
-                    raise MedptError("this tokenizer has no fast (tokenizers) version; medpt needs one")
-                Path(json_path).write_text(full.backend_json, encoding="utf-8")
-        encode = functools.partial(encode_task, info=light, json_path=json_path, every=job.every)
+            light = _worker_info(info(), workers, json_path)
+        encode = functools.partial(encode_task, info=light, json_path=json_path, every=current.every)
         chunks = [c for docs in (kept.train, kept.validation) for c in docs.chunks(CHUNK)]
         parts = [workers.submit(encode, chunk) for chunk in chunks]
         splits = [len(kept.train.chunks(CHUNK)), len(kept.validation.chunks(CHUNK))]
-        tokenizing.append((job, kept, parts, splits, result))
+        tokenizing.append((current, kept, parts, splits, result))
+
+
+def _worker_info(full: TokenizerInfo, workers: Workers, json_path: str) -> TokenizerInfo:
+    """Workers read the tokenizer's JSON from a file once each, instead of receiving it with every task."""
+    if workers.pool is None:
+        return full
+    if full.backend_json is None:
+        raise MedptError("this tokenizer has no fast (tokenizers) version; medpt needs one for batched encoding")
+    Path(json_path).write_text(full.backend_json, encoding="utf-8")
+    return TokenizerInfo(None, full.prefix, full.suffix, full.eos_id, full.pad_id, full.vocab_size)
 
 
 def _finish(store: ShardStore, job: Job, kept: Kept, parts: list, splits: list[int], result: ReadResult, dump: bool,
             progress: Progress) -> None:  # fmt: skip
     encoded = [p.get() for p in parts]
     by_split = {"train": encoded[: splits[0]], "validation": encoded[splits[0] :]}
-    meta: dict[str, Any] = {"name": job.task.name, "kind": job.task.split, "job": job.index, **kept.counts,
-                            "rejected": result.rejected}  # fmt: skip
+    meta: dict[str, Any] = {"name": job.task.name, "kind": job.task.split, "job": job.index, "where": job.where,
+                            **kept.counts, "rejected": result.rejected}  # fmt: skip
     for split, pieces in by_split.items():
         roles: Counter = Counter()
         for p in pieces:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medpt.args import DataArguments, split_named
-from medpt.data.records import FileSource, HubSource, load_hub_splits, resolve_files
+from medpt.data.records import FileSource, HubSource, HubStream, load_hub_splits, resolve_files
 from medpt.errors import MedptError
 
 
@@ -18,7 +18,7 @@ from medpt.errors import MedptError
 class SourceFile:
     name: str  # the data source ("" when unnamed)
     split: str  # train or validation
-    source: FileSource | HubSource
+    source: FileSource | HubSource | HubStream
 
 
 def data_sources(args: DataArguments, hub_cache_dir: str | None) -> list[SourceFile]:
@@ -27,7 +27,7 @@ def data_sources(args: DataArguments, hub_cache_dir: str | None) -> list[SourceF
     validated = {split_named(item)[0] for item in args.validation_file_dir or []}
     for item in args.dataset_name or []:
         name, dataset = split_named(item)
-        hub_train, hub_val = load_hub_splits(dataset, args.dataset_config_name, hub_cache_dir)
+        hub_train, hub_val = load_hub_splits(dataset, args.dataset_config_name, hub_cache_dir, args.streaming)
         files.append(SourceFile(name, "train", hub_train))
         if hub_val is not None and name not in validated:
             files.append(SourceFile(name, "validation", hub_val))
