@@ -122,8 +122,9 @@ def _peak_mb(tokenizer_dir: Path, tmp_path: Path, n: int, shard_mb: str) -> floa
     data = tmp_path / f"d{n}.jsonl"
     if not data.exists():
         _corpus(data, n, seed=n)
-    argv = ["prepare", "--model_name_or_path", str(tokenizer_dir), "--train_file_dir", str(data), "--block_size", "64",
-            "--shard_mb", shard_mb, "--preprocessing_num_workers", "1", "--output_dir", str(tmp_path / f"o{n}{shard_mb}")]  # fmt: skip
+    argv = ["prepare", "--model_name_or_path", str(tokenizer_dir), "--train_file_dir", str(data), "--block_size",
+            "64", "--shard_mb", shard_mb, "--preprocessing_num_workers", "1",
+            "--output_dir", str(tmp_path / f"o{n}{shard_mb}")]  # fmt: skip
     env = {**os.environ, "MEDPT_CACHE": str(tmp_path / f"cache{n}-{shard_mb}")}
     run = subprocess.run([sys.executable, "-c", textwrap.dedent(_PEAK.format(argv=argv))], env=env,
                          capture_output=True, text=True)  # fmt: skip
