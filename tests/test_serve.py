@@ -151,6 +151,15 @@ def test_stop_strings_of_the_request_and_the_conversation_history(client, refere
     assert eos_only.usage.completion_tokens == len(said) + 1  # the scripted tokens and the end-of-text token
 
 
+def test_logit_bias_bans_a_token(client, reference, trained_run):
+    eos = reference[1].tokenizer.eos_token_id
+    ask = {"model": trained_run.name, "prompt": "问:头痛\n答:", "max_tokens": 9}
+    ends = client.completions.create(**ask)  # the tiny adapted model ends its answers at once
+    assert (ends.choices[0].finish_reason, ends.usage.completion_tokens) == ("stop", 1)
+    banned = client.completions.create(**ask, logit_bias={str(eos): -100})
+    assert (banned.choices[0].finish_reason, banned.usage.completion_tokens) == ("length", 9)
+
+
 def test_a_seed_makes_sampling_reproducible(client, trained_run):
     def sample(seed: int) -> str:
         reply = client.completions.create(model=trained_run.name, prompt="问:咳嗽\n答:", max_tokens=24,
@@ -192,6 +201,10 @@ BAD = [
         {"model": "RUN", "messages": [{"role": "user", "content": LONG}]}, 400, "messages", "positions in all"),
     Bad("assistant last", "/v1/chat/completions", {"model": "RUN", "messages": [{"role": "assistant", "content": "x"}]},
         400, "messages", "ending with a user message"),
+    Bad("logit_bias beyond the vocabulary", "/v1/completions",
+        {"model": "RUN", "prompt": "x", "logit_bias": {"99999": -100}}, 400, "logit_bias", "not in the vocabulary"),
+    Bad("logit_bias above 100", "/v1/completions", {"model": "RUN", "prompt": "x", "logit_bias": {"5": 200}}, 422,
+        "logit_bias", "biases from -100 to 100"),
     Bad("no such route", "/v1/embeddings", {"model": "RUN", "input": "x"}, 404, None, "Not Found"),
 ]  # fmt: skip
 

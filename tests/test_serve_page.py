@@ -30,7 +30,8 @@ COUNT_UPDATES = """() => { window.updates = {};
     new MutationObserver(() => window.updates[c.dataset.model]++)
       .observe(c.querySelector('.answer'), {childList: true, characterData: true, subtree: true});
   } }"""
-DONE = """() => [...document.querySelectorAll('.stats')].every(s => /\\d tokens · [\\d.]+ tokens\\/s/.test(s.textContent))
+DONE = """() => [...document.querySelectorAll('.stats')]
+  .every(s => /\\d tokens · [\\d.]+ tokens\\/s/.test(s.textContent))
   && document.querySelectorAll('#history li').length === 1"""
 
 

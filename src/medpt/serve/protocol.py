@@ -50,9 +50,18 @@ class _Sampling(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = Field(None, validate_default=True)  # up to 4; the answer ends before the first
     seed: int | None = Field(None, ge=0, lt=2**63)
+    logit_bias: dict[str, float] | None = None  # token id -> bias added to its logit, -100 to 100 (-100: never)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1  # one answer per request; send concurrent requests for more (they are batched)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit() or not -100 <= bias <= 100:
+                raise ValueError('logit_bias maps token ids ("123") to biases from -100 to 100')
+        return value
 
     @field_validator("stop")
     @classmethod

@@ -119,7 +119,16 @@ class Serving:
             repetition_penalty=self.gen.repetition_penalty,
             seed=body.seed,
             stops=stops,
+            logit_bias=self.biases(body.logit_bias),
         )
+
+    def biases(self, asked: dict[str, float] | None) -> dict[int, float]:
+        biases = {int(token): bias for token, bias in (asked or {}).items()}
+        unknown = [t for t in biases if t >= len(self.tokenizer)]
+        if unknown:
+            raise APIError(400, f"logit_bias: token id {unknown[0]} is not in the vocabulary ({len(self.tokenizer):,} "
+                                "tokens)", "logit_bias")  # fmt: skip
+        return biases
 
     def _default_temperature(self) -> float:
         return self.gen.temperature if self.gen.do_sample else 0.0
