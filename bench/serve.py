@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -42,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", help="a medpt LoRA run; default: build the tiny 25m model and a short run")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--batching", nargs="+", default=["continuous", "dynamic"])
+    parser.add_argument("--batching", nargs="*", default=["continuous", "dynamic"], help="none: only llama.cpp")
     parser.add_argument("--max_tokens", type=int, default=64)
     parser.add_argument("--requests_per_client", type=int, default=3)
     parser.add_argument("--server_flags", default="", help="more `medpt serve` flags, e.g. '--num_threads 2'")
@@ -51,6 +50,7 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(args.work_dir)
+    gguf = llamacpp_ready(args.llamacpp_gguf)
     run = Path(args.adapter) if args.adapter else tiny_run(work)
     prompts, banned, model_id = workload(run)
     results = []
@@ -59,8 +59,8 @@ def main() -> None:
                    batching, *args.server_flags.split()]  # fmt: skip
         with server(command, "Uvicorn running on ") as url:
             results += measure(f"medpt serve, {batching}", url, model_id, prompts, banned, args)
-    if args.llamacpp_gguf:
-        results += llamacpp(Path(args.llamacpp_gguf), prompts, banned, args)
+    if gguf is not None:
+        results += llamacpp(gguf, prompts, banned, args)
     report(results, args, work)
 
 
@@ -191,12 +191,22 @@ def summary(server_name: str, clients: int, timings: list[tuple[float, float, in
 
 
 # --- llama.cpp ----------------------------------------------------------------------------------------------------
-def llamacpp(gguf: Path, prompts: list[str], banned: list[int], args: Any) -> list:
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llama_cpp.server") is None:
-        print("llama.cpp: skipped, llama-cpp-python[server] is not installed (pip install 'llama-cpp-python[server]')")
-        return []
-    if not gguf.is_file():
+def llamacpp_ready(gguf: str | None) -> Path | None:
+    """The GGUF to serve with llama.cpp, or None (not asked, or llama-cpp-python's server is not installed)."""
+    if gguf is None:
+        return None
+    if not Path(gguf).is_file():
         raise SystemExit(f"--llamacpp_gguf {gguf}: no such file")
+    # llama_cpp.server imports its extra's packages (starlette_context, sse_starlette, ...) only when it starts
+    check = subprocess.run([sys.executable, "-c", "import llama_cpp.server.app"], capture_output=True, text=True)
+    if check.returncode != 0:
+        reason = (check.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"llama.cpp: skipped, its server does not import ({reason}): pip install 'llama-cpp-python[server]'")
+        return None
+    return Path(gguf)
+
+
+def llamacpp(gguf: Path, prompts: list[str], banned: list[int], args: Any) -> list:
     port = free_port()
     threads = str(max(1, (os.cpu_count() or 2) - 1))  # as medpt serve: leave a core to the HTTP side
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port",

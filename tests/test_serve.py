@@ -284,6 +284,26 @@ def test_sixteen_concurrent_streams_all_finish_and_memory_returns(server, client
     assert post(server.url + "/health", b"", method="GET")[1]["running"] == 0
 
 
+def test_a_client_that_goes_away_frees_its_row(server, no_eos, trained_run):
+    import http.client
+    import time
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(server.url)
+    connection = http.client.HTTPConnection(host.hostname, host.port, timeout=60)
+    body = {"model": trained_run.name, "prompt": "问:头痛\n答:", "max_tokens": 4000, "stream": True}
+    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.readline().startswith(b"data: ")  # the answer is being written ...
+    assert post(server.url + "/health", b"", method="GET")[1]["running"] == 1
+    connection.close()  # ... and the client leaves: 4,000 tokens would take the tiny model half a minute or more
+    for _ in range(100):
+        if post(server.url + "/health", b"", method="GET")[1]["running"] == 0:
+            break
+        time.sleep(0.1)
+    assert post(server.url + "/health", b"", method="GET")[1]["running"] == 0
+
+
 # --- the command line -------------------------------------------------------------------------------------------
 def test_serve_without_the_extra_is_a_one_line_error(trained_run, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "fastapi", None)  # as if fastapi were not installed

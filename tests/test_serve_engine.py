@@ -83,22 +83,26 @@ def test_a_mixed_batch_gives_each_row_its_tokens_alone(variants):
     assert all(b != a for b, a in zip(texts[0::2], texts[1::2]))  # the adapter changes each answer: really mixed
 
 
+def first_then_late(engine: Engine, first: Job, late: list[Job], after: int) -> list[str]:
+    """Submit `first`; once it has streamed `after` pieces, submit `late`. Every answer's text."""
+
+    async def scenario():
+        pieces = []
+        async for delta in engine.submit(first):
+            pieces.append(delta.text)
+            if len(pieces) == after:  # the first answer is under way
+                others = asyncio.gather(*[collect(engine.submit(j)) for j in late])
+        return ["".join(pieces), *(await others)]
+
+    return run(engine, scenario)
+
+
 def test_rows_joining_a_running_batch_get_their_tokens_alone(variants):
     _, v = variants
     first, late = job(v, PROMPTS[0], "base", 30), [job(v, PROMPTS[1], "adapted", 12), job(v, PROMPTS[2], "base", 12)]
     engine = Engine(v, batching="continuous", batch_wait_ms=0)
     batches = record_batches(engine)
-
-    async def scenario():
-        stream = engine.submit(first)
-        pieces = []
-        async for delta in stream:
-            pieces.append(delta.text)
-            if len(pieces) == 5:  # the first answer is under way: the others join it
-                others = asyncio.gather(*[collect(engine.submit(j)) for j in late])
-        return ["".join(pieces), *(await others)]
-
-    texts = run(engine, scenario)
+    texts = first_then_late(engine, first, late, after=5)
     assert texts == [alone(variants, "base", PROMPTS[0], 30), alone(variants, "adapted", PROMPTS[1], 12),
                      alone(variants, "base", PROMPTS[2], 12)]  # fmt: skip
     assert [first, *late] in batches  # a decoding step with all three: they did join the running batch
@@ -110,17 +114,7 @@ def test_dynamic_batching_starts_a_new_batch_only_when_the_last_is_done(variants
     first, late = job(v, PROMPTS[0], "base", 20), job(v, PROMPTS[1], "adapted", 8)
     engine = Engine(v, batching="dynamic", batch_wait_ms=0)
     batches = record_batches(engine)
-
-    async def scenario():
-        stream = engine.submit(first)
-        pieces = []
-        async for delta in stream:
-            pieces.append(delta.text)
-            if len(pieces) == 3:
-                other = asyncio.ensure_future(collect(engine.submit(late)))
-        return ["".join(pieces), await other]
-
-    texts = run(engine, scenario)
+    texts = first_then_late(engine, first, [late], after=3)
     assert texts == [alone(variants, "base", PROMPTS[0], 20), alone(variants, "adapted", PROMPTS[1], 8)]
     assert all(b in ([first], [late]) for b in batches) and [late] in batches
 

@@ -23,7 +23,6 @@ transformers' own warpers, in the order `generate` applies them).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import threading
@@ -33,8 +32,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import (
+    RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from medpt import generate
+from medpt.generate import StopAwareStreamer
 from medpt.serve.lane import Lane
 
 log = logging.getLogger("medpt.serve")
@@ -98,9 +104,9 @@ class Row:
     job: Job
     stream: Stream
     adapter: str  # PEFT adapter name for mixed batches ("__base__": no adapter)
-    processors: list = field(default_factory=list)
-    generator: torch.Generator | None = None
-    streamer: Any = None
+    processors: list  # logits processors, in the order transformers' generate applies them
+    generator: torch.Generator | None  # None: greedy
+    streamer: StopAwareStreamer  # the answer's text, held back where a stop string may be starting
     tokens: list[int] = field(default_factory=list)
 
     def choose(self, logits: torch.Tensor) -> int:
@@ -137,7 +143,10 @@ class Engine:
     # --- the HTTP side -------------------------------------------------------------------------------------------
     def submit(self, job: Job) -> Stream:
         stream = Stream(asyncio.get_running_loop())
-        row = Row(job, stream, self._adapter_name(job.variant))
+        streamer = StopAwareStreamer(
+            self.tokenizer, job.stops, lambda text: stream.push(Delta(text)), skip_prompt=False
+        )
+        row = Row(job, stream, self._adapter_name(job.variant), *sampler(job), streamer)
         with self._wake:
             self._pending.append(row)
             self._wake.notify()
@@ -175,8 +184,6 @@ class Engine:
         if rows is None:
             return False
         for lane, group in self._by_lane(rows).items():
-            for row in group:
-                self._prepare(row)
             self._guarded(lane, lambda lane=lane, group=group: lane.admit(group, [r.job.prompt_ids for r in group]),
                           group)  # fmt: skip
         return True
@@ -220,27 +227,6 @@ class Engine:
                 row.stream.push(Delta("", error=f"generation failed: {type(e).__name__}"))
             lane.keep([all(r is not f for f in failed) for r in lane.rows])
 
-    def _prepare(self, row: Row) -> None:
-        job = row.job
-        row.processors = list(generate.extra_logits_processors())
-        row.streamer = generate.StopAwareStreamer(self.tokenizer, job.stops, lambda t: row.stream.push(Delta(t)),
-                                                  skip_prompt=False)  # fmt: skip
-        from transformers import (
-            RepetitionPenaltyLogitsProcessor,
-            SequenceBiasLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        if job.logit_bias:
-            row.processors.append(SequenceBiasLogitsProcessor({(t,): b for t, b in job.logit_bias.items()}))
-        if job.repetition_penalty != 1.0:
-            row.processors.append(RepetitionPenaltyLogitsProcessor(job.repetition_penalty))
-        if job.temperature > 0:
-            row.processors += [TemperatureLogitsWarper(job.temperature), TopPLogitsWarper(job.top_p)]
-            seed = job.seed if job.seed is not None else secrets.randbits(63)
-            row.generator = torch.Generator().manual_seed(seed)
-
     def _advance(self, row: Row, logits: torch.Tensor) -> bool:
         """Sample the row's next token and stream its text; False when the row has finished."""
         if row.stream.cancelled:
@@ -266,6 +252,21 @@ class Engine:
         if variant == "base" or not self.variants.peft:
             return "__base__"
         return self.variants.adapted.active_adapter
+
+
+def sampler(job: Job) -> tuple[list, torch.Generator | None]:
+    """A job's logits processors (test hooks, logit bias, repetition penalty, temperature, top-p) and its random
+    generator (seeded by the request, else at random; None when greedy)."""
+    processors = list(generate.extra_logits_processors())
+    if job.logit_bias:
+        processors.append(SequenceBiasLogitsProcessor({(t,): b for t, b in job.logit_bias.items()}))
+    if job.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(job.repetition_penalty))
+    if job.temperature == 0:
+        return processors, None
+    processors += [TemperatureLogitsWarper(job.temperature), TopPLogitsWarper(job.top_p)]
+    seed = job.seed if job.seed is not None else secrets.randbits(63)
+    return processors, torch.Generator().manual_seed(seed)
 
 
 def _can_mix(model: Any) -> bool:
@@ -302,12 +303,3 @@ def _forward_with(variants: Any, which: str) -> Any:
             return model(**inputs)
 
     return forward
-
-
-@contextlib.contextmanager
-def running(engine: Engine):
-    engine.start()
-    try:
-        yield engine
-    finally:
-        engine.stop()

@@ -197,7 +197,11 @@ def _usage(delta: Delta) -> Usage:
 
 
 class _Reply:
-    """How one endpoint shapes an answer: whole, or as stream chunks (the subclasses give the shapes)."""
+    """How one endpoint shapes an answer: whole, or as stream chunks. A subclass names its response and chunk types
+    (`whole_type`, `chunk_type`) and how one choice looks (`choice`, `chunk_choice`)."""
+
+    whole_type: type[BaseModel]
+    chunk_type: type[BaseModel]
 
     def __init__(self, id: str, model: str):
         self.id, self.model, self.created = id, model, int(time.time())
@@ -210,44 +214,45 @@ class _Reply:
         return out + ([self.chunk("", delta.finish_reason)] if delta.finish_reason else [])
 
     def chunk(self, text: str, finish: str | None) -> BaseModel:
-        raise NotImplementedError
+        return self._make(self.chunk_type, [self.chunk_choice(text, finish)])
 
     def usage(self, usage: Usage) -> BaseModel:
-        raise NotImplementedError
+        """The extra last chunk of a stream with stream_options.include_usage: no choices, the token counts."""
+        return self._make(self.chunk_type, [], usage)
 
     def whole(self, answer: Answer) -> BaseModel:
+        return self._make(self.whole_type, [self.choice(answer)], answer.usage)
+
+    def _make(self, cls: type[BaseModel], choices: list, usage: Usage | None = None) -> BaseModel:
+        return cls(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
+
+    def choice(self, answer: Answer) -> BaseModel:
+        raise NotImplementedError
+
+    def chunk_choice(self, text: str, finish: str | None) -> BaseModel:
         raise NotImplementedError
 
 
 class _CompletionReply(_Reply):
-    def chunk(self, text: str, finish: str | None) -> BaseModel:
-        choice = CompletionChoice(text=text, finish_reason=finish)
-        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice])
+    whole_type = chunk_type = CompletionResponse
 
-    def usage(self, usage: Usage) -> BaseModel:
-        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[], usage=usage)
+    def choice(self, answer: Answer) -> BaseModel:
+        return CompletionChoice(text=answer.text, finish_reason=answer.finish_reason)
 
-    def whole(self, answer: Answer) -> BaseModel:
-        choice = CompletionChoice(text=answer.text, finish_reason=answer.finish_reason)
-        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice],
-                                  usage=answer.usage)  # fmt: skip
+    def chunk_choice(self, text: str, finish: str | None) -> BaseModel:
+        return CompletionChoice(text=text, finish_reason=finish)
 
 
 class _ChatReply(_Reply):
+    whole_type, chunk_type = ChatCompletionResponse, ChatCompletionChunk
+
     def opening(self) -> list[BaseModel]:
-        return [self._chunk(DeltaMessage(role="assistant", content=""), None)]
+        """OpenAI's first chunk names the speaker."""
+        choice = ChatChunkChoice(delta=DeltaMessage(role="assistant", content=""))
+        return [self._make(self.chunk_type, [choice])]
 
-    def chunk(self, text: str, finish: str | None) -> BaseModel:
-        return self._chunk(DeltaMessage(content=text) if text else DeltaMessage(), finish)
+    def choice(self, answer: Answer) -> BaseModel:
+        return ChatChoice(message=AssistantMessage(content=answer.text), finish_reason=answer.finish_reason)
 
-    def _chunk(self, delta: DeltaMessage, finish: str | None) -> BaseModel:
-        choice = ChatChunkChoice(delta=delta, finish_reason=finish)
-        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
-
-    def usage(self, usage: Usage) -> BaseModel:
-        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[], usage=usage)
-
-    def whole(self, answer: Answer) -> BaseModel:
-        choice = ChatChoice(message=AssistantMessage(content=answer.text), finish_reason=answer.finish_reason)
-        return ChatCompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice],
-                                      usage=answer.usage)  # fmt: skip
+    def chunk_choice(self, text: str, finish: str | None) -> BaseModel:
+        return ChatChunkChoice(delta=DeltaMessage(content=text) if text else DeltaMessage(), finish_reason=finish)
