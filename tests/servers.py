@@ -22,12 +22,14 @@ class Running:
 
 
 @contextlib.contextmanager
-def running_server(run: Path, *flags: str) -> Iterator[Running]:
+def running_server(run: Path | None, *flags: str) -> Iterator[Running]:
+    """`medpt serve --adapter RUN FLAGS` (without RUN: FLAGS name the model)."""
     import uvicorn
 
     from medpt.serve.server import build
 
-    config = load_config(["--adapter", str(run), "--port", "0", *flags], command="serve")
+    adapter = ["--adapter", str(run)] if run is not None else []
+    config = load_config([*adapter, "--port", "0", *flags], command="serve")
     app = build(config, log=lambda *_: None)
     server = uvicorn.Server(uvicorn.Config(app, host=config.serve.host, port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

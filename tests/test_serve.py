@@ -253,6 +253,15 @@ def test_api_key_is_required_when_set(trained_run):
         assert post(running.url + "/health", b"", method="GET")[0] == 200  # health checks need no key
 
 
+def test_a_model_without_an_adapter_is_served_alone(tiny_model_dir):
+    with running_server(None, "--model_name_or_path", str(tiny_model_dir)) as running:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+        assert [m.id for m in client.models.list().data] == [tiny_model_dir.name]
+        reply = client.chat.completions.create(model=tiny_model_dir.name, messages=[{"role": "user", "content": "x"}],
+                                               max_tokens=4)  # fmt: skip
+        assert reply.usage.completion_tokens <= 4 and reply.choices[0].finish_reason in ("stop", "length")
+
+
 def rss_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

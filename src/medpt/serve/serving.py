@@ -109,6 +109,8 @@ class Serving:
     def job(self, body: Any, prompt: str, stops: list[str], max_tokens: int | None, param: str,
             model: ServedModel) -> Job:  # fmt: skip
         ids = self.tokenizer(prompt)["input_ids"]
+        if not ids:  # a tokenizer that adds no BOS turns "" into no tokens: nothing to continue from
+            raise APIError(400, f"the {param} is empty", param)
         temperature = body.temperature if body.temperature is not None else self._default_temperature()
         return Job(
             prompt_ids=ids,
