@@ -216,7 +216,7 @@ def test_a_missing_local_model_is_not_reported_as_an_unreachable_hub(tmp_path, c
     "command, flag, value, owner",
     [
         ("verify", "--lora_rank", "4", "train"),
-        ("verify", "--max_new_tokens", "5", "compare/generate/chat"),
+        ("verify", "--max_new_tokens", "5", "compare/generate/chat/serve"),
         ("eval", "--learning_rate", "1e-4", "train"),
         ("chat", "--answers_file", "a.jsonl", "generate"),
         ("prepare", "--mcq_file", "q.jsonl", "eval"),

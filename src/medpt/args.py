@@ -34,9 +34,11 @@ def _arg(
     lt: float | None = None,
     only: tuple[str, ...] | None = None,
     path: bool = False,
+    secret: bool = False,
 ) -> Any:
-    """A field with its help, range (ge/gt/le/lt), the commands that use it (`only`) and whether it holds paths."""
-    meta = {"help": help, "range": (ge, gt, le, lt), "only": only, "path": path}
+    """A field with its help, range (ge/gt/le/lt), the commands that use it (`only`), whether it holds paths, and
+    whether it is a secret (never printed: --dry_run shows it as set or not)."""
+    meta = {"help": help, "range": (ge, gt, le, lt), "only": only, "path": path, "secret": secret}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -439,6 +441,55 @@ class GenerationArguments:
         _check_ranges(self)
 
 
+_SERVE = ("serve",)
+
+
+@dataclass
+class ServeArguments:
+    host: str = _arg(
+        "127.0.0.1",
+        "Address to listen on. Anything but a loopback address makes the API reachable from the network.",
+        only=_SERVE,
+    )
+    port: int = _arg(8000, "TCP port to listen on (0: any free port, printed at startup).", ge=0, le=65535, only=_SERVE)
+    api_key: str | None = _arg(
+        None,
+        "Require `Authorization: Bearer KEY` on /v1/*; default: $MEDPT_API_KEY if set (a key on the command line "
+        "is visible to other users of the machine), else no authentication.",
+        only=_SERVE,
+        secret=True,
+    )
+    batching: Literal["continuous", "dynamic"] = _arg(
+        "continuous",
+        "continuous: a new request joins the running batch between two decoding steps; dynamic: requests that arrive "
+        "within --batch_wait_ms form a batch, which runs until all of its answers are done.",
+        only=_SERVE,
+    )
+    max_batch_size: int = _arg(
+        16, "Most answers decoded together; more requests wait in a queue.", ge=1, le=1024, only=_SERVE
+    )
+    num_threads: int | None = _arg(
+        None,
+        "CPU threads torch computes with; default: the cores less one, at least 1. The HTTP side needs a core: "
+        "torch's threads spin while they wait for each other, and sharing a core with them slows both many times.",
+        ge=1,
+        le=1024,
+        only=_SERVE,
+    )
+    batch_wait_ms: float = _arg(
+        5.0,
+        "How long an idle server waits for more requests before it starts a batch (milliseconds).",
+        ge=0,
+        le=10_000,
+        only=_SERVE,
+    )
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
+        if self.api_key is not None and not self.api_key.strip():
+            raise MedptError("--api_key is empty: give a key, or leave the flag out to serve without authentication")
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelArguments,
     "data": DataArguments,
@@ -446,6 +497,7 @@ SECTIONS: dict[str, type] = {
     "run": RunArguments,
     "eval": EvalArguments,
     "generate": GenerationArguments,
+    "serve": ServeArguments,
 }
 
 
@@ -470,6 +522,7 @@ COMMAND_FLAGS: dict[str, CommandFlags] = {
     "generate": CommandFlags(("model", "eval", "generate"), extra=(*_TEMPLATE, "seed")),
     "chat": CommandFlags(("model", "eval", "generate"), extra=(*_TEMPLATE, "seed")),
     "merge": CommandFlags(("model", "eval", "run")),
+    "serve": CommandFlags(("model", "eval", "generate", "serve"), extra=_TEMPLATE),
 }
 
 # Ranges of the TrainingArguments flags medpt passes through, checked before anything loads (transformers checks

@@ -38,6 +38,7 @@ COMMANDS: dict[str, Command] = {
     "generate": Command("medpt.generate:run_generate", "answer a file of questions (jsonl in, jsonl out)"),
     "chat": Command("medpt.generate:run_chat", "interactive chat, streamed, in the 问/答 template"),
     "merge": Command("medpt.merge:run_merge", "fold the adapter into the base and save a standalone model"),
+    "serve": Command("medpt.serve:run_serve", "an OpenAI-compatible API and a before/after web page for a run"),
     "report": Command("medpt.report:run_report", "one HTML + Markdown page for a run", ReportArguments, "run_dir"),
     "init-tiny": Command(
         "medpt.tiny:run_init_tiny", "build a tiny offline LLaMA-architecture model", InitTinyArguments

@@ -32,6 +32,7 @@ from medpt.args import (  # noqa: F401 - re-exported: the schema is imported fro
     LoraArguments,
     ModelArguments,
     RunArguments,
+    ServeArguments,
     check_trainer_values,
 )
 from medpt.atomic import atomic_write_text
@@ -133,6 +134,7 @@ class Config:
     run: RunArguments
     eval: EvalArguments
     generate: GenerationArguments
+    serve: ServeArguments
     trainer: dict[str, Any] = field(default_factory=dict)
     """TrainingArguments values set explicitly (by YAML or flag); the rest keep transformers' defaults."""
     command: str = ""
@@ -185,6 +187,8 @@ class Config:
             section = getattr(self, name)
             for f in fields(cls):
                 value = getattr(section, f.name)
+                if f.metadata.get("secret") and value is not None:
+                    value = "(set, not shown)"
                 note = ""
                 if absolute and f.name in path_flags():
                     value = absolute_paths(value)

@@ -24,17 +24,23 @@ def role_format(template: str, template_format: dict | None) -> Any:
     return BUILTIN.get(template, BUILTIN["qa"])  # chat_template runs go through the tokenizer instead
 
 
-def build_prompt(question: str, history: list[tuple[str, str]], data: Any, tokenizer: Any) -> str:
-    """The conversation so far, rendered as in training, ending where the answer starts."""
+def build_prompt(
+    question: str, history: list[tuple[str, str]], data: Any, tokenizer: Any, system: str | None = None
+) -> str:
+    """The conversation so far (after an optional system turn), rendered as in training, ending where the answer
+    starts."""
     if data.template == "chat_template":
-        messages = [
+        messages = [{"role": "system", "content": system}] if system is not None else []
+        messages += [
             m for q, a in history for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})
         ]
         messages.append({"role": "user", "content": question})
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     fmt = role_format(data.template, data.template_format)
     (h0, h1), (g0, g1) = fmt.wrap["human"], fmt.wrap["gpt"]
-    return "".join(f"{h0}{q}{h1}{g0}{a}{g1}" for q, a in history) + f"{h0}{question}{h1}{g0}"
+    s0, s1 = fmt.wrap["system"]
+    head = f"{s0}{system}{s1}" if system is not None else ""
+    return head + "".join(f"{h0}{q}{h1}{g0}{a}{g1}" for q, a in history) + f"{h0}{question}{h1}{g0}"
 
 
 def stop_strings(data: Any) -> list[str]:
@@ -216,18 +222,20 @@ class StopAwareStreamer:
     """Prints generated text as it arrives, holding back any tail that could be the start of a stop string, so
     `问:` is never shown even when it arrives one token at a time."""
 
-    def __init__(self, tokenizer: Any, stops: list[str], write: Callable[[str], None]):
+    def __init__(self, tokenizer: Any, stops: list[str], write: Callable[[str], None], skip_prompt: bool = True):
         self.tokenizer, self.stops, self.write = tokenizer, stops, write
         self.ids: list[int] = []
         self.shown = 0
-        self.prompt_seen = False
+        self.prompt_seen = not skip_prompt  # generate() first passes the prompt; a server passes new tokens only
+        self.stopped = False  # a stop string has appeared: the answer is complete
 
     def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # generate() first passes the prompt
+        if not self.prompt_seen:
             self.prompt_seen = True
             return
         self.ids.extend(value.reshape(-1).tolist())
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        self.stopped = any(s in text for s in self.stops)
         self._show(self._safe(text))
 
     def end(self) -> None:
