@@ -25,7 +25,7 @@ def test_seed_command_parses_to_the_intended_values():
     c = load_config(SEED_COMMAND, command="train")
     assert c.model.model_name_or_path == "deepseek-ai/deepseek-coder-7b-base-v1.5"
     assert c.model.trust_remote_code is True and c.model.torch_dtype == "bfloat16"
-    assert c.data.dataset_name == "shibing624/huatuo_medical_qa_sharegpt"
+    assert c.data.dataset_name == ["shibing624/huatuo_medical_qa_sharegpt"]  # a list: sources may be named
     assert (c.data.max_train_samples, c.data.max_eval_samples, c.data.block_size) == (10000, 100, 512)
     assert c.data.preprocessing_num_workers == 4
     assert (c.lora.use_peft, c.lora.target_modules, c.lora.lora_rank) == (True, ["all"], 16)
