@@ -28,6 +28,7 @@ from medpt.args import (  # noqa: F401 - re-exported: the schema is imported fro
     TEMPLATES,
     DataArguments,
     EvalArguments,
+    ExportArguments,
     GenerationArguments,
     LoraArguments,
     ModelArguments,
@@ -133,6 +134,7 @@ class Config:
     run: RunArguments
     eval: EvalArguments
     generate: GenerationArguments
+    export: ExportArguments
     trainer: dict[str, Any] = field(default_factory=dict)
     """TrainingArguments values set explicitly (by YAML or flag); the rest keep transformers' defaults."""
     command: str = ""
