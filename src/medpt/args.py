@@ -360,7 +360,7 @@ class ExportArguments:
     quant: Literal["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"] = _arg(
         "f16",
         "GGUF weight type (targets gguf and llamacpp): f16, bf16, q8_0, or the k-quants q4_k_m, q5_k_m, q6_k "
-        "(those need llama-cpp-python: pip install 'medpt[gguf]').",
+        "(those need llama-cpp-python: pip install 'medpt[llamacpp]').",
     )
 
 

@@ -14,7 +14,7 @@ What llama.cpp expects, and where it is written down (llama.cpp 0c1e57098, the o
 
 Limited on purpose to LlamaForCausalLM with a Metaspace/byte-fallback BPE tokenizer: anything else is refused with
 the command that converts it with llama.cpp's own script. f16, bf16 and q8_0 are quantized here (gguf.quants);
-k-quants (q4_k_m, q5_k_m, q6_k) by llama.cpp's own quantizer through llama-cpp-python (`pip install 'medpt[gguf]'`),
+k-quants (q4_k_m, q5_k_m, q6_k) by llama.cpp's own quantizer through llama-cpp-python (`pip install 'medpt[llamacpp]'`),
 from an f16 file written first.
 """
 
@@ -53,7 +53,13 @@ def gguf_name(quant: str) -> str:
 
 
 def check_convertible(model_config: dict[str, Any], tokenizer_dir: Path) -> None:
-    """Refuse, before anything is merged, what the minimal LLaMA path below does not write correctly."""
+    """Refuse, before anything is merged, what the minimal LLaMA path below does not write correctly (and say how
+    to install the writer when it is missing)."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        missing = "GGUF targets need the gguf package (llama.cpp's gguf-py): pip install 'medpt[export]'"
+        raise MedptError(missing) from None
     archs = model_config.get("architectures") or []
     fallback = "export --target merged, then convert it with llama.cpp's convert_hf_to_gguf.py"
     if archs != ["LlamaForCausalLM"]:
@@ -252,7 +258,7 @@ def import_llama_cpp(what: str) -> Any:
         import llama_cpp
     except ImportError:
         raise MedptError(
-            f"{what} needs llama-cpp-python (llama.cpp's quantizer and loader): pip install 'medpt[gguf]' "
+            f"{what} needs llama-cpp-python (llama.cpp's quantizer and loader): pip install 'medpt[llamacpp]' "
             "(it builds llama.cpp from source, about 8 minutes on 2 cores), or use --quant f16, bf16 or q8_0"
         ) from None
     return llama_cpp

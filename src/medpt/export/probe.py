@@ -99,7 +99,7 @@ def compare(llm: Any, model: Any, tokenizer: Any, quant: str, text: str = PROBE)
 def verify(job: Any, model: Any, tokenizer: Any, gguf_file: Path, lora: Path | None = None) -> dict[str, Any]:
     """`compare` for an export job, logged; a note instead when llama-cpp-python is not installed."""
     if not llama_cpp_available():
-        job.log("not verified with llama.cpp: pip install 'medpt[gguf]' (llama-cpp-python) to check the logits")
+        job.log("not verified with llama.cpp: pip install 'medpt[llamacpp]' (llama-cpp-python) to check the logits")
         return {"verified": False}
     llm = open_gguf(gguf_file, lora)
     try:
