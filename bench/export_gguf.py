@@ -55,8 +55,10 @@ def main() -> None:
     rows = [{"engine": "transformers fp32", "file_mb": size_mb(merged_dir / "model.safetensors"),
              "max_abs_logit_diff": 0.0, "perplexity": perplexity(lambda ids: hf_logits(model, ids), docs),
              "tokens_per_s": tokens_per_s(lambda ids: greedy_hf(model, ids), tokenizer)}]  # fmt: skip
+    print(f"transformers fp32: {rows[0]}", flush=True)
     for quant, out in exports.items():
         rows.append(llama_row(quant, out, model, tokenizer, docs, args.threads))
+        print(f"llama.cpp {quant}: {rows[-1]}", flush=True)
     report = {"machine": machine(), "size": args.size, "threads": args.threads, "docs": len(docs), "rows": rows}
     (work / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     print(table(report))
