@@ -490,6 +490,21 @@ class ServeArguments:
             raise MedptError("--api_key is empty: give a key, or leave the flag out to serve without authentication")
 
 
+@dataclass
+class ExportArguments:
+    target: Literal["vllm", "sglang", "llamacpp", "merged", "gguf"] | None = _arg(
+        None,
+        "What to export for: vllm or sglang (the LoRA adapter, converted where the engine needs it), llamacpp (GGUF "
+        "base + GGUF LoRA), merged (a standalone model), gguf (the merged model as one GGUF file, with an Ollama "
+        "Modelfile).",
+    )
+    quant: Literal["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"] = _arg(
+        "f16",
+        "GGUF weight type (targets gguf and llamacpp): f16, bf16, q8_0, or the k-quants q4_k_m, q5_k_m, q6_k "
+        "(those need llama-cpp-python: pip install 'medpt[llamacpp]').",
+    )
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelArguments,
     "data": DataArguments,
@@ -498,6 +513,7 @@ SECTIONS: dict[str, type] = {
     "eval": EvalArguments,
     "generate": GenerationArguments,
     "serve": ServeArguments,
+    "export": ExportArguments,
 }
 
 
@@ -523,6 +539,8 @@ COMMAND_FLAGS: dict[str, CommandFlags] = {
     "chat": CommandFlags(("model", "eval", "generate"), extra=(*_TEMPLATE, "seed")),
     "merge": CommandFlags(("model", "eval", "run")),
     "serve": CommandFlags(("model", "eval", "generate", "serve"), extra=_TEMPLATE),
+    # The template (inherited from the run) shapes the Ollama Modelfile of --target gguf.
+    "export": CommandFlags(("model", "eval", "export"), extra=("output_dir", "overwrite_output_dir", *_TEMPLATE)),
 }
 
 # Ranges of the TrainingArguments flags medpt passes through, checked before anything loads (transformers checks

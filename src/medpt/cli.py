@@ -39,6 +39,9 @@ COMMANDS: dict[str, Command] = {
     "chat": Command("medpt.generate:run_chat", "interactive chat, streamed, in the 问/答 template"),
     "merge": Command("medpt.merge:run_merge", "fold the adapter into the base and save a standalone model"),
     "serve": Command("medpt.serve:run_serve", "an OpenAI-compatible API and a before/after web page for a run"),
+    "export": Command(
+        "medpt.export:run_export", "the adapter for vLLM, SGLang, llama.cpp or Ollama, checked against their limits"
+    ),
     "report": Command("medpt.report:run_report", "one HTML + Markdown page for a run", ReportArguments, "run_dir"),
     "init-tiny": Command(
         "medpt.tiny:run_init_tiny", "build a tiny offline LLaMA-architecture model", InitTinyArguments

@@ -28,6 +28,7 @@ from medpt.args import (  # noqa: F401 - re-exported: the schema is imported fro
     TEMPLATES,
     DataArguments,
     EvalArguments,
+    ExportArguments,
     GenerationArguments,
     LoraArguments,
     ModelArguments,
@@ -135,6 +136,7 @@ class Config:
     eval: EvalArguments
     generate: GenerationArguments
     serve: ServeArguments
+    export: ExportArguments
     trainer: dict[str, Any] = field(default_factory=dict)
     """TrainingArguments values set explicitly (by YAML or flag); the rest keep transformers' defaults."""
     command: str = ""

@@ -334,6 +334,17 @@ def claim_dir(
     return run
 
 
+def check_replaceable(out: Path, command: str, overwrite: bool, what: str) -> None:
+    """For the commands that write their output folder as a whole, in one rename (merge, export, init-tiny): the
+    folder must be new or empty, or, with --overwrite, hold that command's earlier output and nothing else."""
+    existing = RunDir.open(out)
+    if existing.present() and not (overwrite and existing.kind == command and not existing.foreign()):
+        raise MedptError(
+            f"{out} exists and is not empty; pass --overwrite to replace {what} medpt wrote there (the folder must "
+            "hold nothing else), or choose another --output_dir"
+        )
+
+
 def claim_file(path: str | os.PathLike, command: str, *, flag: str, inputs: Inputs | None = None) -> Path:
     """A single output file: replaced only if medpt wrote it (per its folder's manifest)."""
     out = check_output(flag, path, inputs or Inputs(), is_file=True)

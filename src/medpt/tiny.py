@@ -133,18 +133,12 @@ def init_tiny(output_dir: str | Path, size: str, texts: list[str], seed: int = 4
 def run_init_tiny(args: Any) -> int:
     """`medpt init-tiny`: a tokenizer trained on --corpus and a random-init model, saved with save_pretrained."""
     from medpt.data.pipeline import read_texts
-    from medpt.rundir import Inputs, RunDir, check_output
+    from medpt.rundir import Inputs, check_output, check_replaceable
 
     inputs = Inputs()
     inputs.add_all("corpus", args.corpus)
     out = check_output("output_dir", args.output_dir, inputs)
-    existing = RunDir.open(out)
-    if existing.present():
-        if not (args.overwrite and existing.kind == "init-tiny" and not existing.foreign()):
-            raise MedptError(
-                f"{args.output_dir} exists and is not empty; pass --overwrite to replace a tiny model medpt wrote "
-                "there (it must hold nothing else), or choose another --output_dir"
-            )
+    check_replaceable(out, "init-tiny", args.overwrite, "a tiny model")
     info = init_tiny(out, args.size, read_texts(args.corpus), args.seed)
     print(
         f"tiny model ({args.size}): {info['parameters'] / 1e6:.1f}M parameters, vocabulary {info['tokenizer_vocab']:,} "
