@@ -4,7 +4,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from medpt.args import LoraArguments
-from medpt.lora import FastDropout, add_lora, speed_up
+from medpt.dropout import FastDropout
+from medpt.lora import add_lora, speed_up
 
 
 def test_fast_dropout_is_inverted_dropout_with_the_right_rate_and_gradient():
@@ -43,5 +44,5 @@ def test_speed_up_swaps_dropout_only_when_not_compiled(tiny_model_dir):
     speed_up(model, autocast=False, compiled=True)
     assert not any(isinstance(m, FastDropout) for m in model.modules())
     assert all(getattr(m, "cast_input_dtype_enabled", True) for m in model.modules())  # no autocast: PEFT casts
-    speed_up(model, autocast=False, compiled=False)
+    speed_up(model, autocast=False, compiled=False, dropout_mode="per_module")
     assert sum(isinstance(m, FastDropout) for m in model.modules()) == 2 * 4  # q and v in each of 4 layers

@@ -223,7 +223,8 @@ def build_model(config: Config, args: Any, log: Any) -> tuple[Any, Any]:
     model.config.pad_token_id = tokenizer.pad_token_id  # (EOS when the tokenizer has no pad; see load_tokenizer)
     if lora.use_peft:
         model = add_lora(model, lora, gradient_checkpointing=bool(args.gradient_checkpointing))
-        speed_up(model, autocast=bool(args.bf16 or args.fp16), compiled=bool(args.torch_compile))
+        speed_up(model, autocast=bool(args.bf16 or args.fp16), compiled=bool(args.torch_compile),
+                 dropout_mode=lora.lora_dropout_mode)  # fmt: skip
         if args.torch_compile and lora.lora_dropout > 0 and device_kind() == "cpu":
             # Measured (bench/train_throughput.py, 25m, bf16): compiled 942 tok/s vs eager 1,288 with dropout 0.05;
             # inductor's CPU dropout masks cost more than compiling saves. Say so rather than silently run slower.
