@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from medpt.errors import MedptError
 from medpt.hub import resolve_local
 
