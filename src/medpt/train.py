@@ -116,6 +116,9 @@ def training_arguments(config: Config) -> Any:
         remove_unused_columns=False,  # the collator's fields are exactly what the model takes
         include_num_input_tokens_seen="no",  # medpt counts real tokens itself (see trainer.py)
     )
+    # --torch_compile is medpt's regional compilation (medpt.compiling), applied in build_model; transformers' own
+    # whole-model compile is left off.
+    kwargs["torch_compile"] = False
     if device_kind() == "cpu":
         # transformers refuses mixed precision on a CPU unless told it is one, and (5.2x) detects torchrun's
         # several CPU processes as DDP only with use_cpu: without it each process trains alone.
@@ -223,18 +226,14 @@ def build_model(config: Config, args: Any, log: Any) -> tuple[Any, Any]:
     model.config.pad_token_id = tokenizer.pad_token_id  # (EOS when the tokenizer has no pad; see load_tokenizer)
     if lora.use_peft:
         model = add_lora(model, lora, gradient_checkpointing=bool(args.gradient_checkpointing))
-        speed_up(model, autocast=bool(args.bf16 or args.fp16), compiled=bool(args.torch_compile),
-                 dropout_mode=lora.lora_dropout_mode)  # fmt: skip
-        if args.torch_compile and lora.lora_dropout > 0 and device_kind() == "cpu":
-            # Measured (bench/train_throughput.py, 25m, bf16): compiled 942 tok/s vs eager 1,288 with dropout 0.05;
-            # inductor's CPU dropout masks cost more than compiling saves. Say so rather than silently run slower.
-            log(
-                f"note: on a CPU, --torch_compile with --lora_dropout {lora.lora_dropout} measured slower than without"
-                " compile; drop one of them for speed (see README, Benchmarks)"
-            )
+        speed_up(model, autocast=bool(args.bf16 or args.fp16), compiled=False, dropout_mode=lora.lora_dropout_mode)
         targets = sorted(model.peft_config["default"].target_modules)
         log(f"LoRA r={lora.lora_rank} alpha={lora.lora_alpha} on {len(targets)} module types: {', '.join(targets)}")
         _check_modules_to_save(model, lora.modules_to_save)
+    if config.trainer.get("torch_compile"):
+        from medpt.compiling import compile_layers
+
+        compile_layers(model, log)
     trainable, total = trainable_summary(model)
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%), weights {dtype}")
     return model, tokenizer
