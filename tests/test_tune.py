@@ -183,9 +183,10 @@ def test_a_trial_worse_than_the_median_at_its_first_report_is_pruned(tiny_model_
 # --- the objective end to end, with named sources --------------------------------------------------------------------
 def test_the_penalised_objective_is_computed_from_the_trials_own_evaluations(tiny_model_dir, tmp_path):
     out = tmp_path / "tune"
-    argv = _argv(tiny_model_dir, out, "--train_file_dir", f"medical={SAMPLE_QA}", f"general={SAMPLE_GENERAL}",
-                 "--validation_split_percentage", "20", "--objective", "medical", "--objective_penalty", "general=0.5",
-                 "--n_trials", "1", "--max_steps", "2", "--search_space", "{learning_rate: {choice: [3.0e-2]}}")  # fmt: skip
+    sources = ["--train_file_dir", f"medical={SAMPLE_QA}", f"general={SAMPLE_GENERAL}"]
+    argv = _argv(tiny_model_dir, out, *sources, "--validation_split_percentage", "20", "--objective", "medical",
+                 "--objective_penalty", "general=0.5", "--n_trials", "1", "--max_steps", "2",
+                 "--search_space", "{learning_rate: {choice: [3.0e-2]}}")  # fmt: skip
     assert main(argv) == 0
     (trial,) = optuna.load_study(study_name="medpt-tune", storage=f"sqlite:///{out / 'study.db'}").trials
     logged = [json.loads(x) for x in (out / "trials" / "0" / "metrics.jsonl").read_text().splitlines()]
@@ -205,7 +206,8 @@ def two_workers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     out = root / "study"
     argv = [sys.executable, "-m", "medpt", *_argv(tiny_model_dir, out, "--n_trials", "4", "--data_cache_dir",
                                                    str(root / "cache"))]  # fmt: skip
-    env = {**os.environ, "HF_HOME": str(root / "hf-home")}
+    # Two processes on a 2-core machine: one torch thread each, or their threads fight over the cores.
+    env = {**os.environ, "HF_HOME": str(root / "hf-home"), "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for _ in range(2)]  # fmt: skip
     outputs = [w.communicate(timeout=900)[0] for w in workers]

@@ -65,12 +65,12 @@ def run_tune(config: Config, log: Any = print) -> int:
     # 1. What needs nothing loaded, for the configuration every trial shares.
     from medpt.train import check_before_loading, prepare_all
 
-    first = trial_config(setup, {}, out / TRIALS_DIR / "0")
-    check_before_loading(first)
+    shared = trial_config(setup, {}, out)  # the trials' configuration, but the values they draw
+    check_before_loading(shared)
     # 2. The folder, the data (prepared once: every trial then finds it in medpt's cache) and the study.
     lock = FolderLock(claim_tune_dir(config, setup))
     with lock:
-        data, eval_sets = prepare_all(first, out, log)
+        data, eval_sets = prepare_all(shared, out, log)
         setup.objective.check_prepared(prepared_sets(data, eval_sets))
         del data, eval_sets  # memory-mapped blocks: each trial opens its own
         study = open_study(optuna, config, out)

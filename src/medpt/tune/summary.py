@@ -108,7 +108,8 @@ def _markdown(name: str, setup: Any, trials: list[Any], best: Any, rows: list[di
         f"- pruning saved {saved:,} of {budget:,} training steps ({100 * saved / max(budget, 1):.1f}%)",
     ]
     if best is not None:
-        values = ", ".join(f"{k}={_short(v)}" for k, v in best.user_attrs.get("flags", {}).items())
+        flags = best.user_attrs.get("flags", {})
+        values = ", ".join(f"{d.name}={_short(flags.get(d.flag))}" for d in setup.space.dimensions)
         lines += [f"- best: trial {best.number}, {best.value:.6g} ({values})",
                   f"- `medpt train {setup.out / BEST_CONFIG}` trains it again"]  # fmt: skip
     lines.append("")
