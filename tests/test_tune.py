@@ -152,6 +152,22 @@ def test_tune_needs_max_steps(tiny_model_dir, tmp_path, capsys):
     _one_line_error(capsys, "medpt tune needs --max_steps")
 
 
+def test_overwrite_is_refused_while_another_process_works_on_the_study(tiny_model_dir, tmp_path, capsys):
+    from medpt.config import load_config
+    from medpt.tune.study import claim_tune_dir, make_setup
+
+    out = tmp_path / "tune"
+    argv = _argv(tiny_model_dir, out, "--n_trials", "1")
+    config = load_config(argv[1:], command="tune")
+    working = claim_tune_dir(config, make_setup(config))  # held by a process working on the study
+    try:
+        assert main([*argv, "--overwrite_output_dir"]) == 2  # two identical commands must not delete each other's study
+    finally:
+        os.close(working)
+    _one_line_error(capsys, f"--overwrite_output_dir would delete the study in {out}", "another medpt tune process")
+    assert (out / "tune.json").is_file() and (out / "trials").is_dir()
+
+
 # --- pruning --------------------------------------------------------------------------------------------------------
 def test_a_trial_worse_than_the_median_at_its_first_report_is_pruned(tiny_model_dir, tmp_path):
     storage = f"sqlite:///{tmp_path / 'rigged.db'}"

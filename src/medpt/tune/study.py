@@ -63,12 +63,23 @@ def run_tune(config: Config, log: Any = print) -> int:
     setup = make_setup(config)
     out = setup.out
     # 1. What needs nothing loaded, for the configuration every trial shares.
-    from medpt.train import check_before_loading, prepare_all
+    from medpt.train import check_before_loading
 
     shared = trial_config(setup, {}, out)  # the trials' configuration, but the values they draw
     check_before_loading(shared)
     # 2. The folder, the data (prepared once: every trial then finds it in medpt's cache) and the study.
-    lock = FolderLock(claim_tune_dir(config, setup))
+    in_use = claim_tune_dir(config, setup)
+    try:
+        return _run_study(optuna, config, setup, shared, log)
+    finally:
+        os.close(in_use)
+
+
+def _run_study(optuna: Any, config: Config, setup: Setup, shared: Config, log: Any) -> int:
+    from medpt.train import prepare_all
+
+    out = setup.out
+    lock = FolderLock(out)
     with lock:
         data, eval_sets = prepare_all(shared, out, log)
         setup.objective.check_prepared(prepared_sets(data, eval_sets))
@@ -163,9 +174,11 @@ class FolderLock:
         self.release()
 
 
-def claim_tune_dir(config: Config, setup: Setup) -> Path:
+def claim_tune_dir(config: Config, setup: Setup) -> int:
     """Claim --output_dir for `medpt tune` (a second process finds it already a tune folder and joins it), record
-    which study it holds, and claim its trials/ folder."""
+    which study it holds, and claim its trials/ folder. Returns a descriptor holding a shared lock on tune.json for
+    as long as this process works on the study: --overwrite_output_dir, which deletes the study, is refused while
+    another process holds one (two identical commands with that flag would otherwise delete each other's study)."""
     out = setup.out
     check_output("output_dir", out, inputs_of(config))  # before anything is created
     with contextlib.suppress(OSError):
@@ -173,12 +186,31 @@ def claim_tune_dir(config: Config, setup: Setup) -> Path:
     if not out.is_dir():
         claim_dir(out, "tune", inputs=inputs_of(config))  # says why (a file there, permissions) in one line
     with FolderLock(out):
+        if config.run.overwrite_output_dir:
+            _refuse_if_in_use(out / TUNE_INFO)
         claim_dir(out, "tune", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
         _check_study_record(out / TUNE_INFO, config)
         config.save(out)
         atomic_write_text(out / SEARCH_SPACE, f"# {setup.space.source}\n{setup.space.text}")
         claim_dir(out / TRIALS_DIR, "tune", writes=())
-    return out
+        in_use = os.open(out / TUNE_INFO, os.O_RDONLY)
+        fcntl.flock(in_use, fcntl.LOCK_SH)
+    return in_use
+
+
+def _refuse_if_in_use(record: Path) -> None:
+    if not record.is_file():
+        return
+    fd = os.open(record, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise MedptError(
+            f"--overwrite_output_dir would delete the study in {record.parent}, which another medpt tune process is "
+            "working on; let it finish (or stop it) first, or join it without --overwrite_output_dir"
+        ) from None
+    finally:
+        os.close(fd)
 
 
 def _check_study_record(path: Path, config: Config) -> None:

@@ -98,7 +98,8 @@ def write_best(setup: Any, best: Any, study_name: str) -> Path:
 
 def _markdown(name: str, setup: Any, trials: list[Any], best: Any, rows: list[dict[str, Any]]) -> str:
     states = [t.state.name.lower() for t in trials]
-    counts = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned", "fail", "running") if s in states)
+    words = {"complete": "complete", "pruned": "pruned", "fail": "failed (not counted)", "running": "running"}
+    counts = ", ".join(f"{states.count(s)} {word}" for s, word in words.items() if s in states)
     saved, budget = steps_saved(trials)
     lines = [
         f"# medpt tune: study {name!r}",
