@@ -19,6 +19,18 @@ from medpt.samples import SAMPLE_GENERAL, SAMPLE_QA
 optuna = pytest.importorskip("optuna")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The trials' matrices are tiny: one thread is as fast, and on a busy 2-core machine a second one stalls every
+    op waiting for a core (trials ran up to 10x slower). The two-worker test gives its processes one each too."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _argv(model: Path, out: Path, *extra: str) -> list[str]:
     """A trial: 4 steps of the 5m model, evaluated at steps 2 and 4 on a small held-out split."""
     return ["tune", "--model_name_or_path", str(model), "--train_file_dir", str(SAMPLE_QA),

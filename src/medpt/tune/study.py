@@ -19,11 +19,9 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from medpt.args import TuneArguments
 from medpt.atomic import atomic_write_text
 from medpt.config import Config
 from medpt.errors import MedptError
@@ -36,26 +34,14 @@ from medpt.rundir import (
     claim_dir,
     inputs_of,
 )
-from medpt.tune.objective import Objective, PruningCallback, prepared_sets
-from medpt.tune.space import SearchSpace, load_space
+from medpt.tune.objective import PruningCallback, prepared_sets
+from medpt.tune.setup import Setup, make_setup, trial_config
 
-REPORTS_PER_TRIAL = 4  # default --eval_steps: max_steps / 4, so the pruner sees each trial four times
 # A trial whose process died stops writing heartbeats; after the grace period the next worker marks it failed, and
 # failed trials do not count toward --n_trials (a rerun replaces them). Seconds.
 HEARTBEAT_S, GRACE_S = 20, 90
 POLL_S = 5.0  # how often a finished worker checks whether the others' last trials are done
 SQLITE_TIMEOUT_S = 60  # how long a worker waits for another's SQLite write lock before failing
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every trial starts from."""
-
-    out: Path
-    base: dict[str, Any]  # the flat `medpt train` values of the command line and YAML files, without tune's own
-    space: SearchSpace
-    objective: Objective
-    prepare_each: bool  # the space sets data flags: each trial prepares its own data (cached) under the folder lock
 
 
 def run_tune(config: Config, log: Any = print) -> int:
@@ -106,41 +92,6 @@ def import_optuna() -> Any:
     except ImportError:
         raise MedptError("medpt tune needs Optuna: pip install 'medpt[tune]'") from None
     return optuna
-
-
-# --- the configuration of a trial ---------------------------------------------------------------------------------
-def make_setup(config: Config) -> Setup:
-    if config.trainer.get("max_steps") in (None, -1):
-        raise MedptError("medpt tune needs --max_steps: each trial is a short training run of that many steps")
-    if str(config.trainer.get("eval_strategy", "steps")) in ("no", "IntervalStrategy.NO"):
-        raise MedptError("medpt tune reads each trial's evaluations: drop --eval_strategy no (--eval_steps sets how "
-                         "often a trial reports)")  # fmt: skip
-    tune_keys = {f.name for f in fields(TuneArguments)}
-    base = {k: v for k, v in config.to_flat().items() if k not in tune_keys}
-    space = load_space(config.tune.search_space, base)
-    data_flags = {f.name for f in fields(type(config.data))}
-    return Setup(
-        out=Path(config.run.output_dir).expanduser().absolute(),
-        base=base,
-        space=space,
-        objective=Objective.of(config),
-        prepare_each=any(d.flag in data_flags for d in space.dimensions),
-    )
-
-
-def trial_config(setup: Setup, values: dict[str, Any], out: Path, for_trial: bool = True) -> Config:
-    """The `medpt train` configuration of one trial: the base, the trial's values, its own folder, and evaluations
-    every --eval_steps (default max_steps / 4) for the pruner. Not `for_trial`: the same run as an ordinary one
-    (checkpoints, resuming), which is what best.yaml holds."""
-    merged: dict[str, Any] = {**setup.base, **values, "output_dir": str(out), "overwrite_output_dir": False}
-    merged.setdefault("eval_strategy", "steps")
-    merged.setdefault("eval_steps", max(1, int(merged["max_steps"]) // REPORTS_PER_TRIAL))
-    if for_trial:
-        merged["resume_from_checkpoint"] = "no"
-        merged.setdefault("save_strategy", "no")  # a trial is short and never resumed: checkpoints only cost disk
-        if setup.objective.penalties:
-            merged["eval_on_start"] = True  # the "before training" losses the penalties compare with
-    return Config.from_values(merged, command="train")
 
 
 # --- the folder -------------------------------------------------------------------------------------------------

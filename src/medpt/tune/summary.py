@@ -12,9 +12,10 @@ from typing import Any
 
 from medpt.atomic import atomic_write_text, atomic_writer
 from medpt.rundir import BEST_CONFIG, TRIALS_CSV, TRIALS_DIR, TRIALS_MD, TUNE_HISTORY, TUNE_IMPORTANCE
+from medpt.tune.setup import Setup, trial_config
 
 
-def write_summary(study: Any, setup: Any) -> str:
+def write_summary(study: Any, setup: Setup) -> str:
     """trials.md / trials.csv and best.yaml (when a trial has completed); returns the Markdown."""
     trials = study.get_trials(deepcopy=False)
     columns = {d.name: d.flag for d in setup.space.dimensions}  # as written in the space → the flag it sets
@@ -82,10 +83,8 @@ def steps_saved(trials: list[Any]) -> tuple[int, int]:
     return saved, budget
 
 
-def write_best(setup: Any, best: Any, study_name: str) -> Path:
+def write_best(setup: Setup, best: Any, study_name: str) -> Path:
     """best.yaml: the base configuration plus the best trial's values, in the flat YAML `medpt train` reads."""
-    from medpt.tune.study import trial_config
-
     config = trial_config(setup, best.user_attrs.get("flags", {}), setup.out / "best", for_trial=False)
     path = setup.out / BEST_CONFIG
     header = (
@@ -96,7 +95,7 @@ def write_best(setup: Any, best: Any, study_name: str) -> Path:
     return path
 
 
-def _markdown(name: str, setup: Any, trials: list[Any], best: Any, rows: list[dict[str, Any]]) -> str:
+def _markdown(name: str, setup: Setup, trials: list[Any], best: Any, rows: list[dict[str, Any]]) -> str:
     states = [t.state.name.lower() for t in trials]
     words = {"complete": "complete", "pruned": "pruned", "fail": "failed (not counted)", "running": "running"}
     counts = ", ".join(f"{states.count(s)} {word}" for s, word in words.items() if s in states)
