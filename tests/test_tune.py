@@ -40,11 +40,13 @@ def _argv(model: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _one_line_error(capsys: pytest.CaptureFixture, *fragments: str) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("medpt: error: "), err
+    """One `medpt: error:` line and no traceback (Optuna's own log lines may stand beside it on stderr)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("medpt: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
     for fragment in fragments:
-        assert fragment in err[0], err[0]
-    return err[0]
+        assert fragment in lines[0], lines[0]
+    return lines[0]
 
 
 # --- the search space --------------------------------------------------------------------------------------------
@@ -164,6 +166,12 @@ def test_tune_needs_max_steps(tiny_model_dir, tmp_path, capsys):
     _one_line_error(capsys, "medpt tune needs --max_steps")
 
 
+def test_without_optuna_tune_says_what_to_install(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed: `import optuna` raises ImportError
+    assert main(_argv(tiny_model_dir, tmp_path / "tune")) == 2
+    _one_line_error(capsys, "medpt tune needs Optuna: pip install 'medpt[tune]'")
+
+
 def test_overwrite_is_refused_while_another_process_works_on_the_study(tiny_model_dir, tmp_path, capsys):
     from medpt.config import load_config
     from medpt.tune.study import claim_tune_dir, make_setup
@@ -178,6 +186,24 @@ def test_overwrite_is_refused_while_another_process_works_on_the_study(tiny_mode
         os.close(working)
     _one_line_error(capsys, f"--overwrite_output_dir would delete the study in {out}", "another medpt tune process")
     assert (out / "tune.json").is_file() and (out / "trials").is_dir()
+
+
+def test_a_mistake_found_by_a_trial_fails_it_in_one_line_and_it_does_not_count(tiny_model_dir, tmp_path, capsys):
+    from medpt.config import load_config
+    from medpt.tune.study import claim_tune_dir, make_setup
+
+    out = tmp_path / "tune"
+    argv = _argv(tiny_model_dir, out, "--n_trials", "1")
+    config = load_config(argv[1:], command="tune")
+    os.close(claim_tune_dir(config, make_setup(config)))
+    notes = out / "trials" / "0" / "notes.txt"  # trial 0's folder holds a file medpt did not write
+    notes.parent.mkdir()
+    notes.write_text("mine")
+    assert main(argv) == 2
+    _one_line_error(capsys, f"--output_dir {notes.parent} holds files medpt did not write (notes.txt)")
+    (trial,) = optuna.load_study(study_name="medpt-tune", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert trial.state.name == "FAIL" and notes.read_text() == "mine"
+    assert "1 failed (not counted)" in (out / "trials.md").read_text()
 
 
 # --- pruning --------------------------------------------------------------------------------------------------------
