@@ -21,6 +21,7 @@ TEMPLATES = ("qa_separator", "qa", "chat_template", "custom")
 # An upper bound for --block_size that holds whatever the model: above it, three copies of a batch's logits no longer
 # fit in any machine's memory. The model's own limit (max_position_embeddings) is checked when it is known.
 MAX_BLOCK_SIZE = 1 << 20
+_TRAIN = ("train", "tune")  # `medpt tune` runs `medpt train` once per trial: it takes the same flags
 
 
 def _arg(
@@ -101,7 +102,7 @@ class ModelArguments:
     )
     offline: bool = _arg(False, "Never touch the network (sets HF_HUB_OFFLINE=1); only local paths and caches.")
     load_in_4bit: bool = _arg(
-        False, "Load the base model in 4-bit NF4 with double quantisation (QLoRA; bitsandbytes).", only=("train",)
+        False, "Load the base model in 4-bit NF4 with double quantisation (QLoRA; bitsandbytes).", only=_TRAIN
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] | None = (
         _arg(None, "Attention kernel; default sdpa.")
@@ -350,9 +351,6 @@ class LoraArguments:
         )
 
 
-_TRAIN = ("train",)
-
-
 @dataclass
 class RunArguments:
     output_dir: str = _arg("outputs/medpt-run", "Where results, checkpoints and the resolved config go.", path=True)
@@ -369,7 +367,7 @@ class RunArguments:
         "",
         "auto: continue from the latest complete checkpoint in --output_dir; a path: from that one; no (or none): "
         "start over. Default: auto, unless --overwrite_output_dir.",
-        only=_TRAIN,
+        only=("train",),  # each trial of `medpt tune` starts fresh in its own folder
     )
     bf16: bool | None = _arg(
         None, "bf16 mixed precision; default: on wherever the device supports it (CPUs too).", only=_TRAIN
@@ -510,6 +508,69 @@ class ExportArguments:
     )
 
 
+@dataclass
+class TuneArguments:
+    n_trials: int = _arg(
+        20,
+        "Trials the study holds when done (complete or pruned), counted over every process sharing it; rerun with "
+        "a larger number to add trials.",
+        ge=1,
+    )
+    storage: str | None = _arg(
+        None,
+        "Optuna RDB storage URL shared by the workers (postgresql://..., mysql://..., sqlite:///FILE); default: "
+        "sqlite:///OUTPUT_DIR/study.db, so processes given the same --output_dir share one study.",
+    )
+    study_name: str = _arg("medpt-tune", "Name of the study in the storage (one study per --output_dir).")
+    search_space: str | None = _arg(
+        None,
+        "A YAML file (or inline YAML mapping) of flag: {log_uniform|uniform|int: [low, high]} | {choice: [...]} | "
+        "lora_alpha: {per_rank: [1, 2]}; default: learning_rate, lora_rank, lora_alpha, lora_dropout, warmup_ratio "
+        "(see docs/tune.md).",
+    )
+    objective: str = _arg(
+        "loss",
+        "What a trial minimises: loss (eval_loss of the one unnamed source) or NAME (eval_NAME_loss of a named "
+        "source's held-out set or an --eval_sets entry).",
+    )
+    objective_penalty: list[str] | None = _arg(
+        None,
+        "NAME=WEIGHT items: add WEIGHT x max(0, eval_NAME_loss - its value before training) to the objective "
+        "(e.g. general=0.5 penalises forgetting of general text).",
+    )
+    pruner: Literal["median", "none"] = _arg(
+        "median", "median: stop a trial whose eval is worse than the median of earlier trials at the same step."
+    )
+    pruner_startup_trials: int = _arg(5, "Trials that run in full before the pruner stops any.", ge=0)
+    pruner_warmup_steps: int = _arg(0, "Training steps of each trial before the pruner may stop it.", ge=0)
+    sampler_seed: int | None = _arg(
+        None, "Seed of the TPE sampler (default --seed); the k-th process to join the study uses seed + k.", ge=0
+    )
+    sampler_startup_trials: int = _arg(10, "Random trials before TPE models the results (Optuna's default).", ge=0)
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
+        self.objective_penalty = _comma_list(self.objective_penalty) or None
+        for item in self.objective_penalty or []:
+            penalty_of(item)
+
+    def penalties(self) -> dict[str, float]:
+        return dict(penalty_of(item) for item in self.objective_penalty or [])
+
+
+def penalty_of(item: str) -> tuple[str, float]:
+    """`general=0.5` → ("general", 0.5), or a one-line error naming the flag."""
+    name, eq, weight = item.partition("=")
+    try:
+        value = float(weight)
+    except ValueError:
+        value = math.nan
+    if not eq or not name.isidentifier() or not math.isfinite(value) or value < 0:
+        raise MedptError(f"--objective_penalty takes NAME=WEIGHT items with a weight >= 0 (e.g. general=0.5), got "
+                         f"{item!r}")  # fmt: skip
+    return name, value
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelArguments,
     "data": DataArguments,
@@ -519,6 +580,7 @@ SECTIONS: dict[str, type] = {
     "generate": GenerationArguments,
     "serve": ServeArguments,
     "export": ExportArguments,
+    "tune": TuneArguments,
 }
 
 
@@ -537,6 +599,7 @@ _TEMPLATE = ("template", "template_format")
 COMMAND_FLAGS: dict[str, CommandFlags] = {
     "prepare": CommandFlags(("model", "data", "run")),
     "train": CommandFlags(("model", "data", "lora", "run"), trainer=True),
+    "tune": CommandFlags(("model", "data", "lora", "run", "tune"), trainer=True),
     "eval": CommandFlags(("model", "data", "eval", "run"), trainer=("per_device_eval_batch_size",)),
     "verify": CommandFlags(("model", "eval")),
     "compare": CommandFlags(("model", "eval", "generate", "run"), extra=_TEMPLATE),

@@ -28,6 +28,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "prepare": Command("medpt.prepare:run_prepare", "read, render, tokenize and pack training data; data_report.json"),
     "train": Command("medpt.train:train", "continued pretraining with LoRA / QLoRA / full fine-tuning"),
+    "tune": Command("medpt.tune:run_tune", "hyperparameter search: an Optuna study of short train runs, shareable"),
     "eval": Command(
         "medpt.evaluate:run_eval", "loss, token accuracy, perplexity (and multiple choice): base vs adapted"
     ),

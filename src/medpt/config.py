@@ -34,6 +34,7 @@ from medpt.args import (  # noqa: F401 - re-exported: the schema is imported fro
     ModelArguments,
     RunArguments,
     ServeArguments,
+    TuneArguments,
     check_trainer_values,
 )
 from medpt.atomic import atomic_write_text
@@ -115,6 +116,8 @@ def command_specs(command: str) -> list[FlagSpec]:
 
 def _not_this_command(command: str, spec: FlagSpec) -> MedptError:
     users = [c for c in COMMAND_FLAGS if takes(c, spec)]
+    if "train" in users:  # `medpt tune` takes every train flag (it runs train); naming train is enough
+        users = [c for c in users if c != "tune"]
     owner = "/".join(users) if users else "no command's"
     return MedptError(
         f"--{spec.name} is {_a(owner)} {owner} flag, not {_a(command)} {command} flag; see `medpt {command} --help`"
@@ -137,6 +140,7 @@ class Config:
     generate: GenerationArguments
     serve: ServeArguments
     export: ExportArguments
+    tune: TuneArguments
     trainer: dict[str, Any] = field(default_factory=dict)
     """TrainingArguments values set explicitly (by YAML or flag); the rest keep transformers' defaults."""
     command: str = ""

@@ -1,6 +1,7 @@
 """`medpt report RUN_DIR`: one page (HTML, self-contained, opens offline; and Markdown) per run: the configuration,
 the data report, the loss curves, base vs adapted on each eval set, multiple choice, verification and the answers
-side by side. It reads only what the run's directory holds, so it can be written again at any time.
+side by side. It reads only what the run's directory holds, so it can be written again at any time. For a `medpt
+tune` folder: the trials table and the study's plots.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,9 @@ from medpt.rundir import (
     METRICS,
     REPORT_HTML,
     REPORT_MD,
+    TRIALS_MD,
+    TUNE_HISTORY,
+    TUNE_IMPORTANCE,
     VERIFY,
 )
 
@@ -108,12 +113,10 @@ def page(run: Path, facts: dict[str, Any]) -> str:
     if facts["train"]:
         body += ["<h2>Training</h2>", _kv_table(facts["train"])]
     if facts["curve"]:
-        data = base64.b64encode(facts["curve"].read_bytes()).decode()
-        body += [f"<img alt='loss curves' src='data:image/png;base64,{data}'>"]
+        body += [_image("loss curves", facts["curve"])]
     if facts["forgetting"]:
-        data = base64.b64encode(facts["forgetting"].read_bytes()).decode()
         body += ["<h2>Forgetting chart</h2><p>Held-out perplexity of each named set during training (log scale).</p>",
-                 f"<img alt='held-out perplexity per set' src='data:image/png;base64,{data}'>"]  # fmt: skip
+                 _image("held-out perplexity per set", facts["forgetting"])]  # fmt: skip
     evaluation = facts["evaluation"]
     if evaluation:
         body += ["<h2>Base vs adapted</h2>", _markdown_html(format_eval(evaluation))]
@@ -130,14 +133,36 @@ def page(run: Path, facts: dict[str, Any]) -> str:
                        for r in facts["compare"])  # fmt: skip
         body += ["<h2>Answers, base vs adapted</h2><table><tr><th>question</th><th>base</th><th>adapted</th></tr>",
                  rows, "</table>"]  # fmt: skip
+    return _document(run.name, body)
+
+
+def _document(title: str, body: list[str]) -> str:
     style = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;white-space:pre-wrap}"
              "pre{background:#f6f6f6;padding:1em;overflow:auto}img{max-width:100%}")  # fmt: skip
     return (
-        f"<!doctype html><meta charset='utf-8'><title>medpt: {esc(run.name)}</title><style>{style}</style>"
+        f"<!doctype html><meta charset='utf-8'><title>medpt: {html.escape(title)}</title><style>{style}</style>"
         + "".join(body)
         + "\n"
     )
+
+
+def _image(alt: str, path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def tune_report(run: Path, out: Path) -> tuple[str, str]:
+    """A `medpt tune` folder: the trials table and the plots medpt tune wrote there, as (Markdown, HTML)."""
+    if not (run / TRIALS_MD).is_file():
+        raise MedptError(f"{run} is a medpt tune folder without {TRIALS_MD} yet: run medpt tune first")
+    text = (run / TRIALS_MD).read_text(encoding="utf-8")
+    title, _, rest = text.partition("\n")
+    names = (("optimisation history", TUNE_HISTORY), ("parameter importances", TUNE_IMPORTANCE))
+    plots = [(alt, run / name) for alt, name in names if (run / name).is_file()]
+    markdown_text = text + "".join(f"\n![{alt}]({os.path.relpath(path, out)})\n" for alt, path in plots)
+    body = [f"<h1>{html.escape(title.lstrip('# '))}</h1>", _markdown_html(rest), *(_image(a, p) for a, p in plots)]
+    return markdown_text, _document(run.name, body)
 
 
 def _kv_table(values: dict[str, Any]) -> str:
@@ -185,15 +210,20 @@ def run_report(args: Any) -> int:
 
 def write_report(run: Path, out: Path | None = None, log: Any = print) -> tuple[Path, Path]:
     from medpt.atomic import atomic_write_text
-    from medpt.rundir import claim_dir
+    from medpt.rundir import RunDir, claim_dir
 
     if not run.is_dir():
         raise MedptError(f"{run}: no such run folder")
     out = out or run
+    tune = RunDir.open(run).kind == "tune"
     claim_dir(out, "report", writes=(REPORT_HTML, REPORT_MD, REPORT_CURVE, FORGETTING_CHART))
-    facts = gather(run, out)
+    if tune:
+        markdown_text, html_text = tune_report(run, out)
+    else:
+        facts = gather(run, out)
+        markdown_text, html_text = markdown(run, facts), page(run, facts)
     html_path, md_path = out / REPORT_HTML, out / REPORT_MD
-    atomic_write_text(html_path, page(run, facts))
-    atomic_write_text(md_path, markdown(run, facts))
+    atomic_write_text(html_path, html_text)
+    atomic_write_text(md_path, markdown_text)
     log(f"report: {html_path} (and {md_path.name})")
     return html_path, md_path

@@ -55,6 +55,14 @@ STAGING = ".staging"  # checkpoints and final files are written here, then renam
 CHECKPOINT_PREFIX = "checkpoint-"
 TINY_INFO = "medpt_tiny.json"
 MERGE_INFO = "medpt_merge.json"
+# `medpt tune`: the study (its default SQLite storage and SQLite's side files), one run per trial, the summary.
+STUDY_DB = "study.db"
+TUNE_INFO = "tune.json"  # which study this folder holds
+SEARCH_SPACE = "search_space.yaml"  # the search space as resolved
+TRIALS_DIR = "trials"  # trials/<number>: a `medpt train` run each
+BEST_CONFIG = "best.yaml"  # runs as `medpt train DIR/best.yaml`
+TRIALS_CSV, TRIALS_MD = "trials.csv", "trials.md"
+TUNE_HISTORY, TUNE_IMPORTANCE = "tune_history.png", "tune_importance.png"
 
 # What each command writes at the top of its output folder. Names are recorded in the manifest when the folder is
 # claimed; patterns (checkpoint-*) only guard against overwriting a foreign entry, and each concrete name is recorded
@@ -80,6 +88,22 @@ WRITES: dict[str, tuple[str, ...]] = {
     "eval": ("eval_results.json", "eval.md", "mcq_predictions.jsonl"),
     "compare": ("compare.jsonl", "compare.md", "compare.html"),
     "report": (REPORT_HTML, REPORT_MD),
+    "tune": (
+        CONFIG_FILE,
+        DATA_REPORT,
+        REJECTED,
+        EVAL_SETS_DIR,
+        TUNE_INFO,
+        SEARCH_SPACE,
+        STUDY_DB,
+        *(STUDY_DB + side for side in ("-journal", "-wal", "-shm")),
+        TRIALS_DIR,
+        BEST_CONFIG,
+        TRIALS_CSV,
+        TRIALS_MD,
+        TUNE_HISTORY,
+        TUNE_IMPORTANCE,
+    ),
 }
 PATTERNS: dict[str, tuple[str, ...]] = {"train": (f"{CHECKPOINT_PREFIX}*",)}
 # Whose files a command may replace besides its own: training into a folder `medpt prepare` wrote writes a newer
@@ -119,7 +143,9 @@ class RunDir:
     def present(self) -> list[str]:
         if not self.path.is_dir():
             return []
-        return sorted(p.name for p in self.path.iterdir() if p.name != MANIFEST)
+        # The manifest, and the temporary file another process is replacing it with at this moment (atomic_writer:
+        # `.medpt-manifest.json.pid...tmp`), are the folder's bookkeeping, not its contents.
+        return sorted(p.name for p in self.path.iterdir() if not p.name.startswith(MANIFEST))
 
     def foreign(self) -> list[str]:
         """Entries of the folder that medpt did not write."""

@@ -44,17 +44,19 @@ from medpt.rundir import (
 )
 
 
-def train(config: Config, log: Any = print) -> int:
+class DivergedError(MedptError):
+    """The training loss became NaN or inf (the message names the step and the last good checkpoint)."""
+
+
+def train(config: Config, log: Any = print, callbacks: tuple[Any, ...] = ()) -> int:
+    """`medpt train`; `callbacks` (transformers TrainerCallbacks) are added to the trainer, e.g. `medpt tune`'s
+    pruning callback."""
     args = training_arguments(config)
     if args.process_index != 0:  # one voice: only the main process prints progress notes
         log = _silent
     out = Path(args.output_dir)
     # 1. What needs nothing loaded: the model's limits (from its config.json), then the paths.
-    check_block_size(config.model, config.data.block_size)
-    if config.lora.use_peft and not config.lora.peft_path:
-        check_target_modules(config.model, config.lora.target_modules)
-    if config.lora.use_peft and config.lora.peft_path:
-        resolve_local(config.lora.peft_path, ["adapter_config.json", "*.safetensors"])  # it exists, or a clear error
+    check_before_loading(config)
     with args.main_process_first(desc="check the output directory"):  # only the main process writes the manifest
         resume = starting_point(config, out, log, claim=args.process_index == 0)
 
@@ -67,6 +69,8 @@ def train(config: Config, log: Any = print) -> int:
     # 3. Model and trainer.
     model, tokenizer = build_model(config, args, log)
     trainer = build_trainer(config, args, model, tokenizer, data, eval_sets)
+    for callback in callbacks:
+        trainer.add_callback(callback)
 
     log(
         f"training: {len(data.train):,} blocks of {config.data.block_size} tokens, "
@@ -80,7 +84,7 @@ def train(config: Config, log: Any = print) -> int:
         result = trainer.train(resume_from_checkpoint=resume)
     except NonFiniteLossError as e:
         last = _last_checkpoint(out)
-        raise MedptError(
+        raise DivergedError(
             f"{e}. Last good checkpoint: {last or 'none yet'}. Try a lower --learning_rate or --max_grad_norm, or "
             "--bf16 false; rerunning the same command resumes from that checkpoint"
         ) from None
@@ -97,6 +101,15 @@ def train(config: Config, log: Any = print) -> int:
 
 def _silent(*_: Any) -> None:
     pass
+
+
+def check_before_loading(config: Config) -> None:
+    """What needs nothing loaded: the model's limits (from its config.json), the LoRA targets, --peft_path."""
+    check_block_size(config.model, config.data.block_size)
+    if config.lora.use_peft and not config.lora.peft_path:
+        check_target_modules(config.model, config.lora.target_modules)
+    if config.lora.use_peft and config.lora.peft_path:
+        resolve_local(config.lora.peft_path, ["adapter_config.json", "*.safetensors"])  # it exists, or a clear error
 
 
 # ---------------------------------------------------------------------------------------------------------------
