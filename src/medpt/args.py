@@ -76,6 +76,18 @@ def _check_ranges(section: Any) -> None:
             check_range(f.name, getattr(section, f.name), bounds)
 
 
+def _check_named(flag: str, items: list[str] | None, example: str) -> None:
+    """NAME=PATH items: NAME an identifier (it becomes a key and a file name), PATH not empty, names unique."""
+    names = []
+    for item in items or []:
+        name, eq, path = item.partition("=")
+        if not eq or not name.isidentifier() or not path:
+            raise MedptError(f"--{flag} takes NAME=PATH items (e.g. {example}), got {item!r}")
+        if name in names:
+            raise MedptError(f"--{flag}: the name {name!r} is given twice")
+        names.append(name)
+
+
 def _comma_list(values: list[str] | None) -> list[str] | None:
     """`a,b c` → [a, b, c]: list flags take spaces (argv) and commas (MedicalGPT, YAML strings) alike."""
     if values is None:
@@ -109,6 +121,9 @@ class ModelArguments:
         _check_ranges(self)
 
 
+_PREPARING = ("prepare", "train")
+
+
 @dataclass
 class DataArguments:
     dataset_name: str | None = _arg(None, "Hub dataset id (or a local dataset folder) read with datasets.", path=True)
@@ -140,7 +155,38 @@ class DataArguments:
     normalize: Literal["none", "nfc", "nfkc"] = _arg(
         "none", "Unicode normalisation plus whitespace cleanup of rendered text; none keeps the bytes exact."
     )
-    dedup: bool = _arg(True, "Drop exact duplicate documents (after rendering); every drop is counted.")
+    dedup: Literal["none", "exact", "near"] | bool = _arg(
+        "exact",
+        "Drop duplicate documents (after rendering), every drop counted: exact (same text), near (also texts whose "
+        "character 5-gram sets have Jaccard similarity ≥ --near_dup_threshold: MinHash LSH, every pair verified; "
+        "the first of each cluster is kept, the dropped ones listed beside the data report) or none. true/false "
+        "mean exact/none.",
+    )
+    near_dup_threshold: float = _arg(
+        0.8, "Jaccard similarity (of character 5-gram sets) from which --dedup near drops a document.", gt=0, le=1
+    )
+    check_contamination: list[str] | None = _arg(
+        None,
+        "Benchmarks to check the training documents against (multiple-choice files, eval sets, or folders laid out "
+        "as for --mcq_dir); the eval sets are always checked. Items sharing a --contamination_ngram with a training "
+        "document are listed in contamination.jsonl.",
+        path=True,
+        only=_PREPARING,
+    )
+    contamination_ngram: int = _arg(
+        13,
+        "n-gram length of the contamination check, in units: a CJK character or a word (13, as GPT-3 and "
+        "lm-evaluation-harness use).",
+        ge=5,
+        le=200,
+        only=(*_PREPARING, "eval"),
+    )
+    decontaminate: bool = _arg(
+        False,
+        "Drop the training documents that share an n-gram with a checked benchmark item (counted in the data "
+        "report as contaminated_documents).",
+        only=_PREPARING,
+    )
     validation_split_percentage: float = _arg(
         1.0,
         "Percent of documents held out for validation by content hash when no validation files are given.",
@@ -190,10 +236,13 @@ class DataArguments:
             )
         if (self.template == "custom") != (self.template_format is not None):
             raise MedptError("--template custom and --template_format go together: give both or neither")
-        for item in self.eval_sets or []:
-            name, eq, path = item.partition("=")
-            if not eq or not name.isidentifier() or not path:
-                raise MedptError(f"--eval_sets takes NAME=PATH items (e.g. medical=data/valid.jsonl), got {item!r}")
+        _check_named("eval_sets", self.eval_sets, "medical=data/valid.jsonl")
+        if isinstance(self.dedup, bool):  # the flag was a bool before --dedup near existed
+            self.dedup = "exact" if self.dedup else "none"
+        if self.near_dup_threshold != 0.8 and self.dedup != "near":
+            raise MedptError(f"--near_dup_threshold applies to --dedup near (got --dedup {self.dedup})")
+        if self.decontaminate and not (self.check_contamination or self.eval_sets):
+            raise MedptError("--decontaminate needs benchmarks to check against: --check_contamination FILE|DIR ...")
         if self.template_format is not None:
             unknown = set(self.template_format) - {"system", "human", "gpt", "end"}
             if unknown or not {"human", "gpt"} <= set(self.template_format):
@@ -302,27 +351,82 @@ class EvalArguments:
         "Apply the adapter to a base other than the one it was trained on. Its numbers then describe neither "
         "model: use only to compare on purpose.",
     )
+    mcq: list[str] | None = _arg(
+        None,
+        'Multiple-choice benchmarks, NAME=FILE (file, folder or glob of jsonl: {"question", "choices": '
+        '{"A": ...}, "answer", "subject"}); few-shot examples from a dev.jsonl beside FILE when present.',
+        path=True,
+        only=_EVAL,
+    )
+    mcq_dir: str | None = _arg(
+        None,
+        "A folder of benchmarks: every DIR/medical_mcq_*/ and DIR/general_mcq_*/ holding a test.jsonl is one, named "
+        "after its folder, with few-shot examples from its dev.jsonl when present.",
+        path=True,
+        only=_EVAL,
+    )
     mcq_file: list[str] | None = _arg(
         None,
-        'Multiple-choice questions (jsonl: {"question", "choices": {"A": ...}, "answer", "subject"}).',
+        "Multiple-choice questions as one benchmark (named after the file, or its folder for test.jsonl).",
         path=True,
         only=_EVAL,
     )
     fewshot_file: str | None = _arg(
-        None, "Solved questions (same shape) to show before each question.", path=True, only=_EVAL
+        None, "Solved questions (same shape) to show before each question, for every benchmark.", path=True, only=_EVAL
     )
-    num_fewshot: int = _arg(0, "How many solved questions to show (same subject first).", ge=0, le=64, only=_EVAL)
+    num_fewshot: int = _arg(
+        0, "How many solved questions to show (same subject first; from --fewshot_file, else each benchmark's "
+        "dev.jsonl).", ge=0, le=64, only=_EVAL,
+    )  # fmt: skip
     mcq_scoring: Literal["letter", "text", "both"] = _arg(
         "both",
         "letter: log-likelihood of the answer letter; text: of the choice text, per character; both.",
         only=_EVAL,
     )
-    max_mcq_questions: int | None = _arg(None, "Score a seeded random sample of this many questions.", ge=1, only=_EVAL)
+    max_mcq_questions: int | None = _arg(
+        None, "Score a seeded random sample of this many questions of each benchmark.", ge=1, only=_EVAL
+    )
+    circular: bool = _arg(
+        False,
+        "Ask every question once per rotation of its options (ABCD, BCDA, ...) and count it right only if every "
+        "rotation is (OpenCompass's CircularEval): a model that prefers a letter scores at most chance.",
+        only=_EVAL,
+    )
+    bootstrap_resamples: int = _arg(
+        10_000, "Resamples of the paired bootstrap behind every 95% confidence interval.", ge=1000, le=1_000_000,
+        only=_EVAL,
+    )  # fmt: skip
+    generate_eval: int | None = _arg(
+        None,
+        "Answer this many held-out questions (greedy, in the training template) with base and adapted model and "
+        "score the answers against the reference answers (chrF, BLEU, ROUGE-L on characters).",
+        ge=1,
+        le=100_000,
+        only=_EVAL,
+    )
+    generate_file: list[str] | None = _arg(
+        None,
+        "Where --generate_eval takes its questions and reference answers (conversation records: the first question "
+        "and the answer to it); default: the run's validation data.",
+        path=True,
+        only=_EVAL,
+    )
 
     def __post_init__(self) -> None:
         _check_ranges(self)
-        if self.num_fewshot and not self.fewshot_file:
-            raise MedptError("--num_fewshot needs --fewshot_file (solved questions to show)")
+        _check_named("mcq", self.mcq, "cmexam=data/cmexam/test.jsonl")
+        has_mcq = bool(self.mcq or self.mcq_dir or self.mcq_file)
+        if self.num_fewshot and not (self.fewshot_file or self.mcq or self.mcq_dir):
+            raise MedptError(
+                "--num_fewshot needs solved questions: --fewshot_file, or benchmarks with a dev.jsonl (--mcq_dir, "
+                "--mcq)"
+            )
+        for flag, value in (("circular", self.circular), ("fewshot_file", self.fewshot_file),
+                            ("max_mcq_questions", self.max_mcq_questions)):  # fmt: skip
+            if value and not has_mcq:
+                raise MedptError(f"--{flag} applies to multiple-choice benchmarks: add --mcq, --mcq_dir or --mcq_file")
+        if self.generate_file and not self.generate_eval:
+            raise MedptError("--generate_file says where --generate_eval N takes its questions: add --generate_eval")
 
 
 @dataclass
@@ -374,7 +478,9 @@ _TEMPLATE = ("template", "template_format")
 COMMAND_FLAGS: dict[str, CommandFlags] = {
     "prepare": CommandFlags(("model", "data", "run")),
     "train": CommandFlags(("model", "data", "lora", "run"), trainer=True),
-    "eval": CommandFlags(("model", "data", "eval", "run"), trainer=("per_device_eval_batch_size",)),
+    "eval": CommandFlags(
+        ("model", "data", "eval", "run"), extra=("max_new_tokens",), trainer=("per_device_eval_batch_size",)
+    ),
     "verify": CommandFlags(("model", "eval")),
     "compare": CommandFlags(("model", "eval", "generate", "run"), extra=_TEMPLATE),
     "generate": CommandFlags(("model", "eval", "generate"), extra=(*_TEMPLATE, "seed")),

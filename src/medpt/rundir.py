@@ -48,6 +48,7 @@ LOSS_CURVE = "loss_curve.png"
 TRAINING_ARGS = "training_args.json"
 EVAL_SETS_DIR = "eval_sets"  # data reports of the named --eval_sets
 EVAL_DIR = "eval"  # `medpt eval` results
+MCQ_DIR = "mcq"  # inside EVAL_DIR: NAME.predictions.jsonl per benchmark, kept when another benchmark is evaluated
 COMPARE_DIR = "compare"
 ANSWERS = "answers.jsonl"
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
@@ -77,7 +78,7 @@ WRITES: dict[str, tuple[str, ...]] = {
         STAGING,
         *TRAINER_FILES,
     ),  # fmt: skip
-    "eval": ("eval_results.json", "eval.md", "mcq_predictions.jsonl"),
+    "eval": ("eval_results.json", "eval.md", MCQ_DIR, "answers.jsonl", "answers.md", "contamination.jsonl"),
     "compare": ("compare.jsonl", "compare.md", "compare.html"),
     "report": (REPORT_HTML, REPORT_MD),
 }
@@ -272,6 +273,12 @@ def inputs_of(config: Any) -> Inputs:
     inputs.add("data cache", cache_root(data.data_cache_dir), even_if_missing=True)
     inputs.add("adapter to continue (--peft_path)", config.lora.peft_path)
     inputs.add_all("multiple-choice file", config.eval.mcq_file)
+    for item in config.eval.mcq or []:
+        name, _, path = item.partition("=")
+        inputs.add(f"benchmark {name!r}", path)
+    inputs.add("benchmark folder (--mcq_dir)", config.eval.mcq_dir)
+    inputs.add_all("questions file (--generate_file)", config.eval.generate_file)
+    inputs.add_all("benchmark (--check_contamination)", data.check_contamination)
     inputs.add("few-shot file", config.eval.fewshot_file)
     inputs.add("questions file", config.generate.questions)
     resume = config.run.resume_from_checkpoint
