@@ -85,13 +85,12 @@ def main() -> None:
 
 
 def time_270k(items: list, n: int) -> None:
-    from data_pipeline import build_corpus
+    from data_pipeline import bench_corpus
 
     from medpt.data.contamination import ContaminationIndex
     from medpt.data.pipeline import read_texts
 
-    corpus = Path("bench/results/data_pipeline/sharegpt_270000.jsonl")
-    build_corpus(corpus, 270_000)
+    corpus = bench_corpus(Path("bench/results/data_pipeline"), 270_000)
     texts = read_texts([str(corpus)])
     t = time.perf_counter()
     index = ContaminationIndex(items, n)

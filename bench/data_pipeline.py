@@ -46,6 +46,15 @@ def build_corpus(path: Path, n: int, seed: int = 0) -> None:
             txt.write(json.dumps({"text": text + "\n" + "=" * 50 + "\n\n"}, ensure_ascii=False) + "\n")
 
 
+def bench_corpus(work: Path, records: int) -> Path:
+    """The benchmark corpus of `records` records under `work` (built once), or exit when the shared data is absent."""
+    if not SHARED.is_dir():
+        sys.exit(f"skipped: {SHARED} is not available")
+    corpus = work / f"sharegpt_{records}.jsonl"
+    build_corpus(corpus, records)
+    return corpus
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=270_000)
@@ -54,11 +63,8 @@ def main() -> None:
     parser.add_argument("--skip_baseline", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"skipped: {SHARED} is not available")
     work = Path(args.work_dir)
-    corpus = work / f"sharegpt_{args.records}.jsonl"
-    build_corpus(corpus, args.records)
+    corpus = bench_corpus(work, args.records)
     tiny = work / "tiny-25m"
     medpt = [sys.executable, "-m", "medpt"]
     if not (tiny / "medpt_tiny.json").is_file():

@@ -9,7 +9,10 @@ Each measurement is a fresh process (wall time and peak RSS of the process tree,
    as its own step: wired into prepare, it runs on the documents prepare has already rendered;
 3. datasketch (MinHash with 128 permutations + MinHashLSH, the same threshold and verification) on the first
    --datasketch_docs documents.
-Also prints near-duplicate counts on the real ../shared/data/medical_qa_zh_mix (train, valid, test).
+Also prints near-duplicate counts on the real ../shared/data/medical_qa_zh_mix (train, valid, test). Recall: of the
+planted copies whose exact Jaccard similarity to their record's first copy is at least the threshold, the share that
+was dropped (what LSH found; every drop is verified, so there are no false drops). datasketch is not a dependency of
+medpt: `pip install datasketch` to run step 3.
 
 The corpus resamples medical_qa_zh_mix: the k-th copy of a record gets "（k）" appended to its first question, so it
 passes exact dedup while being a near-duplicate of the first copy; near dedup should keep about one per record.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -26,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from data_pipeline import SHARED, build_corpus  # noqa: E402
+from data_pipeline import SHARED, bench_corpus  # noqa: E402
 from measure import machine, run_measured  # noqa: E402
 
 STEP = """
@@ -43,10 +47,32 @@ if {datasketch}:
 else:
     from medpt.data.neardup import near_duplicates
     result = near_duplicates(texts)
-print("RESULT " + json.dumps({{"read_s": read_s, "dedup_s": time.perf_counter() - t, "documents": len(texts),
+dedup_s = time.perf_counter() - t
+sys.path.insert(0, "bench")
+from neardup import recall
+print("RESULT " + json.dumps({{"read_s": read_s, "dedup_s": dedup_s, "documents": len(texts),
       "kept": len(result.kept), "dropped": len(result.dropped), "candidates": result.candidates,
-      "verified": result.verified, "bands": result.bands, "example": result.dropped[:3]}}))
+      "verified": result.verified, "bands": result.bands, "example": result.dropped[:3],
+      "recall": recall(texts, result.dropped)}}))
 """
+
+
+def recall(texts: list[str], dropped: list[tuple[int, int]]) -> list[int]:
+    """[planted copies within the threshold of their record's first copy, how many of those were dropped]: the
+    corpus's k-th copy of a record differs from the first by "（k）" after its first question (see data_pipeline.py)."""
+    from medpt.data.neardup import jaccard, ngrams
+
+    gone = {d for d, _ in dropped}
+    first: dict[str, int] = {}
+    within = found = 0
+    for i, text in enumerate(texts):
+        key = re.sub(r"（\d+）\n答:", "\n答:", text, count=1)
+        if key not in first:
+            first[key] = i
+        elif jaccard(ngrams(text, 5), ngrams(texts[first[key]], 5)) >= 0.8:
+            within += 1
+            found += i in gone
+    return [within, found]
 
 
 def with_datasketch(texts: list[str], threshold: float = 0.8, num_perm: int = 128) -> object:
@@ -87,11 +113,8 @@ def main() -> None:
     parser.add_argument("--skip_prepare", action="store_true")
     parser.add_argument("--work_dir", default="bench/results/data_pipeline")
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"skipped: {SHARED} is not available")
     work = Path(args.work_dir)
-    corpus = work / f"sharegpt_{args.records}.jsonl"
-    build_corpus(corpus, args.records)
+    corpus = bench_corpus(work, args.records)
     real = step([str(p) for p in sorted(SHARED.glob("*.jsonl"))], 10**9)
     print(
         f"medical_qa_zh_mix (all splits, {real['documents']:,} documents): {real['dropped']:,} near-duplicates "
@@ -117,8 +140,9 @@ def main() -> None:
 
 def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
     print(f"\n{args.records:,} records (bench/data_pipeline.py corpus); {machine()}; fresh process per run\n")
-    print("| run | documents | wall s (each run) | dedup step s | kept | dropped | candidates | verified | peak RSS |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| run | documents | wall s (each run) | dedup step s | kept | dropped | candidates | verified | recall | "
+          "peak RSS |")  # fmt: skip
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, label in (("prepare", "`medpt prepare` (exact dedup), whole"), ("near", "medpt near dedup (numpy)"),
                         ("datasketch", "datasketch MinHash + MinHashLSH")):  # fmt: skip
         rows = runs[name]
@@ -127,12 +151,13 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
         walls = " · ".join(f"{r['wall_s']:.1f}" for r in rows)
         rss = max(r["peak_rss"] for r in rows) / 2**30
         if name == "prepare":
-            print(f"| {label} | {args.records:,} | {walls} | | | | | | {rss:.2f} GB |")
+            print(f"| {label} | {args.records:,} | {walls} | | | | | | | {rss:.2f} GB |")
             continue
         dedup = statistics.median(r["dedup_s"] for r in rows)
         r = rows[-1]
+        within, found = r["recall"]
         print(f"| {label} | {r['documents']:,} | {walls} | {dedup:.1f} | {r['kept']:,} | {r['dropped']:,} | "
-              f"{r['candidates']:,} | {r['verified']:,} | {rss:.2f} GB |")  # fmt: skip
+              f"{r['candidates']:,} | {r['verified']:,} | {found / max(within, 1):.1%} | {rss:.2f} GB |")  # fmt: skip
     if runs["prepare"]:
         ratios = [(p["wall_s"] + n["dedup_s"]) / p["wall_s"] for p, n in zip(runs["prepare"], runs["near"])]
         print(f"\nprepare + near-dedup step / prepare, run by run: {', '.join(f'{x:.2f}x' for x in ratios)} "

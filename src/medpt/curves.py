@@ -27,14 +27,7 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "")
                 series.setdefault("train loss" if key == "loss" else key, []).append((row["step"], value))
     if not series:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    from medpt.atomic import atomic_writer
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
     for name, points in series.items():
         steps, values = zip(*points)
         ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=name)
@@ -43,10 +36,26 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, png_path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, png_path: str | Path) -> Path:
+    """Write the figure as a PNG (atomically) and free it."""
+    from medpt.atomic import atomic_writer
+
     fig.tight_layout()
     with atomic_writer(png_path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return Path(png_path)
 
 
@@ -56,14 +65,7 @@ def plot_deltas(mcq: dict[str, Any], png_path: str | Path, title: str = "") -> P
     rows = [*mcq["benchmarks"], "micro", "macro"]
     if "adapted" not in mcq["overall"][mcq["scoring"][0]]["micro"]["accuracy"]:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from medpt.atomic import atomic_writer
-
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(rows)))
+    fig, ax = _pyplot().subplots(figsize=(7, 1.2 + 0.45 * len(rows)))
     for k, mode in enumerate(mcq["scoring"]):
         stats = [mcq["benchmarks"][r]["modes"][mode] if r in mcq["benchmarks"] else mcq["overall"][mode][r]
                  for r in rows]  # fmt: skip
@@ -79,8 +81,4 @@ def plot_deltas(mcq: dict[str, Any], png_path: str | Path, title: str = "") -> P
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_writer(png_path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
-    return Path(png_path)
+    return _save(fig, png_path)
