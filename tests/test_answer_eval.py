@@ -37,7 +37,7 @@ def test_generate_eval_end_to_end(trained_run, tmp_path):
              "--bootstrap_resamples", "1000"]  # fmt: skip
     assert main(["eval", *flags]) == 0
     summary = json.loads((out / "eval_results.json").read_text())["generated"]
-    rows = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (out / "generated_answers.jsonl").read_text().splitlines()]
     assert summary["answers"] == len(rows) == 5
     for row in rows:
         # the run held out 10% of its documents by the hash of the first question: these are from that side
@@ -53,4 +53,4 @@ def test_generate_eval_end_to_end(trained_run, tmp_path):
         assert m["ci"][0] <= m["delta"] <= m["ci"][1]
     md = (out / "eval.md").read_text()
     assert "Generated answers: 5 held-out questions" in md and "| chrf |" in md
-    assert rows[0]["reference"] in (out / "answers.md").read_text()
+    assert rows[0]["reference"] in (out / "generated_answers.md").read_text()

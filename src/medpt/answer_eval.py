@@ -8,7 +8,7 @@ answers.
    as `medpt compare`), in batches of --per_device_eval_batch_size (prompts of similar length together).
 3. Scores, per answer, 0-100 (medpt.textmetrics: chrF, BLEU with the Chinese tokenizer, ROUGE-L on characters); per
    metric the mean of each model, Δ and the 95% CI of Δ by paired bootstrap over answers (medpt.stats).
-4. RUN/eval/answers.jsonl and answers.md: every question, reference, both answers and their scores.
+4. RUN/eval/generated_answers.jsonl and .md: every question, reference, both answers and their scores.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def evaluate_answers(config: Any, variants: Any, qas: list[HeldOut], out: Path, 
 
 def write_answers(out: Path, qas: list[HeldOut], answers: dict[str, list[str]], scores: dict[str, list]) -> None:
     from medpt.atomic import atomic_write_text
+    from medpt.rundir import GENERATED
 
     rows = [
         {
@@ -130,14 +131,14 @@ def write_answers(out: Path, qas: list[HeldOut], answers: dict[str, list[str]], 
         }  # fmt: skip
         for i, q in enumerate(qas)
     ]
-    atomic_write_text(out / "answers.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out / f"{GENERATED}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     parts = ["# Generated answers vs reference answers\n"]
     for i, r in enumerate(rows, start=1):
         parts.append(f"## {i}. {r['question']}\n\n({r['where']})\n\n**reference**\n\n> {_quote(r['reference'])}\n")
         for w in answers:
             score = ", ".join(f"{m} {r[w][m]:.1f}" for m in METRICS)
             parts.append(f"**{w}** ({score})\n\n> {_quote(r[w]['answer'])}\n")
-    atomic_write_text(out / "answers.md", "\n".join(parts))
+    atomic_write_text(out / f"{GENERATED}.md", "\n".join(parts))
 
 
 def _quote(text: str) -> str:
@@ -165,5 +166,5 @@ def format_answers(summary: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     chars = " · ".join(f"{w} {summary['mean_chars'][w]:.0f} characters ({summary['empty'][w]} empty)"
                        for w in variants)  # fmt: skip
-    lines += ["", f"Mean answer length: {chars}. Answers beside the references: answers.md, answers.jsonl."]
+    lines += ["", f"Mean answer length: {chars}. The answers beside the references: generated_answers.md (and .jsonl)."]
     return "\n".join(lines)

@@ -29,7 +29,8 @@ COMMANDS: dict[str, Command] = {
     "prepare": Command("medpt.prepare:run_prepare", "read, render, tokenize and pack training data; data_report.json"),
     "train": Command("medpt.train:train", "continued pretraining with LoRA / QLoRA / full fine-tuning"),
     "eval": Command(
-        "medpt.evaluate:run_eval", "loss, token accuracy, perplexity (and multiple choice): base vs adapted"
+        "medpt.evaluate:run_eval",
+        "base vs adapted with 95% CIs: perplexity, multiple-choice benchmarks, generated answers",
     ),
     "verify": Command(
         "medpt.verify:run_verify", "check that an adapter fits its base, learned something, changes outputs"

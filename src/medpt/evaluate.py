@@ -1,7 +1,8 @@
 """Language-model metrics: loss, token accuracy, perplexity.
 
 All three come from running sums, so memory stays O(batch) however large the eval set: no logits or predictions
-are kept between batches.
+are kept between batches, only the three sums of each block (O(blocks)), from which `medpt eval` bootstraps the
+confidence interval of Δ loss over blocks (medpt.stats).
 
     loss            = Σ token cross-entropy / N     over the N tokens with a label (padding and -100 excluded),
                                                     the label of position t being the token at t+1

@@ -148,12 +148,11 @@ def correctness(asked: list[Question], predicted: list[str], per_question: int) 
     return right.reshape(-1, per_question).all(axis=1)
 
 
-def summarize_mode(b: LoadedBenchmark, asked: list[Question], scored: dict[str, Any], mode: str, circular: bool,
-                   resamples: int, seed: int) -> dict[str, Any]:  # fmt: skip
+def summarize_mode(b: LoadedBenchmark, asked: list[Question], right: dict[str, np.ndarray], scored: dict[str, Any],
+                   mode: str, resamples: int, seed: int) -> dict[str, Any]:  # fmt: skip
+    """One benchmark, one scoring mode: accuracies, Δ with its CI and p, letters, bias, subjects."""
     from medpt.stats import mcnemar_exact, mean_difference_ci
 
-    per_question = len(asked) // len(b.questions)
-    right = {w: correctness(asked, s["predicted"][mode], per_question) for w, s in scored.items()}
     out: dict[str, Any] = {
         "accuracy": {w: float(r.mean()) for w, r in right.items()},
         "letters": {w: _shares(s["predicted"][mode]) for w, s in scored.items()},
@@ -167,7 +166,6 @@ def summarize_mode(b: LoadedBenchmark, asked: list[Question], scored: dict[str, 
         out["delta"] = float(diff.mean())
         out["ci"] = mean_difference_ci([diff], resamples, seed).to_list()
         out["mcnemar_p"] = mcnemar_exact(right["base"], right["adapted"])
-    out["_right"] = right  # for the overall rows; removed before writing
     return out
 
 
@@ -183,11 +181,11 @@ def _by_subject(questions: list[Question], right: dict[str, np.ndarray]) -> dict
     return {s: {"n": len(ix), **{w: float(r[ix].mean()) for w, r in right.items()}} for s, ix in sorted(rows.items())}
 
 
-def overall(benchmarks: dict[str, Any], mode: str, resamples: int, seed: int) -> dict[str, Any]:
-    """Micro (pooled questions) and macro (mean of benchmark accuracies), the bootstrap stratified by benchmark."""
+def overall(rights: list[dict[str, np.ndarray]], resamples: int, seed: int) -> dict[str, Any]:
+    """Micro (pooled questions) and macro (mean of benchmark accuracies) of one scoring mode, from each benchmark's
+    right/wrong per question and model; the bootstrap stratified by benchmark."""
     from medpt.stats import mcnemar_exact, mean_difference_ci
 
-    rights = [b["modes"][mode].pop("_right") for b in benchmarks.values()]
     variants = list(rights[0])
     micro = {w: float(np.concatenate([r[w] for r in rights]).mean()) for w in variants}
     macro = {w: float(np.mean([r[w].mean() for r in rights])) for w in variants}
@@ -212,10 +210,14 @@ def run_suite(config: Any, loaded: list[LoadedBenchmark], variants: Any, out: Pa
     batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
     claim_dir(out / MCQ_DIR, "eval", writes=[f"{b.name}.predictions.jsonl" for b in loaded])
     benchmarks: dict[str, Any] = {}
+    rights: dict[str, list[dict[str, np.ndarray]]] = {m: [] for m in modes}  # per mode, per benchmark, per model
     for b in loaded:
         asked, scored, seconds = score_benchmark(b, variants, modes, e.circular, batch_size, log)
         predictions = out / MCQ_DIR / f"{b.name}.predictions.jsonl"
         write_predictions(predictions, b.name, asked, scored, e.circular)
+        per_question = len(asked) // len(b.questions)
+        for m in modes:
+            rights[m].append({w: correctness(asked, s["predicted"][m], per_question) for w, s in scored.items()})
         benchmarks[b.name] = {
             "questions": len(b.questions),
             "num_fewshot": b.num_fewshot,
@@ -224,9 +226,9 @@ def run_suite(config: Any, loaded: list[LoadedBenchmark], variants: Any, out: Pa
             "seconds": seconds,
             "predictions": str(predictions),
             "modes": {
-                m: summarize_mode(b, asked, scored, m, e.circular, e.bootstrap_resamples, config.run.seed)
+                m: summarize_mode(b, asked, rights[m][-1], scored, m, e.bootstrap_resamples, config.run.seed)
                 for m in modes
-            },  # fmt: skip
+            },
         }
     return {
         "scoring": modes,
@@ -234,7 +236,7 @@ def run_suite(config: Any, loaded: list[LoadedBenchmark], variants: Any, out: Pa
         "dtype": str(next(variants.base.parameters()).dtype).replace("torch.", ""),
         "bootstrap": {"resamples": e.bootstrap_resamples, "seed": config.run.seed, "confidence": 0.95},
         "benchmarks": benchmarks,
-        "overall": {m: overall(benchmarks, m, e.bootstrap_resamples, config.run.seed) for m in modes},
+        "overall": {m: overall(rights[m], e.bootstrap_resamples, config.run.seed) for m in modes},
     }
 
 

@@ -48,6 +48,7 @@ LOSS_CURVE = "loss_curve.png"
 TRAINING_ARGS = "training_args.json"
 EVAL_SETS_DIR = "eval_sets"  # data reports of the named --eval_sets
 EVAL_DIR = "eval"  # `medpt eval` results
+GENERATED = "generated_answers"  # inside EVAL_DIR, .jsonl and .md: `eval --generate_eval` answers and their scores
 MCQ_DIR = "mcq"  # inside EVAL_DIR: NAME.predictions.jsonl per benchmark, kept when another benchmark is evaluated
 COMPARE_DIR = "compare"
 ANSWERS = "answers.jsonl"
@@ -78,7 +79,7 @@ WRITES: dict[str, tuple[str, ...]] = {
         STAGING,
         *TRAINER_FILES,
     ),  # fmt: skip
-    "eval": ("eval_results.json", "eval.md", MCQ_DIR, "answers.jsonl", "answers.md", "contamination.jsonl"),
+    "eval": ("eval_results.json", "eval.md", MCQ_DIR, f"{GENERATED}.jsonl", f"{GENERATED}.md", "contamination.jsonl"),
     "compare": ("compare.jsonl", "compare.md", "compare.html"),
     "report": (REPORT_HTML, REPORT_MD),
 }
