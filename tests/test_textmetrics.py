@@ -1,12 +1,14 @@
 """Generated-answer metrics on pairs checked by hand."""
 
 import random
+import sys
 
 import pytest
 
 pytest.importorskip("sacrebleu")
 
-from medpt.textmetrics import lcs_length, rouge_l, score_answer  # noqa: E402
+from medpt.errors import MedptError  # noqa: E402
+from medpt.textmetrics import lcs_length, rouge_l, sacrebleu_metrics, score_answer  # noqa: E402
 
 
 def _lcs_table(a: str, b: str) -> int:
@@ -65,3 +67,11 @@ def test_metrics_on_hand_checked_pairs(hypothesis, reference, metric, expected):
     assert score_answer(hypothesis, reference)[metric] == pytest.approx(expected)
     if metric == "rouge_l":
         assert rouge_l(hypothesis, reference) == pytest.approx(expected)
+
+
+def test_missing_sacrebleu_is_a_one_line_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sacrebleu.metrics", None)  # what an absent package looks like to import
+    sacrebleu_metrics.cache_clear()
+    with pytest.raises(MedptError, match=r"pip install 'medpt\[eval\]'"):
+        sacrebleu_metrics()
+    sacrebleu_metrics.cache_clear()

@@ -34,7 +34,9 @@ class HeldOut:
 def held_out_questions(config: Any) -> list[HeldOut]:
     """The questions of step 1, checked before any model is loaded."""
     from medpt.data.hygiene import sample_indices
+    from medpt.textmetrics import sacrebleu_metrics
 
+    sacrebleu_metrics()
     e, data = config.eval, config.data
     if e.generate_file or data.validation_file_dir:
         flag = "generate_file" if e.generate_file else "validation_file_dir"

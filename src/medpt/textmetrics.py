@@ -53,7 +53,9 @@ def rouge_l(hypothesis: str, reference: str) -> float:
 
 
 @functools.cache
-def _sacrebleu() -> tuple[Any, Any]:
+def sacrebleu_metrics() -> tuple[Any, Any]:
+    """sacrebleu's chrF and BLEU (zh) scorers, or a one-line error saying how to install it (called before any model
+    is loaded, so a missing extra costs nothing)."""
     try:
         from sacrebleu.metrics import BLEU, CHRF
     except ImportError:
@@ -65,7 +67,7 @@ def _sacrebleu() -> tuple[Any, Any]:
 
 def score_answer(hypothesis: str, reference: str) -> dict[str, float]:
     """Every metric of one answer, each 0-100."""
-    chrf, bleu = _sacrebleu()
+    chrf, bleu = sacrebleu_metrics()
     return {
         "chrf": chrf.sentence_score(hypothesis, [reference]).score,
         "bleu": bleu.sentence_score(hypothesis, [reference]).score,
