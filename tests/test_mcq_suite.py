@@ -132,12 +132,16 @@ def test_the_folder_convention_and_few_shot_from_dev(tmp_path):
     write_jsonl(tmp_path / "data" / "medical_qa_zh" / "test.jsonl", [_mcq("不是选择题")])  # not a benchmark name
     write_jsonl(tmp_path / "data" / "medical_mcq_c" / "dev.jsonl", [_mcq("没有测试集")])  # no test.jsonl
     extra = write_jsonl(tmp_path / "x" / "mine.jsonl", [_mcq("丙")])
-    config = load_config(["--mcq_dir", str(tmp_path / "data"), "--mcq", f"mine={extra}", "--num_fewshot", "2"],
-                         command="eval")  # fmt: skip
+    beside = write_jsonl(tmp_path / "y" / "test.jsonl", [_mcq("丁")])
+    write_jsonl(tmp_path / "y" / "dev.jsonl", [_mcq("丁的示例")])
+    flags = ["--mcq_dir", str(tmp_path / "data"), "--num_fewshot", "2", "--mcq", f"mine={extra}", f"beside={beside}",
+             f"folder={tmp_path / 'data' / 'medical_mcq_a'}"]  # fmt: skip
     notes = []
-    loaded = {b.name: b for b in load_benchmarks(config, log=notes.append)}
-    assert list(loaded) == ["mine", "general_mcq_b", "medical_mcq_a"]
-    assert [len(b.questions) for b in loaded.values()] == [1, 4, 5]
+    loaded = {b.name: b for b in load_benchmarks(load_config(flags, command="eval"), log=notes.append)}
+    assert list(loaded) == ["mine", "beside", "folder", "general_mcq_b", "medical_mcq_a"]
+    assert [len(b.questions) for b in loaded.values()] == [1, 1, 5, 4, 5]
+    assert [s.question for s in loaded["beside"].shots[0]] == ["丁的示例"]  # the dev.jsonl beside FILE
+    assert loaded["folder"].fewshot_from == str(tmp_path / "data" / "medical_mcq_a" / "dev.jsonl")
     a = loaded["medical_mcq_a"]
     assert a.num_fewshot == 2 and [s.question for s in a.shots[0]] == ["示例0", "示例1"]
     assert loaded["general_mcq_b"].num_fewshot == 0 and any("general_mcq_b has no dev.jsonl" in n for n in notes)
