@@ -4,7 +4,7 @@
 # (cmrc2018 wiki), every multiple-choice benchmark in ../shared/data (300 questions each, 3-shot from their dev.jsonl),
 # 100 generated answers scored against the test split's references; then the same benchmarks under --circular.
 # CPU, about 15 minutes of training on 2 cores (300 steps). Usage: bash bench/medical_eval.sh [STEPS]
-# (PYTHON=/path/to/python picks the interpreter; default .venv/bin/python)
+# (PYTHON=/path/to/python picks the interpreter, default .venv/bin/python; QUESTIONS=N questions per benchmark, 300)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=../shared/data
@@ -20,7 +20,7 @@ medpt=("${PYTHON:-.venv/bin/python}" -m medpt)
   --warmup_ratio 0.05 --weight_decay 0.01 --lora_rank 16 --lora_alpha 32 --lora_dropout 0.05 --target_modules all \
   --logging_steps 10 --eval_strategy steps --eval_steps 100 --save_steps 100 --save_total_limit 2 --do_eval \
   --output_dir "$W/run" --overwrite_output_dir --disable_tqdm true
-suite=(--mcq_dir "$D" --max_mcq_questions 300 --num_fewshot 3 --mcq_scoring letter --per_device_eval_batch_size 16)
+suite=(--mcq_dir "$D" --max_mcq_questions "${QUESTIONS:-300}" --num_fewshot 3 --mcq_scoring letter --per_device_eval_batch_size 16)
 "${medpt[@]}" eval --adapter "$W/run" \
   --eval_sets "medical_test=$D/medical_qa_zh_mix/test.jsonl" "general=$D/general_zh_cmrc2018_wiki/test.jsonl" \
   "${suite[@]}" --generate_eval 100 --generate_file "$D/medical_qa_zh_mix/test.jsonl" --max_new_tokens 64
