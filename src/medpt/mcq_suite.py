@@ -97,7 +97,7 @@ def rotations(q: Question) -> list[Question]:
             letters[(answer - r) % k],
             q.subject,
             q.where,
-        )  # fmt: skip
+        )
         for r in range(k)
     ]
 
