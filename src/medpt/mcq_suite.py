@@ -204,40 +204,49 @@ def overall(rights: list[dict[str, np.ndarray]], resamples: int, seed: int) -> d
 def run_suite(config: Any, loaded: list[LoadedBenchmark], variants: Any, out: Path, log: Any = print) -> dict:
     """Score every benchmark with every model; write the predictions; return results["mcq"]."""
     from medpt.rundir import MCQ_DIR, claim_dir
+    from medpt.stats import CONFIDENCE
 
     e = config.eval
     modes = ["letter", "text"] if e.mcq_scoring == "both" else [e.mcq_scoring]
-    batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
     claim_dir(out / MCQ_DIR, "eval", writes=[f"{b.name}.predictions.jsonl" for b in loaded])
     benchmarks: dict[str, Any] = {}
     rights: dict[str, list[dict[str, np.ndarray]]] = {m: [] for m in modes}  # per mode, per benchmark, per model
     for b in loaded:
-        asked, scored, seconds = score_benchmark(b, variants, modes, e.circular, batch_size, log)
-        predictions = out / MCQ_DIR / f"{b.name}.predictions.jsonl"
-        write_predictions(predictions, b.name, asked, scored, e.circular)
-        per_question = len(asked) // len(b.questions)
+        benchmarks[b.name], right = _benchmark(config, b, variants, modes, out / MCQ_DIR, log)
         for m in modes:
-            rights[m].append({w: correctness(asked, s["predicted"][m], per_question) for w, s in scored.items()})
-        benchmarks[b.name] = {
-            "questions": len(b.questions),
-            "num_fewshot": b.num_fewshot,
-            "fewshot_from": b.fewshot_from,
-            "chance": chance(b.questions, e.circular),
-            "seconds": seconds,
-            "predictions": str(predictions),
-            "modes": {
-                m: summarize_mode(b, asked, rights[m][-1], scored, m, e.bootstrap_resamples, config.run.seed)
-                for m in modes
-            },
-        }
+            rights[m].append(right[m])
     return {
         "scoring": modes,
         "circular": e.circular,
         "dtype": str(next(variants.base.parameters()).dtype).replace("torch.", ""),
-        "bootstrap": {"resamples": e.bootstrap_resamples, "seed": config.run.seed, "confidence": 0.95},
+        "bootstrap": {"resamples": e.bootstrap_resamples, "seed": config.run.seed, "confidence": CONFIDENCE},
         "benchmarks": benchmarks,
         "overall": {m: overall(rights[m], e.bootstrap_resamples, config.run.seed) for m in modes},
     }
+
+
+def _benchmark(config: Any, b: LoadedBenchmark, variants: Any, modes: list[str], folder: Path,
+               log: Any) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:  # fmt: skip
+    """One benchmark: scored, its predictions written, summarised; and right/wrong per mode, model and question."""
+    e = config.eval
+    batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
+    asked, scored, seconds = score_benchmark(b, variants, modes, e.circular, batch_size, log)
+    predictions = folder / f"{b.name}.predictions.jsonl"
+    write_predictions(predictions, b.name, asked, scored, e.circular)
+    per_question = len(asked) // len(b.questions)
+    right = {m: {w: correctness(asked, s["predicted"][m], per_question) for w, s in scored.items()} for m in modes}
+    summary = {
+        "questions": len(b.questions),
+        "num_fewshot": b.num_fewshot,
+        "fewshot_from": b.fewshot_from,
+        "chance": chance(b.questions, e.circular),
+        "seconds": seconds,
+        "predictions": str(predictions),
+        "modes": {
+            m: summarize_mode(b, asked, right[m], scored, m, e.bootstrap_resamples, config.run.seed) for m in modes
+        },  # fmt: skip
+    }
+    return summary, right
 
 
 def chance(questions: list[Question], circular: bool) -> float:
