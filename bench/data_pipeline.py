@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import shutil
 import statistics
 import sys
@@ -46,6 +47,15 @@ def build_corpus(path: Path, n: int, seed: int = 0) -> None:
             txt.write(json.dumps({"text": text + "\n" + "=" * 50 + "\n\n"}, ensure_ascii=False) + "\n")
 
 
+def bench_corpus(work: Path, records: int) -> Path:
+    """The benchmark corpus of `records` records under `work` (built once), or exit when the shared data is absent."""
+    if not SHARED.is_dir():
+        sys.exit(f"skipped: {SHARED} is not available")
+    corpus = work / f"sharegpt_{records}.jsonl"
+    build_corpus(corpus, records)
+    return corpus
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=270_000)
@@ -53,12 +63,10 @@ def main() -> None:
     parser.add_argument("--work_dir", default="bench/results/data_pipeline")
     parser.add_argument("--skip_baseline", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prepare_args", default="", help='more prepare flags, e.g. "--dedup near"')
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"skipped: {SHARED} is not available")
     work = Path(args.work_dir)
-    corpus = work / f"sharegpt_{args.records}.jsonl"
-    build_corpus(corpus, args.records)
+    corpus = bench_corpus(work, args.records)
     tiny = work / "tiny-25m"
     medpt = [sys.executable, "-m", "medpt"]
     if not (tiny / "medpt_tiny.json").is_file():
@@ -76,6 +84,7 @@ def main() -> None:
     prepare = [*medpt, "prepare", "--model_name_or_path", str(tiny), "--train_file_dir", str(corpus)]
     prepare += ["--block_size", "512", "--preprocessing_num_workers", str(args.workers)]
     prepare += ["--output_dir", str(work / "prepared"), "--data_cache_dir", str(work / "cache")]
+    prepare += shlex.split(args.prepare_args)
     baseline = [sys.executable, str(Path(__file__).parent / "reference_grouping.py")]
     baseline += [str(corpus.with_suffix(".text.jsonl")), str(tiny), "--block_size", "512"]
     baseline += ["--num_proc", str(args.workers), "--cache_dir", str(work / "hf-cache")]
@@ -99,7 +108,10 @@ def main() -> None:
         stats = dict(kv.split("=") for kv in line.split())
         name = "MedicalGPT-style baseline (pre-rendered)"
         rows.append((name, runs["base"], int(stats["blocks"]), int(stats["tokens_in"])))
-    print(f"\n{args.records:,} ShareGPT records, block 512, {args.workers} workers, tiny 25m tokenizer, median of ")
+    extra = f", {args.prepare_args}" if args.prepare_args else ""
+    print(
+        f"\n{args.records:,} ShareGPT records, block 512, {args.workers} workers{extra}, tiny 25m tokenizer, median of "
+    )
     print(f"{args.repeats} alternating runs; {machine()}\n")
     print(f"{'run':<42}{'wall s':>8}{'(all runs)':>20}{'records/s':>11}{'tokens/s':>12}{'peak RSS':>10}{'blocks':>9}")
     for name, measured, n_blocks, n_tokens in rows:

@@ -48,8 +48,11 @@ def test_eval_table_base_vs_adapted_on_two_sets(trained_run, tmp_path, capsys):
     assert held["base"]["tokens"] == held["adapted"]["tokens"] > 0
     assert held["adapted"]["loss"] < held["base"]["loss"]  # the adapter learned the domain
     assert held["adapted"]["perplexity"] == pytest.approx(math.exp(held["adapted"]["loss"]))
+    delta, (low, high) = held["adapted"]["loss"] - held["base"]["loss"], held["delta_loss_ci"]
+    assert low <= delta <= high and high < 0  # the gain is larger than the noise between blocks
+    assert held["perplexity_change_ci"] == pytest.approx([math.expm1(low), math.expm1(high)])
     table = (trained_run / "eval" / "eval.md").read_text()
-    assert "| validation |" in table and "| general |" in table and "Δ ppl" in table
+    assert "| validation |" in table and "| general |" in table and "Δ ppl" in table and "95% CI Δ loss" in table
     assert "| validation |" in capsys.readouterr().out
 
 

@@ -139,10 +139,20 @@ def test_eval_mcq_end_to_end_with_fewshot(trained_run):
              "--num_fewshot", "2", "--output_dir", str(trained_run / "eval-mcq")]  # fmt: skip
     assert main(["eval", *flags]) == 0
     mcq = json.loads((trained_run / "eval-mcq" / "eval_results.json").read_text())["mcq"]
-    assert mcq["questions"] == 40 and mcq["num_fewshot"] == 2 and mcq["chance"] == pytest.approx(0.25)
-    for variant in ("base", "adapted"):
-        for mode in ("letter", "text"):
-            acc = mcq["accuracy"][variant][mode]
-            assert 0 <= acc["overall"] <= 1 and sum(s["n"] for s in acc["by_subject"].values()) == 40
-    rows = (trained_run / "eval-mcq" / "mcq_predictions.jsonl").read_text().splitlines()
-    assert len(rows) == 40 and {"base_letter", "adapted_text"} <= set(json.loads(rows[0]))
+    bench = mcq["benchmarks"]["medical_mcq_zh"]  # --mcq_file: one benchmark, named after the file
+    assert bench["questions"] == 40 and bench["num_fewshot"] == 2 and bench["chance"] == pytest.approx(0.25)
+    for mode in ("letter", "text"):
+        m = bench["modes"][mode]
+        for variant in ("base", "adapted"):
+            assert 0 <= m["accuracy"][variant] <= 1 and sum(s["n"] for s in m["by_subject"].values()) == 40
+            assert sum(m["letters"][variant].values()) == pytest.approx(1)
+        assert m["delta"] == pytest.approx(m["accuracy"]["adapted"] - m["accuracy"]["base"])
+        assert m["ci"][0] <= m["delta"] <= m["ci"][1] and 0 < m["mcnemar_p"] <= 1
+    rows = [json.loads(x) for x in (trained_run / "eval-mcq" / "mcq" / "medical_mcq_zh.predictions.jsonl").open()]
+    assert len(rows) == 40
+    for row in rows:
+        for variant in ("base", "adapted"):
+            for mode in ("letter", "text"):
+                scored = row[variant][mode]
+                assert set(scored["logprob"]) == set("ABCD") and scored["predicted"] in "ABCD"
+                assert scored["logprob"][scored["predicted"]] == max(scored["logprob"].values()) or mode == "text"

@@ -5,11 +5,12 @@ import json
 import pytest
 
 from medpt.cli import main
-from medpt.samples import SAMPLE_GENERAL, SAMPLE_QUESTIONS
+from medpt.samples import SAMPLE_GENERAL, SAMPLE_MCQ, SAMPLE_QUESTIONS
 
 
 def test_report_gathers_config_data_curves_eval_verify_and_answers(trained_run):
-    assert main(["eval", "--adapter", str(trained_run), "--eval_sets", f"general={SAMPLE_GENERAL}"]) == 0
+    flags = ["--eval_sets", f"general={SAMPLE_GENERAL}", "--mcq_file", str(SAMPLE_MCQ), "--mcq_scoring", "letter"]
+    assert main(["eval", "--adapter", str(trained_run), *flags]) == 0
     assert main(["verify", "--adapter", str(trained_run)]) == 0
     flags = ["--adapter", str(trained_run), "--questions", str(SAMPLE_QUESTIONS), "--max_new_tokens", "6"]
     assert main(["compare", *flags]) == 0
@@ -17,11 +18,13 @@ def test_report_gathers_config_data_curves_eval_verify_and_answers(trained_run):
     page = (trained_run / "report.html").read_text()
     for expected in ("medpt run: run", "block_size: 64  # set", "records read", "data:image/png;base64,",
                      "Base vs adapted", "<td>general</td>", "Adapter verification", "LoRA B non-zero",
-                     "Answers, base vs adapted"):  # fmt: skip
+                     "Answers, base vs adapted", "Multiple choice, letter scoring",
+                     "alt='multiple choice: Δ accuracy with 95% CI' src='data:image/png;base64,"):  # fmt: skip
         assert expected in page, expected
     assert "http" not in page.split("<body>")[-1].replace("https://", "")  # nothing fetched from the network
     md = (trained_run / "report.md").read_text()
     assert "| validation |" in md and "![loss curves](loss_curve.png)" in md
+    assert "](report_mcq_ci.png)" in md and (trained_run / "report_mcq_ci.png").stat().st_size > 1000
 
 
 def test_report_of_a_non_run_says_so(tmp_path, capsys):
@@ -40,4 +43,5 @@ def test_demo_end_to_end(tmp_path, capsys):
     results = json.loads((run / "eval" / "eval_results.json").read_text())
     held = results["sets"]["validation"]
     assert held["adapted"]["perplexity"] < held["base"]["perplexity"]
-    assert {"validation", "general"} == set(results["sets"]) and results["mcq"]["questions"] == 40
+    assert {"validation", "general"} == set(results["sets"])
+    assert results["mcq"]["benchmarks"]["medical_mcq_zh"]["questions"] == 40

@@ -30,7 +30,8 @@ COMMANDS: dict[str, Command] = {
     "train": Command("medpt.train:train", "continued pretraining with LoRA / QLoRA / full fine-tuning"),
     "tune": Command("medpt.tune:run_tune", "hyperparameter search: an Optuna study of short train runs, shareable"),
     "eval": Command(
-        "medpt.evaluate:run_eval", "loss, token accuracy, perplexity (and multiple choice): base vs adapted"
+        "medpt.evaluate:run_eval",
+        "base vs adapted with 95% CIs: perplexity, multiple-choice benchmarks, generated answers",
     ),
     "verify": Command(
         "medpt.verify:run_verify", "check that an adapter fits its base, learned something, changes outputs"

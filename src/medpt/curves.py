@@ -1,10 +1,12 @@
-"""Loss curves from metrics.jsonl, drawn with matplotlib (imported here only: it is optional at run time)."""
+"""The plots of a run, drawn with matplotlib (imported in each function: only plotting needs it): loss curves and
+per-set perplexity from metrics.jsonl, and the multiple-choice differences with their confidence intervals."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -54,14 +56,7 @@ def plot_forgetting(metrics_path: str | Path, png_path: str | Path, title: str =
 
 
 def _draw(series: dict, png_path: str | Path, title: str, ylabel: str, log: bool = False) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    from medpt.atomic import atomic_writer
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
     for name, points in series.items():
         steps, values = zip(*points)
         ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=name)
@@ -72,8 +67,49 @@ def _draw(series: dict, png_path: str | Path, title: str, ylabel: str, log: bool
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, png_path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, png_path: str | Path) -> Path:
+    """Write the figure as a PNG (atomically) and free it."""
+    from medpt.atomic import atomic_writer
+
     fig.tight_layout()
     with atomic_writer(png_path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return Path(png_path)
+
+
+def plot_deltas(mcq: dict[str, Any], png_path: str | Path, title: str = "") -> Path | None:
+    """Δ accuracy (adapted − base, points) of every benchmark and overall, with its 95% CI as an error bar, one
+    colour per scoring mode; None when there is no adapted model to compare."""
+    rows = [*mcq["benchmarks"], "micro", "macro"]
+    if "adapted" not in mcq["overall"][mcq["scoring"][0]]["micro"]["accuracy"]:
+        return None
+    fig, ax = _pyplot().subplots(figsize=(7, 1.2 + 0.45 * len(rows)))
+    for k, mode in enumerate(mcq["scoring"]):
+        stats = [mcq["benchmarks"][r]["modes"][mode] if r in mcq["benchmarks"] else mcq["overall"][mode][r]
+                 for r in rows]  # fmt: skip
+        y = [i + 0.25 * (k - (len(mcq["scoring"]) - 1) / 2) for i in range(len(rows))]
+        delta = [100 * s["delta"] for s in stats]
+        low = [100 * (s["delta"] - s["ci"][0]) if s["ci"][0] is not None else 0 for s in stats]
+        high = [100 * (s["ci"][1] - s["delta"]) if s["ci"][1] is not None else 0 for s in stats]
+        ax.errorbar(delta, y, xerr=[low, high], fmt="o", capsize=3, label=f"{mode} scoring")
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.invert_yaxis()
+    ax.set_xlabel("Δ accuracy, adapted − base (points), with 95% CI")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend()
+    return _save(fig, png_path)

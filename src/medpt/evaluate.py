@@ -1,7 +1,8 @@
 """Language-model metrics: loss, token accuracy, perplexity.
 
 All three come from running sums, so memory stays O(batch) however large the eval set: no logits or predictions
-are kept between batches.
+are kept between batches, only the three sums of each block (O(blocks)), from which `medpt eval` bootstraps the
+confidence interval of Δ loss over blocks (medpt.stats).
 
     loss            = Σ token cross-entropy / N     over the N tokens with a label (padding and -100 excluded),
                                                     the label of position t being the token at t+1
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,18 +69,23 @@ METRICS = (
 )
 
 
-def token_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The TokenStats sums of one batch, as one float64 tensor on the logits' device (cheap to all-reduce).
+def row_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The TokenStats sums of each row (block) of a batch, (rows, 3) float64 on the logits' device.
 
     The shift happens here, once: logits at position t are scored against the label at t+1."""
     logits = logits[:, :-1, :]
     targets = labels[:, 1:].to(logits.device)
     mask = targets != IGNORE_INDEX
     flat_logits = logits.reshape(-1, logits.shape[-1]).float()  # fp32 softmax: bf16 loses ~2 digits of the loss
-    flat_targets = targets.reshape(-1)
-    loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
-    correct = ((logits.argmax(-1) == targets) & mask).sum()
-    return torch.stack([loss.double(), correct.double(), mask.sum().double()])  # in TokenStats field order
+    loss = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+    correct = (logits.argmax(-1) == targets) & mask
+    # in TokenStats field order; per-token losses summed in float64, so the sum does not depend on the batch size
+    return torch.stack([loss.view(targets.shape).double().sum(1), correct.sum(1).double(), mask.sum(1).double()], 1)
+
+
+def token_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The TokenStats sums of one batch, as one float64 tensor (cheap to all-reduce)."""
+    return row_sums(logits, labels).sum(0)
 
 
 def stats_from_sums(sums: torch.Tensor) -> TokenStats:
@@ -87,14 +94,15 @@ def stats_from_sums(sums: torch.Tensor) -> TokenStats:
 
 # ----------------------------------------------------------------------------------------------------------------
 # `medpt eval`: base vs adapted on one or more eval sets (and multiple-choice questions), in one process.
-def lm_stats(model: Any, packed: Any, mode: str, batch_size: int, pad_id: int) -> TokenStats:
-    """Loss / accuracy / perplexity sums over every block of a prepared split, batch by batch."""
+def block_sums(model: Any, packed: Any, mode: str, batch_size: int, pad_id: int) -> np.ndarray:
+    """(blocks, 3): the TokenStats sums of every block of a prepared split (loss sum, correct, tokens), batch by
+    batch; O(blocks) memory, so the uncertainty of a difference can be estimated by resampling blocks."""
     from medpt.data.batches import REAL_TOKENS, Collator, PackedDataset
 
     dataset = PackedDataset(packed)
     collate = Collator(pad_id, mode, None if mode == "none" else packed.block_size)
     device = next(model.parameters()).device
-    total = torch.zeros(len(fields(TokenStats)), dtype=torch.float64, device=device)
+    rows = []
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
             batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
@@ -102,8 +110,13 @@ def lm_stats(model: Any, packed: Any, mode: str, batch_size: int, pad_id: int) -
             labels = batch.pop("labels")
             # use_cache=False: no KV cache, so isolated packing gets its per-document mask (see data/batches.py)
             logits = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False).logits
-            total += token_sums(logits, labels)
-    return stats_from_sums(total)
+            rows.append(row_sums(logits, labels).cpu())
+    return torch.cat(rows).numpy() if rows else np.zeros((0, len(fields(TokenStats))))
+
+
+def lm_stats(model: Any, packed: Any, mode: str, batch_size: int, pad_id: int) -> TokenStats:
+    """Loss / accuracy / perplexity sums over every block of a prepared split."""
+    return stats_from_sums(torch.from_numpy(block_sums(model, packed, mode, batch_size, pad_id).sum(0)))
 
 
 def run_eval(config: Any) -> int:
@@ -113,52 +126,35 @@ def run_eval(config: Any) -> int:
 
 
 def evaluate_run(config: Any, log: Any = print) -> dict[str, Any]:
-    """Base vs adapted on the run's held-out split, each --eval_sets entry and --mcq_file; results in RUN/eval."""
+    """Base vs adapted on the run's held-out split, each --eval_sets entry, the multiple-choice benchmarks and
+    generated answers; results (JSON and Markdown) in RUN/eval."""
     from medpt.adapter import load_variants
     from medpt.atomic import atomic_write_text
-    from medpt.data.pipeline import prepare_data, prepare_eval_sets
-    from medpt.model import tokenizer_source
+    from medpt.mcq_suite import load_benchmarks
     from medpt.rundir import claim_dir, inputs_of
 
     out = config.beside_adapter("eval")
     claim_dir(out, "eval", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
-    source = tokenizer_source(config.model)
-    sets: dict[str, Any] = {}
-    quiet = lambda *_: None  # noqa: E731 - the data reports are written to disk; the terminal gets the table
-    if config.data.train_file_dir or config.data.dataset_name or config.data.validation_file_dir:
-        prepared = prepare_data(config.data, source, config.run.seed, log=quiet)  # the run's own held-out split
-        if prepared.validation_sets:  # named sources: each one's held-out documents
-            sets.update(prepared.validation_sets)
-        elif prepared.validation is not None:
-            sets["validation"] = prepared.validation
-    sets.update(prepare_eval_sets(config.data, source, config.run.seed, log=quiet))
-    if not sets and not config.eval.mcq_file:
-        raise MedptError("nothing to evaluate: pass --eval_sets NAME=PATH, --validation_file_dir or --mcq_file")
-    if config.eval.mcq_file:  # every question file is read (and checked) before the model is loaded
-        from medpt.mcq import read_questions
+    sets, train = _prepared_sets(config)
+    # every question file is read (and checked) before the model is loaded
+    benchmarks = load_benchmarks(config, log) if _has_mcq(config.eval) else []
+    qas = None
+    if config.eval.generate_eval:
+        from medpt.answer_eval import held_out_questions
 
-        read_questions(config.eval.mcq_file)
-        if config.eval.fewshot_file:
-            read_questions([config.eval.fewshot_file])
+        qas = held_out_questions(config)
+    if not sets and not benchmarks and not qas:
+        raise MedptError("nothing to evaluate: pass --eval_sets NAME=PATH, --validation_file_dir, --mcq NAME=FILE, "
+                         "--mcq_dir or --mcq_file")  # fmt: skip
     variants = load_variants(config, log)
-    batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
-    results: dict[str, Any] = {"base_model": variants.base_name, "adapter": config.eval.adapter, "sets": {}}
-    for name, packed in sets.items():
-        results["sets"][name] = {}
-        for which in variants.names:
-            t = time.perf_counter()
-            with variants.use(which) as model:
-                stats = lm_stats(model, packed, packed.mode, batch_size, variants.tokenizer.pad_token_id)
-            results["sets"][name][which] = {
-                **stats.metrics(),
-                "tokens": stats.tokens,
-                "seconds": round(time.perf_counter() - t, 2),
-            }
-            log(f"  {name} / {which}: loss {stats.metrics()['loss']:.4f} on {stats.tokens:,} tokens")
-    if config.eval.mcq_file:
-        from medpt.mcq import evaluate_mcq
+    results: dict[str, Any] = {"base_model": variants.base_name, "adapter": config.eval.adapter}
+    results["sets"] = {name: _lm_set(config, variants, name, packed, log) for name, packed in sets.items()}
+    if benchmarks:
+        results["mcq"] = _mcq(config, benchmarks, variants, train, out, log)
+    if qas:
+        from medpt.answer_eval import evaluate_answers
 
-        results["mcq"] = evaluate_mcq(config, variants, out, log)
+        results["generated"] = evaluate_answers(config, variants, qas, out, log)
     atomic_write_text(out / "eval_results.json", json.dumps(results, ensure_ascii=False, indent=2))
     table = format_eval(results)
     atomic_write_text(out / "eval.md", table + "\n")
@@ -167,29 +163,125 @@ def evaluate_run(config: Any, log: Any = print) -> dict[str, Any]:
     return results
 
 
+def _has_mcq(e: Any) -> bool:
+    return bool(e.mcq or e.mcq_dir or e.mcq_file)
+
+
+def _prepared_sets(config: Any) -> tuple[dict[str, Any], Any]:
+    """The LM eval sets (the run's held-out split first, then --eval_sets) and the run's prepared training split."""
+    from medpt.data.pipeline import prepare_data, prepare_eval_sets
+    from medpt.model import tokenizer_source
+
+    source = tokenizer_source(config.model)
+    quiet = lambda *_: None  # noqa: E731 - the data reports are written to disk; the terminal gets the table
+    sets: dict[str, Any] = {}
+    train = None
+    if config.data.train_file_dir or config.data.dataset_name or config.data.validation_file_dir:
+        prepared = prepare_data(config.data, source, config.run.seed, log=quiet)  # the run's own held-out split
+        train = prepared.train
+        if prepared.validation_sets:  # named sources: each one's held-out documents
+            sets.update(prepared.validation_sets)
+        elif prepared.validation is not None:
+            sets["validation"] = prepared.validation
+    sets.update(prepare_eval_sets(config.data, source, config.run.seed, log=quiet))
+    return sets, train
+
+
+def _lm_set(config: Any, variants: Any, name: str, packed: Any, log: Any) -> dict[str, Any]:
+    """Loss, accuracy and perplexity of each model on one set; with an adapter, the 95% CI of Δ loss (paired
+    bootstrap over blocks) and of the relative change of perplexity, exp(Δ loss) − 1."""
+    from medpt.stats import ratio_difference_ci
+
+    batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
+    result: dict[str, Any] = {}
+    blocks = {}
+    for which in variants.names:
+        t = time.perf_counter()
+        with variants.use(which) as model:
+            blocks[which] = block_sums(model, packed, packed.mode, batch_size, variants.tokenizer.pad_token_id)
+        stats = stats_from_sums(torch.from_numpy(blocks[which].sum(0)))
+        result[which] = {**stats.metrics(), "tokens": stats.tokens, "seconds": round(time.perf_counter() - t, 2)}
+        log(f"  {name} / {which}: loss {result[which]['loss']:.4f} on {stats.tokens:,} tokens")
+    if "adapted" in blocks:
+        base, adapted = blocks["base"], blocks["adapted"]
+        ci = ratio_difference_ci(base[:, 0], adapted[:, 0], base[:, 2], config.eval.bootstrap_resamples,
+                                 config.run.seed)  # fmt: skip
+        result["delta_loss_ci"] = ci.to_list()
+        result["perplexity_change_ci"] = [None if x is None else math.expm1(x) for x in ci.to_list()]
+        result["blocks"] = len(base)
+    return result
+
+
+def _mcq(config: Any, benchmarks: list, variants: Any, train: Any, out: Any, log: Any) -> dict[str, Any]:
+    """The benchmarks' table, and which of their questions the run's training documents contain."""
+    from medpt.mcq_suite import check_contamination, run_suite, write_contamination
+
+    results = run_suite(config, benchmarks, variants, out, log)
+    if train is None:
+        results["contamination_checked"] = False
+        return results
+    n = config.data.contamination_ngram
+    t = time.perf_counter()
+    found = check_contamination(benchmarks, train, variants.tokenizer, n)
+    write_contamination(out / "contamination.jsonl", found)
+    for name, count in found.by_benchmark.items():
+        results["benchmarks"][name]["contaminated"] = count
+    results["contamination_checked"], results["contamination_ngram"] = True, n
+    log(f"  contamination: {len(found.hits)} question(s) share a {n}-gram with the training documents "
+        f"({time.perf_counter() - t:.1f} s)")  # fmt: skip
+    return results
+
+
 def format_eval(results: dict[str, Any]) -> str:
-    """One Markdown table: each eval set, base and adapted, and the change; its columns come from METRICS."""
+    """The LM table (each eval set, base and adapted, the change and its CI; columns from METRICS), then the
+    multiple-choice and generated-answer tables."""
     lines = []
     if results["sets"]:
+        ci = any("delta_loss_ci" in r for r in results["sets"].values())
         head, rule = ["eval set", "tokens"], ["---", "---:"]
         for m in METRICS:
             head += [f"{m.label} base", f"{m.label} adapted"] + ([f"Δ {m.label}"] if m.change else [])
             rule += ["---:", "---:"] + (["---:"] if m.change else [])
+            if ci and m.change:
+                head.append(f"95% CI Δ {m.label}")
+                rule.append("---")
         lines += ["| " + " | ".join(head) + " |", "| " + " | ".join(rule) + " |"]
         for name, r in results["sets"].items():
-            b, a = r["base"], r.get("adapted")
-            cells = [name, f"{b['tokens']:,}"]
-            for m in METRICS:
-                cells += [format(b[m.name], m.fmt), format(a[m.name], m.fmt) if a else ""]
-                if m.change:
-                    cells.append(_change(b[m.name], a[m.name], m.change) if a else "")
-            lines.append("| " + " | ".join(cells) + " |")
-    if results.get("mcq"):
-        from medpt.mcq import format_mcq
+            lines.append("| " + " | ".join(_set_cells(name, r, ci)) + " |")
+        if ci:
+            lines += ["", "95% CI of the paired difference: bootstrap over blocks (rows of the prepared split), "
+                      "token-weighted; Δ ppl is exp(Δ loss) − 1."]  # fmt: skip
+    if results.get("mcq") and "benchmarks" not in results["mcq"]:
+        lines += ["", "(multiple-choice results of an older medpt version: run `medpt eval` again to see them)"]
+    elif results.get("mcq"):
+        from medpt.mcq_suite import format_suite
 
-        lines += ["", format_mcq(results["mcq"])]
-    return "\n".join(lines)
+        lines += ["", format_suite(results["mcq"])]
+    if results.get("generated"):
+        from medpt.answer_eval import format_answers
+
+        lines += ["", format_answers(results["generated"])]
+    return "\n".join(lines).strip("\n")
+
+
+def _set_cells(name: str, r: dict[str, Any], ci: bool) -> list[str]:
+    b, a = r["base"], r.get("adapted")
+    cells = [name, f"{b['tokens']:,}"]
+    intervals = {"loss": r.get("delta_loss_ci"), "perplexity": r.get("perplexity_change_ci")}
+    for m in METRICS:
+        cells += [format(b[m.name], m.fmt), format(a[m.name], m.fmt) if a else ""]
+        if m.change:
+            cells.append(_change(b[m.name], a[m.name], m.change) if a else "")
+            if ci:
+                cells.append(_interval(intervals.get(m.name), m.change))
+    return cells
 
 
 def _change(base: float, adapted: float, kind: str) -> str:
     return f"{adapted - base:+.4f}" if kind == "diff" else f"{adapted / base - 1:+.1%}"
+
+
+def _interval(ci: list[float | None] | None, kind: str) -> str:
+    if not ci or None in ci:
+        return ""
+    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if kind == "diff" else f"[{ci[0]:+.1%}, {ci[1]:+.1%}]"

@@ -16,19 +16,19 @@ Scoring:
           prediction.
   text    log P(option text | prompt) (one pass per option) / its length in characters, so a long option is not
           penalised for its length (the character, not the token, keeps the normalisation independent of the tokenizer).
+
+Where benchmarks are found (`--mcq_dir DIR`): every folder DIR/medical_mcq_*/ and DIR/general_mcq_*/ holding a
+test.jsonl is a benchmark named after its folder; its dev.jsonl, when present, supplies the few-shot examples.
+Running the benchmarks (rotations, statistics, tables) is medpt.mcq_suite.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from medpt.errors import BadRecordError, MedptError
 
@@ -52,18 +52,18 @@ class Question:
         return "zh" if _CJK.search(self.question + "".join(self.choices.values())) else "en"
 
 
-def read_questions(patterns: list[str]) -> list[Question]:
+def read_questions(patterns: list[str], flag: str = "mcq_file") -> list[Question]:
     """Questions from jsonl/json files; every problem names file, line and field."""
     from medpt.data.records import FileSource, resolve_files
 
     questions = []
-    for path in resolve_files(patterns, "mcq_file"):
+    for path in resolve_files(patterns, flag):
         for record in FileSource(path).records():
             if isinstance(record, BadRecordError):
                 raise MedptError(str(record))
             questions.append(_question(record))
     if not questions:
-        raise MedptError(f"--mcq_file {' '.join(patterns)}: no questions")
+        raise MedptError(f"--{flag} {' '.join(patterns)}: no questions")
     return questions
 
 
@@ -158,6 +158,8 @@ def continuation_logprobs(
 
     Pairs with the same context and a one-token continuation (the option letters) share one forward pass of the
     context: the logits at its last position score every such continuation, 4x fewer passes for A-D letters."""
+    import torch  # here, not at the top: reading questions (contamination checks, `prepare`) needs no torch
+
     device = next(model.parameters()).device
     # a job is one sequence to run, with the (pair, first logit row) it scores
     jobs: dict[tuple[int, ...], list[tuple[int, int]]] = defaultdict(list)
@@ -186,87 +188,79 @@ def continuation_logprobs(
     return scores
 
 
-def score_questions(model: Any, tokenizer: Any, questions: list[Question], shots: list[list[Question]],
-                    modes: list[str], batch_size: int) -> dict[str, list[str]]:  # fmt: skip
-    """The predicted letter of each question, per scoring mode."""
+def option_logprobs(model: Any, tokenizer: Any, questions: list[Question], shots: list[list[Question]],
+                    modes: list[str], batch_size: int) -> dict[str, list[dict[str, float]]]:  # fmt: skip
+    """log P(continuation | prompt) of every option of each question, per scoring mode: the letter (letter) or the
+    option's text (text)."""
     pairs, owners = [], []
     for qi, (q, qs) in enumerate(zip(questions, shots)):
         prompt = build_prompt(q, qs)
         for mode in modes:
             for letter, text in q.choices.items():
                 pairs.append(split_ids(tokenizer, prompt, letter if mode == "letter" else text))
-                owners.append((qi, mode, letter, 1 if mode == "letter" else max(len(text), 1)))
+                owners.append((qi, mode, letter))
     scores = continuation_logprobs(model, pairs, tokenizer.pad_token_id, batch_size)
-    best: dict[tuple[int, str], tuple[float, str]] = {}
-    for (qi, mode, letter, norm), s in zip(owners, scores):
-        value = s / norm
-        if (qi, mode) not in best or value > best[(qi, mode)][0]:
-            best[(qi, mode)] = (value, letter)
-    return {mode: [best[(qi, mode)][1] for qi in range(len(questions))] for mode in modes}
+    out: dict[str, list[dict[str, float]]] = {mode: [{} for _ in questions] for mode in modes}
+    for (qi, mode, letter), s in zip(owners, scores):
+        out[mode][qi][letter] = s
+    return out
 
 
-def evaluate_mcq(config: Any, variants: Any, out: Path, log: Any = print) -> dict[str, Any]:
-    from medpt.atomic import atomic_writer
-    from medpt.data.hygiene import sample_indices
-
-    e = config.eval
-    questions = read_questions(e.mcq_file)
-    keep = sample_indices(len(questions), e.max_mcq_questions, config.run.seed)
-    questions = [questions[i] for i in keep]
-    pool = read_questions([e.fewshot_file]) if e.fewshot_file and e.num_fewshot else []
-    shots = [pick_shots(q, pool, e.num_fewshot) for q in questions]
-    modes = ["letter", "text"] if e.mcq_scoring == "both" else [e.mcq_scoring]
-    batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
-    predictions: dict[str, dict[str, list[str]]] = {}
-    seconds = {}
-    for which in variants.names:
-        t = time.perf_counter()
-        with variants.use(which) as model:
-            predictions[which] = score_questions(model, variants.tokenizer, questions, shots, modes, batch_size)
-        seconds[which] = round(time.perf_counter() - t, 2)
-        log(f"  mcq / {which}: {len(questions)} questions in {seconds[which]:.1f} s")
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_writer(out / "mcq_predictions.jsonl") as f:
-        for qi, q in enumerate(questions):
-            row = {"where": q.where, "subject": q.subject, "answer": q.answer}
-            row.update({f"{w}_{m}": predictions[w][m][qi] for w in predictions for m in modes})
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return {
-        "questions": len(questions),
-        "num_fewshot": e.num_fewshot,
-        "chance": sum(1 / len(q.choices) for q in questions) / len(questions),
-        "seconds": seconds,
-        "accuracy": {w: {m: _accuracy(questions, predictions[w][m]) for m in modes} for w in predictions},
-    }
+def predict(q: Question, logprobs: dict[str, float], mode: str) -> str:
+    """The predicted letter: the highest log-likelihood (text: per character of the option); ties go to the first
+    option."""
+    norm = (lambda letter: 1) if mode == "letter" else (lambda letter: max(len(q.choices[letter]), 1))
+    return max(logprobs, key=lambda letter: logprobs[letter] / norm(letter))
 
 
-def _accuracy(questions: list[Question], predicted: list[str]) -> dict[str, Any]:
-    by_subject: dict[str, list[bool]] = defaultdict(list)
-    for q, p in zip(questions, predicted):
-        by_subject[q.subject].append(p == q.answer)
-    hits = [h for v in by_subject.values() for h in v]
-    return {
-        "overall": sum(hits) / len(hits),
-        "by_subject": {s: {"accuracy": sum(v) / len(v), "n": len(v)} for s, v in sorted(by_subject.items())},
-    }
+def score_questions(model: Any, tokenizer: Any, questions: list[Question], shots: list[list[Question]],
+                    modes: list[str], batch_size: int) -> dict[str, list[str]]:  # fmt: skip
+    """The predicted letter of each question, per scoring mode."""
+    logprobs = option_logprobs(model, tokenizer, questions, shots, modes, batch_size)
+    return {mode: [predict(q, lp, mode) for q, lp in zip(questions, logprobs[mode])] for mode in modes}
 
 
-def format_mcq(results: dict[str, Any]) -> str:
-    acc = results["accuracy"]
-    variants = list(acc)
-    modes = list(acc[variants[0]])
-    head = " | ".join(f"{m} {w}" for m in modes for w in variants)
-    lines = [
-        f"Multiple choice: {results['questions']} questions, {results['num_fewshot']}-shot, "
-        f"chance {results['chance']:.1%}",
-        "",
-        f"| subject | n | {head} |",
-        "| --- | ---: |" + " ---: |" * (len(modes) * len(variants)),
+# --- where benchmarks are found ---------------------------------------------------------------------------------
+BENCHMARK_PREFIXES = ("medical_mcq_", "general_mcq_")
+_SPLIT_STEMS = {"test", "dev", "valid", "validation", "val", "train"}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A named set of questions, and the solved questions its few-shot examples come from (if any)."""
+
+    name: str
+    files: tuple[str, ...]
+    fewshot: str | None = None
+
+
+def benchmark_name(path: str | Path) -> str:
+    """A file's benchmark name: its stem, or its folder's name when the stem is a split (test.jsonl, dev.jsonl)."""
+    p = Path(path)
+    stem = p.name.split(".")[0]
+    return p.resolve().parent.name if stem.lower() in _SPLIT_STEMS else stem
+
+
+def benchmark_folder(folder: Path) -> Benchmark | None:
+    """A benchmark folder: its test.jsonl, with few-shot examples from its dev.jsonl when there is one."""
+    test, dev = folder / "test.jsonl", folder / "dev.jsonl"
+    if not test.is_file():
+        return None
+    return Benchmark(folder.name, (str(test),), str(dev) if dev.is_file() else None)
+
+
+def find_benchmarks(folder: str, flag: str = "mcq_dir") -> list[Benchmark]:
+    """Every medical_mcq_*/ and general_mcq_*/ folder inside `folder` that holds a test.jsonl, by name."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise MedptError(f"--{flag} {folder}: no such folder")
+    found = [
+        benchmark_folder(d) for d in sorted(root.iterdir()) if d.is_dir() and d.name.startswith(BENCHMARK_PREFIXES)
     ]
-    subjects = acc[variants[0]][modes[0]]["by_subject"]
-    for subject, info in subjects.items():
-        cells = " | ".join(f"{acc[w][m]['by_subject'][subject]['accuracy']:.1%}" for m in modes for w in variants)
-        lines.append(f"| {subject} | {info['n']} | {cells} |")
-    cells = " | ".join(f"**{acc[w][m]['overall']:.1%}**" for m in modes for w in variants)
-    lines.append(f"| **all** | {results['questions']} | {cells} |")
-    return "\n".join(lines)
+    benchmarks = [b for b in found if b is not None]
+    if not benchmarks:
+        raise MedptError(
+            f"--{flag} {folder}: no {'*/ or '.join(BENCHMARK_PREFIXES)}*/ folder holding a test.jsonl (see "
+            "`medpt eval --help`)"
+        )
+    return benchmarks

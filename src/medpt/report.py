@@ -32,6 +32,7 @@ from medpt.rundir import (
 
 REPORT_CURVE = "report_loss_curve.png"
 FORGETTING_CHART = "report_forgetting.png"  # medical vs general perplexity during training (named eval sets)
+REPORT_DELTAS = "report_mcq_ci.png"  # Δ accuracy of each benchmark with its 95% CI
 
 
 def _load(path: Path) -> Any:
@@ -39,7 +40,7 @@ def _load(path: Path) -> Any:
 
 
 def gather(run: Path, out: Path) -> dict[str, Any]:
-    from medpt.curves import plot_forgetting, plot_losses
+    from medpt.curves import plot_deltas, plot_forgetting, plot_losses
 
     if not (run / CONFIG_FILE).is_file():
         raise MedptError(f"{run} is not a medpt run (no {CONFIG_FILE})")
@@ -49,12 +50,16 @@ def gather(run: Path, out: Path) -> dict[str, Any]:
         plot_losses(run / METRICS, curve, title=run.name)
     forgetting = plot_forgetting(run / METRICS, out / FORGETTING_CHART, title=f"{run.name}: held-out perplexity")
     compare = run / COMPARE_DIR / "compare.jsonl"
+    evaluation = _load(run / EVAL_DIR / "eval_results.json")
+    mcq = (evaluation or {}).get("mcq")
+    deltas = plot_deltas(mcq, out / REPORT_DELTAS, title=run.name) if mcq and "benchmarks" in mcq else None
     return {
         "config": [line for line in (run / CONFIG_FILE).read_text(encoding="utf-8").splitlines() if "# set" in line],
         "data": _load(run / DATA_REPORT),
         "train": _load(run / "train_results.json"),
         "eval_during_training": _load(run / "eval_results.json"),
-        "evaluation": _load(run / EVAL_DIR / "eval_results.json"),
+        "evaluation": evaluation,
+        "deltas": deltas,
         "verify": _load(run / VERIFY),
         "compare": [json.loads(x) for x in compare.read_text(encoding="utf-8").splitlines()]
         if compare.is_file()
@@ -80,6 +85,8 @@ def markdown(run: Path, facts: dict[str, Any]) -> str:
         parts += ["## Forgetting chart\n", f"![held-out perplexity per set]({facts['forgetting'].name})\n"]
     if facts["evaluation"]:
         parts += ["## Base vs adapted\n", format_eval(facts["evaluation"]) + "\n"]
+        if facts["deltas"]:
+            parts += [f"![multiple choice: Δ accuracy with 95% CI]({facts['deltas'].name})\n"]
     elif facts["eval_during_training"]:
         parts += ["## Evaluation at the end of training\n", _kv_md(facts["eval_during_training"])]
     if facts["verify"]:
@@ -120,6 +127,9 @@ def page(run: Path, facts: dict[str, Any]) -> str:
     evaluation = facts["evaluation"]
     if evaluation:
         body += ["<h2>Base vs adapted</h2>", _markdown_html(format_eval(evaluation))]
+        if facts["deltas"]:
+            data = base64.b64encode(facts["deltas"].read_bytes()).decode()
+            body += [f"<img alt='multiple choice: Δ accuracy with 95% CI' src='data:image/png;base64,{data}'>"]
     elif facts["eval_during_training"]:
         body += ["<h2>Evaluation at the end of training</h2>", _kv_table(facts["eval_during_training"])]
     if facts["verify"]:
@@ -216,7 +226,7 @@ def write_report(run: Path, out: Path | None = None, log: Any = print) -> tuple[
         raise MedptError(f"{run}: no such run folder")
     out = out or run
     tune = RunDir.open(run).kind == "tune"
-    claim_dir(out, "report", writes=(REPORT_HTML, REPORT_MD, REPORT_CURVE, FORGETTING_CHART))
+    claim_dir(out, "report", writes=(REPORT_HTML, REPORT_MD, REPORT_CURVE, FORGETTING_CHART, REPORT_DELTAS))
     if tune:
         markdown_text, html_text = tune_report(run, out)
     else:

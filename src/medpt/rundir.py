@@ -39,6 +39,8 @@ MANIFEST = ".medpt-manifest.json"
 CONFIG_FILE = "medpt_config.yaml"  # the fully resolved configuration
 DATA_REPORT = "data_report.json"  # where every record and token went
 REJECTED = "rejected.jsonl"  # records skipped with --on_bad_record skip, with their reasons
+CONTAMINATION = "contamination.jsonl"  # benchmark items found in the training documents (--check_contamination)
+NEAR_DUPLICATES = "near_duplicates.jsonl"  # documents dropped by --dedup near, each with the one it resembles
 METRICS = "metrics.jsonl"  # one line per log step
 BASE_RECORD = "base_model.json"  # fingerprint of the base weights the adapter was trained on
 VERIFY = "verify.json"
@@ -48,6 +50,8 @@ LOSS_CURVE = "loss_curve.png"
 TRAINING_ARGS = "training_args.json"
 EVAL_SETS_DIR = "eval_sets"  # data reports of the named --eval_sets
 EVAL_DIR = "eval"  # `medpt eval` results
+GENERATED = "generated_answers"  # inside EVAL_DIR, .jsonl and .md: `eval --generate_eval` answers and their scores
+MCQ_DIR = "mcq"  # inside EVAL_DIR: NAME.predictions.jsonl per benchmark, kept when another benchmark is evaluated
 COMPARE_DIR = "compare"
 ANSWERS = "answers.jsonl"
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
@@ -72,11 +76,13 @@ TRAINER_FILES = (
     "runs", "README.md",
 )  # fmt: skip
 WRITES: dict[str, tuple[str, ...]] = {
-    "prepare": (CONFIG_FILE, DATA_REPORT, REJECTED),
+    "prepare": (CONFIG_FILE, DATA_REPORT, REJECTED, CONTAMINATION, NEAR_DUPLICATES),
     "train": (
         CONFIG_FILE,
         DATA_REPORT,
         REJECTED,
+        CONTAMINATION,
+        NEAR_DUPLICATES,
         METRICS,
         BASE_RECORD,
         LOSS_CURVE,
@@ -85,13 +91,15 @@ WRITES: dict[str, tuple[str, ...]] = {
         STAGING,
         *TRAINER_FILES,
     ),  # fmt: skip
-    "eval": ("eval_results.json", "eval.md", "mcq_predictions.jsonl"),
+    "eval": ("eval_results.json", "eval.md", MCQ_DIR, f"{GENERATED}.jsonl", f"{GENERATED}.md", "contamination.jsonl"),
     "compare": ("compare.jsonl", "compare.md", "compare.html"),
     "report": (REPORT_HTML, REPORT_MD),
     "tune": (
         CONFIG_FILE,
         DATA_REPORT,
         REJECTED,
+        CONTAMINATION,
+        NEAR_DUPLICATES,
         EVAL_SETS_DIR,
         TUNE_INFO,
         SEARCH_SPACE,
@@ -298,6 +306,12 @@ def inputs_of(config: Any) -> Inputs:
     inputs.add("data cache", cache_root(data.data_cache_dir), even_if_missing=True)
     inputs.add("adapter to continue (--peft_path)", config.lora.peft_path)
     inputs.add_all("multiple-choice file", config.eval.mcq_file)
+    for item in config.eval.mcq or []:
+        name, _, path = item.partition("=")
+        inputs.add(f"benchmark {name!r}", path)
+    inputs.add("benchmark folder (--mcq_dir)", config.eval.mcq_dir)
+    inputs.add_all("questions file (--generate_file)", config.eval.generate_file)
+    inputs.add_all("benchmark (--check_contamination)", data.check_contamination)
     inputs.add("few-shot file", config.eval.fewshot_file)
     inputs.add("questions file", config.generate.questions)
     resume = config.run.resume_from_checkpoint

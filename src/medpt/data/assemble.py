@@ -67,6 +67,7 @@ class Gathered:
     inputs: list[dict[str, Any]]
     rejected: list[dict[str, Any]]
     names: list[str] = field(default_factory=list)
+    screening: dict[str, Any] = field(default_factory=dict)  # report blocks of medpt.data.screening
 
 
 def gather_shards(store: ShardStore, n_shards: int, names: list[str]) -> Gathered:
@@ -119,7 +120,10 @@ def records_block(records: dict[str, Any], n_train: int, n_val: int, not_sampled
     skipped = records["skipped"]
     return {
         "read": records["read"],
-        "skipped": {r: skipped[r] for r in ("bad_record", "empty", "duplicate", "in_validation_set")},
+        "skipped": {
+            r: skipped[r]
+            for r in ("bad_record", "empty", "duplicate", "in_validation_set", "near_duplicate", "contaminated")
+        },
         "empty_files": skipped["empty_file"],
         "not_sampled": not_sampled,
         "documents": {"train": n_train, "validation": n_val},

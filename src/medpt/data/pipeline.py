@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from medpt import __version__
 from medpt.args import DataArguments
 from medpt.atomic import atomic_dir, atomic_writer
-from medpt.data import cache
+from medpt.data import cache, screening
 from medpt.data.assemble import (
     dump_texts,
     gather_shards,
@@ -45,7 +45,9 @@ from medpt.data.sources import SourceFile, data_sources, file_bytes
 from medpt.data.templates import make_renderer
 from medpt.data.tokenize import load_tokenizer_info, tokenizer_info
 from medpt.errors import MedptError
+from medpt.rundir import CONTAMINATION as CONTAMINATION_FILE
 from medpt.rundir import DATA_REPORT as REPORT_FILE  # the run directory's file names live in one place
+from medpt.rundir import NEAR_DUPLICATES as NEAR_FILE
 from medpt.rundir import REJECTED as REJECTED_FILE
 from medpt.rundir import RunDir
 
@@ -96,7 +98,9 @@ def prepare_data(
     """Prepare (or reuse) the training and validation blocks; write data_report.json (+ rejected.jsonl)."""
     t0 = time.perf_counter()
     files = data_sources(args, hub_cache_dir)
+    index = screening.contamination_index(args)  # every benchmark file is read and checked before the corpus
     settings = {k: v for k, v in asdict(args).items() if k not in _NOT_IN_KEY}
+    settings["benchmark_items"] = screening.items_fingerprint(index)
     key = cache.cache_key(
         {
             "inputs": [(f.name, f.split, f.source.suffix, f.source.fingerprint()) for f in files],
@@ -114,9 +118,17 @@ def prepare_data(
         if hit and not args.dump_text:
             log(f"reusing prepared data from {entry} (same inputs, tokenizer and settings)")
             return _finish(entry, output_dir, reused=True, log=log, t0=t0)
-        store, n_shards = _shards(files, args, tokenizer, root / f".{key}.partial", log)
+        store, n_shards = _shards(files, args, tokenizer, root / f".{key}.partial", index, log)
         names = list(dict.fromkeys(f.name for f in files if f.split == "train"))
         g = gather_shards(store, n_shards, names)
+        lists = {}
+        if args.dedup == "near":
+            lists[NEAR_FILE] = screening.near_dedup(store, n_shards, g, args, log)
+        if index is not None:
+            block, lists[CONTAMINATION_FILE] = screening.contamination_report(
+                index, [store.meta(i) for i in range(n_shards)], args.decontaminate
+            )
+            g.screening["contamination"] = block
         plan = plan_splits(g, args, seed)
         if not len(plan.train):
             raise MedptError(f"no training documents left after reading: {dict(g.records)}")
@@ -126,16 +138,18 @@ def prepare_data(
         if hit:
             log(f"reusing prepared data from {entry} (same inputs, tokenizer and settings)")
             return _finish(entry, output_dir, reused=True, log=log, t0=t0)
-        _assemble(entry, store, n_shards, g, plan, args, key, tokenizer, settings, log)
+        _assemble(entry, store, n_shards, g, plan, args, key, tokenizer, settings, lists, log)
         shutil.rmtree(store.directory, ignore_errors=True)
     return _finish(entry, output_dir, reused=False, log=log, t0=t0)
 
 
-def _shards(files: list[SourceFile], args: DataArguments, tokenizer: TokenizerSource, partial: Path, log: Callable):
+def _shards(files: list[SourceFile], args: DataArguments, tokenizer: TokenizerSource, partial: Path, index: Any,
+            log: Callable):  # fmt: skip
     """Read, render, dedup, split and tokenize every input into shards under `partial` (resuming completed ones)."""
     plan = JobPlan(files, args, max(int(args.shard_mb * 2**20), 1))
-    store = ShardStore(partial, plan.fingerprint({"dump": bool(args.dump_text)}))
-    selector = Selector(bool(args.dedup))
+    keep_texts = bool(args.dump_text) or args.dedup == "near"  # the shards keep their texts for these
+    store = ShardStore(partial, plan.fingerprint({"dump": keep_texts}))
+    selector = Selector(args.dedup in ("exact", "near"), index, args.decontaminate)
     done = store.completed()
     for i in range(done):
         meta = store.meta(i)
@@ -152,12 +166,13 @@ def _shards(files: list[SourceFile], args: DataArguments, tokenizer: TokenizerSo
         info = workers.submit(load_tokenizer_info, tokenizer) if here is None else Future(value=tokenizer_info(here))
         render = make_renderer(args.template, args.template_format, here) if here is not None else None
         run_jobs(plan, store, selector, workers, info, str(partial / "tokenizer.json"), render, log,
-                 dump=bool(args.dump_text))  # fmt: skip
+                 dump=keep_texts)  # fmt: skip
     return store, store.completed()
 
 
 def _assemble(entry: Path, store: ShardStore, n_shards: int, g: Any, plan: Any, args: DataArguments, key: str,
-              tokenizer: TokenizerSource, settings: dict, log: Callable) -> dict[str, Any]:  # fmt: skip
+              tokenizer: TokenizerSource, settings: dict, lists: dict[str, list],
+              log: Callable) -> dict[str, Any]:  # fmt: skip
     """Write the final splits from the shards into the cache entry (visible only once complete)."""
     named = g.names != [""]
     records = {
@@ -179,6 +194,7 @@ def _assemble(entry: Path, store: ShardStore, n_shards: int, g: Any, plan: Any, 
         "settings": settings,
         "inputs": g.inputs,
         "records": total,
+        **g.screening,
     }
     with atomic_dir(entry) as tmp:
         report["train"] = _write(tmp / "train", plan.train, store, args, *roles_of(g, plan, "train", g.names), log)
@@ -203,9 +219,10 @@ def _assemble(entry: Path, store: ShardStore, n_shards: int, g: Any, plan: Any, 
                     if len(held) else None,
                 }  # fmt: skip
             check_sources(report)
-        with open(tmp / REJECTED_FILE, "w", encoding="utf-8") as f:
-            for item in g.rejected:
-                f.write(json.dumps(item, ensure_ascii=False) + "\n")
+        for name, rows in ((REJECTED_FILE, g.rejected), *lists.items()):
+            with open(tmp / name, "w", encoding="utf-8") as f:
+                for item in rows:
+                    f.write(json.dumps(item, ensure_ascii=False) + "\n")
         report["cache"] = {"key": key, "path": str(entry), "reused": False}
         (tmp / REPORT_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     return report
@@ -288,13 +305,21 @@ def _finish(
         out.mkdir(parents=True, exist_ok=True)
         with atomic_writer(out / REPORT_FILE) as f:
             json.dump(report, f, ensure_ascii=False, indent=2)
-        rejected = entry / REJECTED_FILE
-        if rejected.stat().st_size:
-            with atomic_writer(out / REJECTED_FILE, "wb") as f, open(rejected, "rb") as src:
-                shutil.copyfileobj(src, f)
+        for name in (REJECTED_FILE, NEAR_FILE, CONTAMINATION_FILE):
+            listed = entry / name
+            if listed.is_file() and listed.stat().st_size:
+                with atomic_writer(out / name, "wb") as f, open(listed, "rb") as src:
+                    shutil.copyfileobj(src, f)
+        if (out / REJECTED_FILE).is_file() and report["records"]["skipped"]["bad_record"]:
             log(
                 f"{report['records']['skipped']['bad_record']:,} rejected record(s) with reasons: {out / REJECTED_FILE}"
             )
+        found = report.get("contamination")
+        if found and found["contaminated_items"]:
+            what = "dropped" if found["decontaminated"] else "kept (--decontaminate drops them)"
+            log(f"contamination: {found['contaminated_items']:,} benchmark item(s) share a {found['ngram']}-gram "
+                f"with {found['contaminated_documents']:,} training document(s), {what}: "
+                f"{out / CONTAMINATION_FILE}")  # fmt: skip
     log(format_table(report))
     log(f"prepared in {time.perf_counter() - t0:.1f} s")
     return PreparedData(splits["train"], splits["validation"], report, entry, per_source)

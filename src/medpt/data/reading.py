@@ -38,6 +38,7 @@ class ReadResult:
     docs: RenderedBatch = field(default_factory=RenderedBatch)
     hashes: list[bytes] = field(default_factory=list)  # of the rendered text, for exact dedup
     held_out: list[bool] = field(default_factory=list)  # stable-split bucket of each document
+    lines: list[int] = field(default_factory=list)  # the record (line, row) each document came from
     read: int = 0
     skipped: Counter = field(default_factory=Counter)
     rejected: list[dict[str, Any]] = field(default_factory=list)
@@ -83,6 +84,7 @@ def read_source(
         result.docs.append(rendered)
         result.hashes.append(content_hash(rendered.text))
         result.held_out.append(in_validation(doc.split_key, pct))
+        result.lines.append(record.line or 0)
     if result.read == 0 and getattr(task.source, "byte_range", None) is None:
         _bad(result, BadRecordError(task.source.name, None, None, "empty file: no records"), args, "empty_file")
     return result

@@ -129,6 +129,9 @@ class Kept:
     validation_origin: list[int]  # HELD_OUT or VALIDATION_FILE per validation document
     seen: np.ndarray  # 64-bit hashes this job added to its source's dedup set (for a resumed run to replay)
     counts: dict[str, Any]
+    lines: dict[str, list[int]] = field(default_factory=dict)  # split -> the record of each kept document
+    contamination: list[dict[str, Any]] = field(default_factory=list)  # benchmark items found (screening.scan)
+    contaminated: int = 0  # training documents sharing an n-gram with a benchmark item
 
 
 class HashSet:
@@ -168,10 +171,13 @@ def hash64(digests: list[bytes]) -> np.ndarray:
 
 class Selector:
     """Per source: exact dedup (training files and validation files separately, as before sharding), the split,
-    and the removal of training documents identical to one of the source's validation files."""
+    the removal of training documents identical to one of the source's validation files, and the contamination
+    check of the training documents (dropped with `decontaminate`)."""
 
-    def __init__(self, dedup: bool):
+    def __init__(self, dedup: bool, contamination: Any = None, decontaminate: bool = False):
         self.dedup = dedup
+        self.contamination = contamination  # a medpt.data.contamination.ContaminationIndex, or None
+        self.decontaminate = decontaminate
         self.seen: dict[tuple[str, str], HashSet] = {}  # (source, which files: "train"|"validation") -> hashes
 
     def _seen(self, name: str, kind: str) -> HashSet:
@@ -190,13 +196,31 @@ class Selector:
             to_val = kept & held
             dropped = kept & ~held & in_val
             to_train = kept & ~held & ~in_val
+        hits: list[dict[str, Any]] = []
+        flagged = np.zeros(0, np.int64)
+        if self.contamination is not None and to_train.any():
+            from medpt.data.screening import scan
+
+            train = np.flatnonzero(to_train)
+            mask, hits = scan(self.contamination, [result.docs.texts[i] for i in train],
+                              [f"{result.source}:{result.lines[i]}" for i in train])  # fmt: skip
+            flagged = train[mask]
+            if self.decontaminate:
+                to_train[flagged] = False
         origin = VALIDATION_FILE if kind == "validation" else HELD_OUT
+        counts = _counts(result, int(len(keys) - kept.sum()), int(dropped.sum()))
+        if self.decontaminate:
+            counts["skipped"]["contaminated"] = len(flagged)
+        train_idx, val_idx = np.flatnonzero(to_train).tolist(), np.flatnonzero(to_val).tolist()
         return Kept(
-            result.docs.take(np.flatnonzero(to_train).tolist()),
-            result.docs.take(np.flatnonzero(to_val).tolist()),
-            [origin] * int(to_val.sum()),
+            result.docs.take(train_idx),
+            result.docs.take(val_idx),
+            [origin] * len(val_idx),
             keys[kept] if self.dedup else np.zeros(0, np.uint64),
-            _counts(result, int(len(keys) - kept.sum()), int(dropped.sum())),
+            counts,
+            {"train": [result.lines[i] for i in train_idx], "validation": [result.lines[i] for i in val_idx]},
+            hits,
+            len(flagged),
         )
 
     def replay(self, name: str, kind: str, seen: np.ndarray) -> None:
@@ -293,7 +317,8 @@ def run_jobs(
     log: Callable[[str], None],
     dump: bool,
 ) -> None:
-    """Read, select and tokenize every job not yet in `store`, writing each as a shard."""
+    """Read, select and tokenize every job not yet in `store`, writing each as a shard. `dump`: keep each shard's
+    texts (and their records' lines) in its meta, for --dump_text and --dedup near."""
     done = store.completed()
     after = tuple(store.meta(done - 1)["where"]) if done else None
     jobs = plan.jobs(after, start=done)
@@ -357,7 +382,10 @@ def _finish(store: ShardStore, job: Job, kept: Kept, parts: list, splits: list[i
         "seen": kept.seen,
         "validation_origin": np.asarray(kept.validation_origin, np.uint8),
     }
+    if kept.contamination or kept.contaminated:
+        meta["contamination"], meta["contaminated"] = kept.contamination, kept.contaminated
     if dump:
         meta["texts"] = {"train": kept.train.texts, "validation": kept.validation.texts}
+        meta["lines"] = kept.lines
     store.write(job.index, meta, arrays, [p.tokens for p in encoded])
     progress.update(job.nbytes, result.read)

@@ -1,0 +1,61 @@
+"""The schema: every flag medpt owns, its type, default, range, help, and which commands take it.
+
+Each dataclass is one section; each field one flag. A field's metadata holds its help text, its valid range (checked
+once, in `__post_init__`, before any data or model is loaded) and, when only some of the commands that take its
+section use it, those commands (`only`), so that a flag a command would ignore is an error instead of a silent no-op.
+Flags of `transformers.TrainingArguments` that medpt does not own are schema'd by that class; the ranges medpt checks
+for the common ones are in `TRAINER_RANGES`.
+
+The package: `fields` (how a flag is declared), `training` (model, data, LoRA, run), `tools` (eval, generation,
+serve, export, tune), `commands` (which command takes which flags; the small commands).
+"""
+
+from __future__ import annotations
+
+from medpt.args.commands import (
+    COMMAND_FLAGS,
+    TRAINER_RANGES,
+    CommandFlags,
+    DemoArguments,
+    DownloadArguments,
+    InitTinyArguments,
+    ReportArguments,
+    check_trainer_values,
+)
+from medpt.args.fields import MAX_BLOCK_SIZE, TEMPLATES, check_range
+from medpt.args.tools import (
+    SECTIONS,
+    EvalArguments,
+    ExportArguments,
+    GenerationArguments,
+    ServeArguments,
+    TuneArguments,
+    penalty_of,
+)
+from medpt.args.training import DataArguments, LoraArguments, ModelArguments, RunArguments, split_named
+
+__all__ = [
+    "COMMAND_FLAGS",
+    "MAX_BLOCK_SIZE",
+    "SECTIONS",
+    "TEMPLATES",
+    "TRAINER_RANGES",
+    "CommandFlags",
+    "DataArguments",
+    "DemoArguments",
+    "DownloadArguments",
+    "EvalArguments",
+    "ExportArguments",
+    "GenerationArguments",
+    "InitTinyArguments",
+    "LoraArguments",
+    "ModelArguments",
+    "ReportArguments",
+    "RunArguments",
+    "ServeArguments",
+    "TuneArguments",
+    "check_range",
+    "check_trainer_values",
+    "penalty_of",
+    "split_named",
+]
