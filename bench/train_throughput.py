@@ -62,10 +62,16 @@ def flops_per_token(cfg: dict) -> tuple[float, int, int]:
     return 4 * n_matmul + 6 * n_lora + 12 * layers * h * BLOCK, n_matmul, n_lora
 
 
-def steady_tokens_per_second(out: Path, warmup: int) -> float:
+def steady_tokens_per_second(out: Path, warmup: int) -> tuple[float, float]:
+    """Median tokens/s after `warmup` steps, and the warm-up overhead in seconds: the wall time of the first
+    `warmup` steps (from the trainer's start, as the user waits for it) minus that many steady steps."""
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["tokens_per_second"] for r in rows if "tokens_per_second" in r and r["step"] > warmup]
-    return statistics.median(rates)
+    timed = [r for r in rows if "tokens_per_second" in r]
+    rates = [r["tokens_per_second"] for r in timed if r["step"] > warmup]
+    seen = [0] + [r["num_input_tokens_seen"] for r in timed]
+    seconds = [(seen[i + 1] - seen[i]) / r["tokens_per_second"] for i, r in enumerate(timed)]
+    steady = statistics.median(seconds[warmup:])
+    return statistics.median(rates), sum(seconds[:warmup]) - warmup * steady
 
 
 def main() -> None:
@@ -73,9 +79,17 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["5m", "25m"])
     parser.add_argument("--steps", type=int, default=14)
     parser.add_argument("--quick", action="store_true", help="skip the torch.compile runs (35-55 s compile each)")
-    parser.add_argument("--minimal", action="store_true", help="bf16 without checkpointing only, and the yardsticks")
+    parser.add_argument("--minimal", action="store_true", help="--precision without checkpoints only, + yardsticks")
     parser.add_argument("--work_dir", default="bench/results/train_throughput")
+    parser.add_argument("--precision", choices=["auto", "bfloat16", "float32"], default="auto",
+                        help="of --minimal and the plain loop; auto: medpt's default on this CPU (bf16 only where it "
+                        "is native: AVX512-BF16/AMX; elsewhere a bf16 GEMM runs ~100x slower than fp32)")  # fmt: skip
     args = parser.parse_args()
+    if args.precision == "auto":
+        from medpt.model import resolve_precision
+
+        args.precision = "bfloat16" if resolve_precision(None, None)[0] else "float32"
+    prec = args.precision
     work = Path(args.work_dir)
     medpt = [sys.executable, "-m", "medpt"]
     corpus = str(SHARED / "train-00000-of-00004.jsonl") if SHARED.is_dir() else str(SAMPLE)
@@ -93,7 +107,7 @@ def main() -> None:
         grid = [(dt, ckpt, comp, drop) for dt in ("float32", "bfloat16") for ckpt in (False, True)
                 for comp in ((False,) if args.quick else (False, True)) for drop in (0.0, 0.05)]  # fmt: skip
         if args.minimal:
-            grid = [g for g in grid if g[0] == "bfloat16" and not g[1] and not (g[2] and g[3])]
+            grid = [g for g in grid if g[0] == prec and not g[1]]
         for dtype, ckpt, compiled, dropout in grid:
             out = work / "runs" / f"{size}-{dtype}-ckpt{int(ckpt)}-compile{int(compiled)}-drop{dropout}"
             cmd = [*medpt, "train", "--model_name_or_path", str(model), "--train_file_dir", corpus,
@@ -110,9 +124,9 @@ def main() -> None:
             assert run["returncode"] == 0, run["output"][-3000:]
             samples[dtype] += [gemm_gflops(dtype, [(1024, 1024, 1024)]) for _ in range(5)]
             best[dtype] = max(best.get(dtype, 0.0), gemm_gflops(dtype, shapes))
-            tps = steady_tokens_per_second(out, warmup=4 if compiled else 3)
+            tps, overhead = steady_tokens_per_second(out, warmup=4 if compiled else 3)
             rows.append((size, dtype, ckpt, compiled, dropout, tps, run["peak_rss"], fpt * tps / 1e9))
-            print(f"  {out.name}: {tps:,.0f} tok/s", flush=True)
+            print(f"  {out.name}: {tps:,.0f} tok/s; first steps {overhead:+.1f} s over steady ones", flush=True)
         baseline = work / "runs" / f"{size}-reference-trainer-fp32"
         ref_cmd = [sys.executable, str(Path(__file__).parent / "reference_trainer.py"), str(model), corpus,
                    str(baseline), "--steps", str(args.steps)]  # fmt: skip
@@ -122,11 +136,11 @@ def main() -> None:
         rows.append((size, "reference fp32 Trainer", False, False, 0.05, base_tps, base_run["peak_rss"], None))
         for compiled in (False,) if args.quick else (False, True):
             loop_cmd = [sys.executable, str(Path(__file__).parent / "plain_loop.py"), str(model), corpus,
-                        "--steps", str(args.steps), *(["--compile"] if compiled else [])]  # fmt: skip
+                        "--steps", str(args.steps), "--dtype", prec, *(["--compile"] if compiled else [])]  # fmt: skip
             loop_run = run_measured(loop_cmd)
             assert loop_run["returncode"] == 0, loop_run["output"][-3000:]
             tps = float(loop_run["output"].strip().splitlines()[-1].split("=")[1])
-            rows.append((size, "bfloat16 plain loop", False, compiled, 0.0, tps, loop_run["peak_rss"], fpt * tps / 1e9))
+            rows.append((size, f"{prec} plain loop", False, compiled, 0.0, tps, loop_run["peak_rss"], fpt * tps / 1e9))
             print(f"  {size} plain loop{' compiled' if compiled else ''}: {tps:,.0f} tok/s", flush=True)
         params = f"{n_matmul / 1e6:.1f}M matmul params, {n_lora / 1e6:.2f}M LoRA params"
         print(f"\n{size}: {params}, {fpt / 1e6:.1f} MFLOP/token")
@@ -146,17 +160,25 @@ def main() -> None:
               f"{rss / 2**30:>8.2f}GB{mfu_s:>7}{strict_s:>7}")  # fmt: skip
     print("MFU: against the median square-1024 GEMM rate; MFU*: against the best GEMM rate of the model's shapes.")
     for size in args.sizes:
-        default = next(
-            r for r in rows if r[0] == size and r[1] == "bfloat16" and not r[2] and not r[3] and r[4] == 0.05
-        )
+        default = next(r for r in rows if r[0] == size and r[1] == prec and not r[2] and not r[3] and r[4] == 0.05)
         base = next(r for r in rows if r[0] == size and r[1].startswith("reference"))
-        print(f"{size}: medpt default (bf16, dropout 0.05) vs the fp32 reference Trainer: {default[5] / base[5]:.2f}x")
+        ratio = default[5] / base[5]
+        print(f"{size}: medpt default ({prec}, dropout 0.05) vs the fp32 reference Trainer: {ratio:.2f}x")
+        tps_of = {(r[3], r[4]): r[5] for r in rows if r[0] == size and r[1] == prec and not r[2]}
+        for compiled in (False, True):
+            if (compiled, 0.0) in tps_of and (compiled, 0.05) in tps_of:
+                ratio = tps_of[(compiled, 0.05)] / tps_of[(compiled, 0.0)]
+                print(f"{size}: {prec} {'compiled' if compiled else 'eager'}, dropout 0.05 vs 0: {ratio:.3f}x")
+        for drop in (0.0, 0.05):
+            if (True, drop) in tps_of:
+                speedup = tps_of[(True, drop)] / tps_of[(False, drop)]
+                print(f"{size}: {prec} dropout {drop}, compiled vs eager: {speedup:.2f}x")
         for compiled in (False,) if args.quick else (False, True):
-            ours = next(r for r in rows if r[0] == size and r[1] == "bfloat16" and not r[2] and r[3] == compiled
+            ours = next(r for r in rows if r[0] == size and r[1] == prec and not r[2] and r[3] == compiled
                         and r[4] == 0.0)  # fmt: skip
-            loop = next(r for r in rows if r[0] == size and r[1] == "bfloat16 plain loop" and r[3] == compiled)
+            loop = next(r for r in rows if r[0] == size and r[1] == f"{prec} plain loop" and r[3] == compiled)
             what = "compiled" if compiled else "eager"
-            print(f"{size}: medpt bf16 dropout 0 vs the plain loop, {what}: {ours[5] / loop[5]:.2f}x")
+            print(f"{size}: medpt {prec} dropout 0 vs the plain loop, {what}: {ours[5] / loop[5]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,20 @@ def test_keep_rate_and_scale(dtype):
     assert torch.equal(drop.eval()(x), x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_values_are_exactly_where_then_scale(dtype):
+    """fp32 folds 1/(1-p) into the mask (one multiply); both paths must equal PEFT's where-then-scale bit for bit."""
+    drop = FastDropout(0.05).train()
+    x = torch.randn(300, 257).to(dtype).requires_grad_()
+    torch.manual_seed(5)
+    y = drop(x)
+    y.backward(torch.ones_like(y))
+    torch.manual_seed(5)
+    keep = drop.keep_multiplier(x.detach()).bool()
+    assert torch.equal(y, torch.where(keep, x.detach(), 0).mul_(drop.scale))
+    assert torch.equal(x.grad, torch.where(keep, torch.ones_like(x), 0).mul_(drop.scale))
+
+
 def test_gradients_match_a_reference_written_out_by_hand():
     torch.manual_seed(0)
     x = torch.randn(3, 7, 16, requires_grad=True)

@@ -43,18 +43,21 @@ _ONE = {
 
 
 class _Keep(torch.autograd.Function):
-    """y = x · m · s, with m ∈ {0, 1} in x's dtype and s = 1/(1−p); only m is kept for the backward pass."""
+    """y = x · m · s, with m ∈ {0, 1} in x's dtype and s = 1/(1−p); only m is kept for the backward pass. With
+    s = None, m already holds {0, 1/(1−p)} (fp32, see FastDropout.keep_multiplier): one multiply instead of two."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, keep: torch.Tensor, scale: float | None) -> torch.Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return torch.mul(x, keep).mul_(scale)
+        y = torch.mul(x, keep)
+        return y if scale is None else y.mul_(scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (keep,) = ctx.saved_tensors
-        return torch.mul(grad, keep).mul_(ctx.scale), None, None
+        g = torch.mul(grad, keep)
+        return (g if ctx.scale is None else g.mul_(ctx.scale)), None, None
 
 
 class FastDropout(torch.nn.Module):
@@ -76,7 +79,8 @@ class FastDropout(torch.nn.Module):
             ref, version, out = self._last
             if ref() is x and x._version == version:
                 return out
-        out = _Keep.apply(x, self.keep_multiplier(x), self.scale)
+        folded = x.dtype == torch.float32
+        out = _Keep.apply(x, self.keep_multiplier(x, folded), None if folded else self.scale)
         if self.shared:
             # A weak reference: once the input is freed (after the layer's forward, or its backward), the cached
             # output goes too, instead of living on until this layer's next forward.
@@ -87,13 +91,18 @@ class FastDropout(torch.nn.Module):
         if self._last is not None and self._last[0] is ref:  # not a newer entry's
             self._last = None
 
-    def keep_multiplier(self, x: torch.Tensor) -> torch.Tensor:
+    def keep_multiplier(self, x: torch.Tensor, folded: bool = False) -> torch.Tensor:
+        """{0, 1} in x's dtype; with `folded` (fp32 only), {0, 1/(1−p)}: x · float32(1/(1−p)) is exactly what
+        x · 1 then · scale gives in fp32 (torch multiplies a float32 tensor by a Python float in float32), so the
+        scale folds into the mask. In bf16/fp16 it does not (the scale itself would be rounded to 8 or 11 bits)."""
         # One draw from torch's generator seeds the mask: set_seed and checkpoint RNG restores cover it.
         seed = int(torch.randint(0, 2**62, (1,)).item())
         n = x.numel()
         raw = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw(-(-n // 4))
         keep = raw.view(np.int16)[:n] >= self.threshold
         kind, one = _ONE[x.dtype]
+        if folded:
+            one = int(np.array(self.scale, np.float32).view(np.uint32))
         multiplier = keep.view(np.uint8).astype(kind)
         multiplier *= kind(one)
         return torch.from_numpy(multiplier).view(x.dtype).view(x.shape)

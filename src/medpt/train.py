@@ -231,6 +231,10 @@ def build_model(config: Config, args: Any, log: Any) -> tuple[Any, Any]:
         raise MedptError("a 4-bit model cannot be fine-tuned in full: use --use_peft true (QLoRA)")
     import torch
 
+    if device_kind() == "cpu":
+        from medpt.allocator import keep_freed_memory
+
+        keep_freed_memory()  # a CPU step re-allocates the same activations: keep them mapped (see medpt.allocator)
     compute = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     dtype = weight_dtype(m.torch_dtype, args.bf16, args.fp16, full_finetune=not lora.use_peft)
     model = load_model(m, dtype, four_bit=four_bit, compute_dtype=compute)
