@@ -48,7 +48,7 @@ class Rigged(torch.nn.Module):
                 seq = tuple(ctx) if len(ids) == 1 else tuple(ctx + ids)
                 self.correct.setdefault(seq, []).extend((len(ctx) - 1 + k, t) for k, t in enumerate(ids))
 
-    def forward(self, input_ids, attention_mask=None, use_cache=False):
+    def forward(self, input_ids, attention_mask=None, use_cache=False):  # no KV cache: scored with full passes
         logits = self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.clone()
         for row in range(input_ids.shape[0]):
             seq = tuple(input_ids[row][attention_mask[row].bool()].tolist())
@@ -71,6 +71,43 @@ def test_shared_context_scores_equal_one_pass_per_pair(tiny):
             naive.append(sum(logits[len(ctx) - 1 + k, t].item() for k, t in enumerate(cont)))
     shared = continuation_logprobs(model, pairs, tokenizer.pad_token_id, 3)
     assert shared == pytest.approx(naive, abs=1e-4)
+
+
+def test_prefix_cache_gives_the_predictions_of_full_passes(tiny):
+    """Option texts scored on a shared KV cache of the (few-shot) prompt: the same predictions as one full pass per
+    option, and log-likelihoods equal up to float rounding."""
+    model, tokenizer = tiny
+    questions = _synthetic(40, seed=3) + read_questions([str(SAMPLE_MCQ)])
+    shots = [pick_shots(q, questions, 3) for q in questions]
+    pairs = [
+        split_ids(tokenizer, build_prompt(q, s), text) for q, s in zip(questions, shots) for text in q.choices.values()
+    ]
+    assert sum(len(cont) > 1 for _, cont in pairs) > len(pairs) // 2  # most options are several tokens
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, **kw):
+            calls.append(tuple(kw["input_ids"].shape))
+            return self.inner(**kw)
+
+    cached = continuation_logprobs(Counting(), pairs, tokenizer.pad_token_id, 8)
+    assert any(shape[0] == 4 and shape[1] < 40 for shape in calls)  # the options ran on a cache, not full passes
+    full = continuation_logprobs(model, pairs, tokenizer.pad_token_id, 8, prefix_cache=False)
+    assert cached == pytest.approx(full, abs=1e-3)
+    a = score_questions(model, tokenizer, questions, shots, ["text"], 8)
+    from medpt import mcq
+
+    original = mcq.continuation_logprobs
+    try:
+        mcq.continuation_logprobs = lambda *args, **kw: original(*args, **kw, prefix_cache=False)
+        b = score_questions(model, tokenizer, questions, shots, ["text"], 8)
+    finally:
+        mcq.continuation_logprobs = original
+    assert a == b
 
 
 @pytest.fixture(scope="module")
