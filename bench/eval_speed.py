@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--num_fewshot", type=int, nargs="+", default=[0, 3])
     parser.add_argument("--work_dir", default="bench/results/train_throughput")  # reuses its tiny models
+    parser.add_argument("--dtypes", nargs="+", default=None, help="default: bfloat16 (where native) and float32")
     args = parser.parse_args()
 
     import torch
@@ -56,24 +57,31 @@ def main() -> None:
             init_tiny(model_dir, size, read_texts([corpus]))
         tokenizer = load_tokenizer(str(model_dir))
         packed = prepared_blocks(model_dir, eval_file, seed=0)
-        for dtype in (torch.bfloat16, torch.float32):
+        from medpt.model import resolve_precision
+
+        names = args.dtypes or (["bfloat16", "float32"] if resolve_precision(None, None)[0] else ["float32"])
+        for dtype in (getattr(torch, n) for n in names):
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
             t = time.perf_counter()
             stats = lm_stats(model, packed, "concat", 8, tokenizer.pad_token_id)
             lm_tps = stats.tokens / (time.perf_counter() - t)
             for k in args.num_fewshot:
                 shots = [pick_shots(q, pool, k) for q in questions]
-                for mode in ("letter", "text"):
+                predicted = {}
+                for mode, cache in (("letter", True), ("text", True), ("text", False)):
                     t = time.perf_counter()
-                    score_questions(model, tokenizer, questions, shots, [mode], 16)
+                    predicted[(mode, cache)] = score_questions(model, tokenizer, questions, shots, [mode], 16, cache)
                     qps = len(questions) / (time.perf_counter() - t)
-                    rows.append((size, str(dtype).replace("torch.", ""), f"{mode} {k}-shot", qps, lm_tps))
+                    label = f"{mode} {k}-shot" + ("" if cache or mode == "letter" else ", no KV reuse")
+                    rows.append((size, str(dtype).replace("torch.", ""), label, qps, lm_tps))
+                same = predicted[("text", True)] == predicted[("text", False)]
+                print(f"  {size} {dtype} {k}-shot: text predictions with and without KV reuse identical: {same}")
             print(f"  {size} {dtype}: done", flush=True)
     print(f"\nMCQ: {len(questions)} questions from {mcq_file.name if mcq_file.is_file() else SAMPLE_MCQ.name}, "
           f"batch 16; LM eval: {eval_file.name}, blocks of 512, batch 8; {machine()}\n")  # fmt: skip
-    print(f"{'model':<7}{'weights':<10}{'MCQ scoring':<15}{'questions/s':>12}{'eval tokens/s':>15}")
+    print(f"{'model':<7}{'weights':<10}{'MCQ scoring':<30}{'questions/s':>12}{'eval tokens/s':>15}")
     for size, dtype, mode, qps, tps in rows:
-        print(f"{size:<7}{dtype:<10}{mode:<15}{qps:>12.1f}{tps:>15,.0f}")
+        print(f"{size:<7}{dtype:<10}{mode:<30}{qps:>12.1f}{tps:>15,.0f}")
 
 
 if __name__ == "__main__":

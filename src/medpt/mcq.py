@@ -196,12 +196,18 @@ def continuation_logprobs(
                     # logits at position t predict token t+1: the continuation is predicted from len(ctx)-1 on
                     rows = logits[row, first : first + len(cont)].float().log_softmax(-1)
                     scores[i] = rows.gather(1, torch.tensor(cont, device=device)[:, None]).sum().item()
+        uncached: list[int] = []  # a model that returns no KV cache: its pairs get full passes, batched
         for ctx, members in prefixed.items():
-            cached = _with_prefix_cache(model, list(ctx), [pairs[i][1] for i in members], pad_id, device)
-            if cached is None:  # a model without a KV cache: score these pairs with full passes
-                rest = [pairs[i] for i in members]
-                cached = continuation_logprobs(model, rest, pad_id, batch_size, prefix_cache=False)
+            cached = None if uncached else _with_prefix_cache(model, list(ctx), [pairs[i][1] for i in members],
+                                                              pad_id, device)  # fmt: skip
+            if cached is None:
+                uncached += members
+                continue
             for i, score in zip(members, cached):
+                scores[i] = score
+        if uncached:
+            full = continuation_logprobs(model, [pairs[i] for i in uncached], pad_id, batch_size, prefix_cache=False)
+            for i, score in zip(uncached, full):
                 scores[i] = score
     return scores
 
@@ -242,7 +248,8 @@ def _with_prefix_cache(
 
 
 def option_logprobs(model: Any, tokenizer: Any, questions: list[Question], shots: list[list[Question]],
-                    modes: list[str], batch_size: int) -> dict[str, list[dict[str, float]]]:  # fmt: skip
+                    modes: list[str], batch_size: int,
+                    prefix_cache: bool = True) -> dict[str, list[dict[str, float]]]:  # fmt: skip
     """log P(continuation | prompt) of every option of each question, per scoring mode: the letter (letter) or the
     option's text (text)."""
     pairs, owners = [], []
@@ -252,7 +259,7 @@ def option_logprobs(model: Any, tokenizer: Any, questions: list[Question], shots
             for letter, text in q.choices.items():
                 pairs.append(split_ids(tokenizer, prompt, letter if mode == "letter" else text))
                 owners.append((qi, mode, letter))
-    scores = continuation_logprobs(model, pairs, tokenizer.pad_token_id, batch_size)
+    scores = continuation_logprobs(model, pairs, tokenizer.pad_token_id, batch_size, prefix_cache)
     out: dict[str, list[dict[str, float]]] = {mode: [{} for _ in questions] for mode in modes}
     for (qi, mode, letter), s in zip(owners, scores):
         out[mode][qi][letter] = s
@@ -267,9 +274,9 @@ def predict(q: Question, logprobs: dict[str, float], mode: str) -> str:
 
 
 def score_questions(model: Any, tokenizer: Any, questions: list[Question], shots: list[list[Question]],
-                    modes: list[str], batch_size: int) -> dict[str, list[str]]:  # fmt: skip
+                    modes: list[str], batch_size: int, prefix_cache: bool = True) -> dict[str, list[str]]:  # fmt: skip
     """The predicted letter of each question, per scoring mode."""
-    logprobs = option_logprobs(model, tokenizer, questions, shots, modes, batch_size)
+    logprobs = option_logprobs(model, tokenizer, questions, shots, modes, batch_size, prefix_cache)
     return {mode: [predict(q, lp, mode) for q, lp in zip(questions, logprobs[mode])] for mode in modes}
 
 
