@@ -146,31 +146,43 @@ def lm(results: dict, which: str) -> dict[str, float]:
 
 
 def table(base: dict, arms: dict[str, dict], walls: dict[str, float]) -> str:
+    """One row per model. An arm's Δ and its 95% CI come from its own eval, which scores the base and the arm on the
+    same blocks (paired bootstrap over blocks); the base row is the base's own eval."""
     b = lm(base, "base")
-    head = ("| model | medical ppl | Δ medical | general ppl | Δ general | general MCQ (95% CI) | medical MCQ (95% CI) "
+    head = ("| model | medical ppl | Δ medical (95% CI) | general ppl | Δ general (95% CI) | general MCQ | medical MCQ "
             "| wall |")  # fmt: skip
     lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     mcq = f"{mcq_cell(base, 'base')} | {mcq_cell(base, 'base', 'medical_cmmlu')}"
-    lines.append(f"| base (pretrained on general text) | {b['medical']:.1f} | | {b['general']:.1f} | | {mcq} "
+    lines.append(f"| base (pretrained on general text) | {b['medical']:,.0f} | | {b['general']:,.0f} | | {mcq} "
                  f"| {walls['base']:.0f} s |")  # fmt: skip
     for name, results in arms.items():
-        a = lm(results, "adapted")
-        lines.append(
-            f"| {name} | {a['medical']:.1f} | {a['medical'] / b['medical'] - 1:+.1%} | {a['general']:.1f} | "
-            f"{a['general'] / b['general'] - 1:+.1%} | {mcq_cell(results, 'adapted')} "
-            f"| {mcq_cell(results, 'adapted', 'medical_cmmlu')} | {walls[name]:.0f} s |"
-        )
+        cells = []
+        for s in ("medical", "general"):
+            r = results["sets"][s]
+            change = r["adapted"]["perplexity"] / r["base"]["perplexity"] - 1
+            low, high = r.get("perplexity_change_ci", (math.nan, math.nan))
+            cells.append(f"{r['adapted']['perplexity']:,.0f} | {change:+.1%} ({low:+.1%}…{high:+.1%})")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {mcq_cell(results, 'adapted')} "
+                     f"| {mcq_cell(results, 'adapted', 'medical_cmmlu')} | {walls[name]:.0f} s |")  # fmt: skip
     return "\n".join(lines)
 
 
-def mcq_cell(results: dict, which: str, bench: str = "general_cmmlu") -> str:
-    """Accuracy (letter scoring) with the 95% CI of the accuracy itself, from the eval suite's JSON."""
+def mcq_cell(results: dict, which: str, bench: str = "general_cmmlu", scoring: str = "text") -> str:
+    """Accuracy from the eval suite's JSON (text scoring: a tiny model's letter scoring is mostly position bias,
+    which moves with every change of the weights): for an arm, with Δ against the base and the 95% CI of that paired
+    difference (bootstrap over questions); for the base, with the 95% Wilson interval of the accuracy."""
     suite = results.get("mcq", {}).get("benchmarks", {}).get(bench)
     if not suite:
         return "n/a"
-    acc = suite["accuracy"][which]["letter"]
-    low, high = acc.get("ci95", (math.nan, math.nan))
-    return f"{acc['overall']:.1%} ({low:.1%}–{high:.1%})"
+    mode = suite["modes"][scoring]
+    acc = mode["accuracy"][which]
+    if which == "adapted" and mode.get("ci"):
+        low, high = mode["ci"]
+        return f"{acc:.1%} (Δ {100 * mode['delta']:+.1f}, CI {100 * low:+.1f}…{100 * high:+.1f})"
+    n, z = suite["questions"], 1.96
+    centre = (acc + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return f"{acc:.1%} ({centre - half:.1%}–{centre + half:.1%})"
 
 
 def main() -> None:
