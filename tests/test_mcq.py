@@ -185,3 +185,14 @@ def test_eval_mcq_end_to_end_with_fewshot(trained_run):
                 scored = row[variant][mode]
                 assert set(scored["logprob"]) == set("ABCD") and scored["predicted"] in "ABCD"
                 assert scored["logprob"][scored["predicted"]] == max(scored["logprob"].values()) or mode == "text"
+
+
+def test_a_prompt_longer_than_the_model_is_cut_from_the_left(tiny):
+    model, tokenizer = tiny
+    q = _synthetic(1, seed=9)[0]
+    shots = [_synthetic(400, seed=10)]  # a prompt far beyond the tiny model's positions
+    logged = []
+    from medpt.mcq import option_logprobs
+
+    out = option_logprobs(model, tokenizer, [q], shots, ["letter"], 4, log=logged.append)
+    assert "cut from the left" in logged[0] and len(out["letter"][0]) == 4

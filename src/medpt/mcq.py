@@ -249,16 +249,25 @@ def _with_prefix_cache(
 
 def option_logprobs(model: Any, tokenizer: Any, questions: list[Question], shots: list[list[Question]],
                     modes: list[str], batch_size: int,
-                    prefix_cache: bool = True) -> dict[str, list[dict[str, float]]]:  # fmt: skip
+                    prefix_cache: bool = True, log: Any = None) -> dict[str, list[dict[str, float]]]:  # fmt: skip
     """log P(continuation | prompt) of every option of each question, per scoring mode: the letter (letter) or the
-    option's text (text)."""
+    option's text (text). A prompt longer than the model's positions is cut from the left, as lm-evaluation-harness
+    does (its first few-shot example loses its beginning; the question stays whole), and counted in a log line."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     pairs, owners = [], []
+    cut = 0
     for qi, (q, qs) in enumerate(zip(questions, shots)):
         prompt = build_prompt(q, qs)
         for mode in modes:
             for letter, text in q.choices.items():
-                pairs.append(split_ids(tokenizer, prompt, letter if mode == "letter" else text))
+                ctx, cont = split_ids(tokenizer, prompt, letter if mode == "letter" else text)
+                if isinstance(limit, int) and len(ctx) + len(cont) > limit:
+                    ctx, cut = ctx[len(ctx) + len(cont) - limit :], cut + 1
+                pairs.append((ctx, cont))
                 owners.append((qi, mode, letter))
+    if cut and log is not None:
+        log(f"  {cut} of {len(pairs)} prompt/option pairs are longer than the model's {limit} positions: their "
+            "prompts were cut from the left (fewer few-shot tokens)")  # fmt: skip
     scores = continuation_logprobs(model, pairs, tokenizer.pad_token_id, batch_size, prefix_cache)
     out: dict[str, list[dict[str, float]]] = {mode: [{} for _ in questions] for mode in modes}
     for (qi, mode, letter), s in zip(owners, scores):

@@ -117,7 +117,7 @@ def score_benchmark(b: LoadedBenchmark, variants: Any, modes: list[str], circula
     for which in variants.names:
         t = time.perf_counter()
         with variants.use(which) as model:
-            logprobs = option_logprobs(model, variants.tokenizer, asked, shots, modes, batch_size)
+            logprobs = option_logprobs(model, variants.tokenizer, asked, shots, modes, batch_size, log=log)
         predicted = {m: [predict(q, lp, m) for q, lp in zip(asked, logprobs[m])] for m in modes}
         scored[which] = {"logprobs": logprobs, "predicted": predicted}
         seconds[which] = round(time.perf_counter() - t, 2)
