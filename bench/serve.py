@@ -210,7 +210,10 @@ def llamacpp(gguf: Path, prompts: list[str], banned: list[int], args: Any) -> li
     port = free_port()
     threads = str(max(1, (os.cpu_count() or 2) - 1))  # as medpt serve: leave a core to the HTTP side
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port",
-               str(port), "--n_ctx", "4096", "--n_threads", threads]  # fmt: skip
+               str(port), "--n_ctx", "4096", "--n_threads", threads,
+               # its default lets every new request cancel the one running (the answer ends after a few tokens);
+               # llama-cpp-python's server then serves requests one at a time, in arrival order
+               "--interrupt_requests", "False"]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with server(command, "Uvicorn running on ", url):
         with urllib.request.urlopen(url + "/v1/models", timeout=60) as response:
