@@ -76,3 +76,15 @@ def test_split_argv_rejects_stray_values_and_missing_values():
         split_argv(["--name", "a", "extra"], _lookup)
     with pytest.raises(MedptError, match="--lr needs a value"):
         split_argv(["--lr"], _lookup)
+
+
+def test_a_bool_that_also_takes_words_reads_the_word():
+    """`--dedup near` (Literal["none", "exact", "near"] | bool): the word is the value; a bare flag is still true."""
+    from medpt.config import load_config
+
+    config = load_config(["--train_file_dir", "x.jsonl", "--dedup", "near", "--model_name_or_path", "m"], "prepare")
+    assert config.data.dedup == "near"
+    config = load_config(["--train_file_dir", "x.jsonl", "--dedup", "--model_name_or_path", "m"], "prepare")
+    assert config.data.dedup == "exact"
+    config = load_config(["--train_file_dir", "x.jsonl", "--dedup", "none"], "prepare")
+    assert config.data.dedup == "none"

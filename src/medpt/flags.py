@@ -70,6 +70,11 @@ def is_bool(tp: Any) -> bool:
     return bool in _members(tp)
 
 
+def _choices(tp: Any) -> tuple[Any, ...]:
+    """The values of the Literal alternatives of a type (`Literal["none", "exact"] | bool` → ("none", "exact"))."""
+    return tuple(v for m in _members(tp) if typing.get_origin(m) is typing.Literal for v in typing.get_args(m))
+
+
 def convert(value: Any, tp: Any, flag: str) -> Any:
     """Convert a command-line string (or a YAML value, already typed) to `tp`; raise MedptError naming the flag."""
     members = _members(tp)
@@ -215,7 +220,8 @@ def split_argv(argv: list[str], lookup: Callable[[str], FlagSpec]) -> tuple[list
             pairs.append((name, inline))
             continue
         if is_bool(spec.type) and not accepts_list(spec.type) and str not in _members(spec.type):
-            if i < len(argv) and argv[i].lower() in _BOOL_WORDS:
+            # a bool that also takes words (`--dedup near`, Literal[...] | bool): the word is its value
+            if i < len(argv) and (argv[i].lower() in _BOOL_WORDS or argv[i] in _choices(spec.type)):
                 pairs.append((name, argv[i]))
                 i += 1
             else:
