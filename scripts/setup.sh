@@ -34,7 +34,9 @@ if [ "${1:-}" = "--dev" ]; then
   # The page test drives the system's Chromium (playwright never downloads a browser here); pip cannot install it.
   if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "installing Debian's chromium for the browser test (about a minute)"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei; } \
+    # bounded: a machine without a reachable package mirror must not stall the setup
+    { timeout 120 apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq chromium fonts-wqy-zenhei; } \
       >/dev/null 2>&1 || echo "chromium is not installed: the browser test will skip"
   fi
 fi
