@@ -165,18 +165,19 @@ def continuation_logprobs(
     device = next(model.parameters()).device
     # a job is one sequence to run, with the (pair, first logit row) it scores
     jobs: dict[tuple[int, ...], list[tuple[int, int]]] = defaultdict(list)
-    prefixed: dict[tuple[int, ...], list[int]] = defaultdict(list)  # context -> pairs with a longer continuation
+    longer: dict[tuple[int, ...], list[int]] = defaultdict(list)  # context -> pairs with a longer continuation
     for i, (ctx, cont) in enumerate(pairs):
         if len(cont) == 1:
             jobs[tuple(ctx)].append((i, len(ctx) - 1))
-        elif prefix_cache:
-            prefixed[tuple(ctx)].append(i)
-    for ctx, members in list(prefixed.items()):
-        if len(members) == 1:  # nothing to share: a plain sequence
-            del prefixed[ctx]
-    for i, (ctx, cont) in enumerate(pairs):
-        if len(cont) > 1 and tuple(ctx) not in prefixed:  # negative tail: never merged with another key
-            jobs[tuple(ctx + cont) + (-1 - i,)].append((i, len(ctx) - 1))
+        else:
+            longer[tuple(ctx)].append(i)
+    prefixed: dict[tuple[int, ...], list[int]] = {}  # the contexts whose continuations share a KV cache
+    for ctx, members in longer.items():
+        if prefix_cache and len(members) > 1:
+            prefixed[ctx] = members
+            continue
+        for i in members:  # a plain sequence each (negative tail: never merged with another key)
+            jobs[ctx + tuple(pairs[i][1]) + (-1 - i,)].append((i, len(ctx) - 1))
     order = sorted(jobs, key=len, reverse=True)
     scores = [0.0] * len(pairs)
     with torch.no_grad():

@@ -126,7 +126,7 @@ def prepare_data(
             lists[NEAR_FILE] = screening.near_dedup(store, n_shards, g, args, log)
         if index is not None:
             block, lists[CONTAMINATION_FILE] = screening.contamination_report(
-                index, [store.meta(i) for i in range(n_shards)], args.decontaminate
+                index, (store.meta(i) for i in range(n_shards)), args.decontaminate
             )
             g.screening["contamination"] = block
         plan = plan_splits(g, args, seed)

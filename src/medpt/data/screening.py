@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -71,7 +71,9 @@ def scan(index: ContaminationIndex, texts: list[str], where: list[str]) -> tuple
     return flagged, hits
 
 
-def contamination_report(index: ContaminationIndex, metas: list[dict[str, Any]], dropped: bool) -> tuple[dict, list]:
+def contamination_report(
+    index: ContaminationIndex, metas: Iterable[dict[str, Any]], dropped: bool
+) -> tuple[dict, list]:
     """The report block and the listing, from every shard's hits (in input order): an item found in several shards
     is listed once, with its first document and the documents of all shards counted."""
     merged: dict[tuple[str, str], dict[str, Any]] = {}
@@ -102,26 +104,28 @@ def near_dedup(store: Any, n_shards: int, g: Any, args: DataArguments, log: Call
     return the listing: each dropped document with the one it resembles."""
     listing: list[dict[str, Any]] = []
     for name in g.names:
-        texts: list[str] = []
-        where: list[str] = []
-        n_validation = 0
-        for split in ("validation", "train"):
-            for i in range(n_shards):
-                meta = store.meta(i)
-                if meta["name"] != name:
-                    continue
-                texts += meta["texts"][split]
-                where += [f"{meta['input']['source']}:{line}" for line in meta["lines"][split]]
-            if split == "validation":
-                n_validation = len(texts)
-        if len(texts) - n_validation == 0:
+        # one pass over the shards per source (a meta holds its shard's texts: reading it is the cost)
+        texts: dict[str, list[str]] = {"validation": [], "train": []}
+        where: dict[str, list[str]] = {"validation": [], "train": []}
+        for i in range(n_shards):
+            meta = store.meta(i)
+            if meta["name"] != name:
+                continue
+            for split in texts:
+                texts[split] += meta["texts"][split]
+                where[split] += [f"{meta['input']['source']}:{line}" for line in meta["lines"][split]]
+        n_validation = len(texts["validation"])
+        if not texts["train"]:
             continue
-        found = near_duplicates(texts, threshold=args.near_dup_threshold, seed=0)
-        drop = sorted(i - n_validation for i, _ in found.dropped if i >= n_validation)
+        everything = texts["validation"] + texts["train"]
+        places = where["validation"] + where["train"]
+        found = near_duplicates(everything, threshold=args.near_dup_threshold, seed=0)
+        dropped = [(i, k) for i, k in found.dropped if i >= n_validation]  # validation documents are never dropped
+        drop = [i - n_validation for i, _ in dropped]
         listing += [
-            {"source": name, "dropped": where[i], "kept": where[k], "kept_split": "validation" if k < n_validation
-             else "train"}
-            for i, k in found.dropped if i >= n_validation
+            {"source": name, "dropped": places[i], "kept": places[k],
+             "kept_split": "validation" if k < n_validation else "train"}
+            for i, k in dropped
         ]  # fmt: skip
         table = g.tables[(name, "train")]
         keep = np.ones(len(table), bool)

@@ -34,6 +34,7 @@ from medpt.args import DataArguments
 from medpt.data.parallel import Workers
 from medpt.data.reading import ReadResult, ReadTask, peek_format, read_source
 from medpt.data.records import FileSource, HubSource, HubStream
+from medpt.data.screening import scan
 from medpt.data.sources import SourceFile
 from medpt.data.templates import RenderedBatch
 from medpt.data.tokenize import CHUNK, ROLE_SAMPLE_EVERY, TokenizerInfo, encode_task
@@ -199,8 +200,6 @@ class Selector:
         hits: list[dict[str, Any]] = []
         flagged = np.zeros(0, np.int64)
         if self.contamination is not None and to_train.any():
-            from medpt.data.screening import scan
-
             train = np.flatnonzero(to_train)
             mask, hits = scan(self.contamination, [result.docs.texts[i] for i in train],
                               [f"{result.source}:{result.lines[i]}" for i in train])  # fmt: skip
