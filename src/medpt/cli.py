@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from medpt import __version__
 from medpt.args import DemoArguments, DownloadArguments, InitTinyArguments, ReportArguments
-from medpt.errors import MedptError, user_os_error
+from medpt.errors import MedptError, user_message
 from medpt.flags import FlagSpec, closest, convert, format_help, specs_of, split_argv
 
 
@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         hint = closest(name, COMMANDS)
         return _fail(f"unknown command {name!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+    from medpt.rundir import forget_claims
+
+    forget_claims()
+    # The one exception boundary: a user's mistake, a full disk, a limit or the system is one line; a bug a traceback.
     try:
         return _run(name, COMMANDS[name], rest)
     except MedptError as e:
@@ -76,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medpt: interrupted", file=sys.stderr)
         return 130
-    except OSError as e:
-        message = user_os_error(e)
+    except Exception as e:
+        message = user_message(e)
         if message is None:
             raise
         return _fail(message)

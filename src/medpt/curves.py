@@ -3,17 +3,11 @@ per-set perplexity from metrics.jsonl, and the multiple-choice differences with 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-def read_metrics(path: str | Path) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
-        return []
-    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+from medpt.atomic import read_log
 
 
 def _series(rows: list[dict], keep: Callable[[str], str | None]) -> dict[str, list[tuple[int, float]]]:
@@ -35,7 +29,7 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "")
             return "train loss"
         return key if key.startswith("eval_") and key.endswith("loss") else None
 
-    series = _series(read_metrics(metrics_path), keep)
+    series = _series(read_log(metrics_path), keep)
     return _draw(series, png_path, title, "loss (nats / token)") if series else None
 
 
@@ -49,7 +43,7 @@ def plot_forgetting(metrics_path: str | Path, png_path: str | Path, title: str =
             return key.removeprefix("eval_").removesuffix("_perplexity")
         return None
 
-    series = _series(read_metrics(metrics_path), keep)
+    series = _series(read_log(metrics_path), keep)
     if len(series) < 2:
         return None
     return _draw(series, png_path, title or "held-out perplexity per set", "perplexity (log scale)", log=True)

@@ -6,6 +6,7 @@ The CLI prints these as a one-line message and exits with status 2; anything els
 from __future__ import annotations
 
 import errno
+import re
 
 
 class MedptError(Exception):
@@ -42,24 +43,86 @@ _OS_ADVICE = {
     errno.ENOENT: "no such file or folder",
     errno.ENAMETOOLONG: "file name too long",
     errno.EMFILE: "too many open files",
+    errno.ELOOP: "too many levels of symbolic links (a link that points to itself?)",
+    errno.EBUSY: "busy (a mount point, or in use by the system)",
+    errno.EFBIG: "file too large for this file system",
 }
+# How libraries report a full disk without an errno (matched in the message): safetensors' SafetensorError (Rust's
+# "No space left on device" / StorageFull), torch.save's RuntimeError from inline_container.cc, numpy's
+# tofile/save ("N requested and M written"), and anything that quotes the OS's own words.
+_DISK_FULL_WORDS = re.compile(
+    r"No space left on device|StorageFull|Disk quota exceeded|PytorchStreamWriter failed writing|file write failed"
+    r"|\d+ requested and \d+ written"
+)
+# torch's CPU allocator reports an allocation it could not make as a RuntimeError.
+_OUT_OF_MEMORY_WORDS = re.compile(r"DefaultCPUAllocator: (can't allocate memory|not enough memory)")
+
+
+def user_message(e: BaseException) -> str | None:
+    """The one-line message for an exception a user, a full disk, a limit or the system can cause; None for anything
+    else (a bug: it keeps its traceback). The CLI's one exception boundary: add a branch per kind of error."""
+    if _disk_full(e):
+        return _disk_full_message(e)
+    if isinstance(e, OSError):
+        return user_os_error(e)
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and _OUT_OF_MEMORY_WORDS.search(str(e))):
+        return (
+            "out of memory: an allocation failed (the machine's RAM, or a limit such as `ulimit -v`); use a smaller "
+            "--per_device_train_batch_size, --block_size or model, or raise the limit"
+        )
+    return None
+
+
+def _disk_full(e: BaseException) -> bool:
+    for link in _chain(e):
+        if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(link, (OSError, RuntimeError)) or type(link).__name__ == "SafetensorError":
+            if _DISK_FULL_WORDS.search(str(link)):
+                return True
+    return False
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """The exception and those it was raised from or during (a library may wrap the OSError)."""
+    seen: list[BaseException] = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
+
+
+def _disk_full_message(e: BaseException) -> str:
+    """`FOLDER: no space left on the device (N MiB free there); ...`, FOLDER being the one medpt was writing when the
+    error was raised (medpt.atomic tags it), else the failing file's."""
+    import shutil
+    from pathlib import Path
+
+    folder = next((getattr(x, "medpt_folder", None) for x in _chain(e) if getattr(x, "medpt_folder", None)), None)
+    filename = next((x.filename for x in _chain(e) if isinstance(x, OSError) and x.filename), None)
+    quota = any(isinstance(x, OSError) and x.errno == errno.EDQUOT for x in _chain(e))
+    where = Path(folder) if folder else Path(str(filename)).parent if filename else None
+    probe = where if where is not None else Path(".")
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    return (
+        f"{where if where is not None else 'a file'}: {_OS_ADVICE[errno.EDQUOT if quota else errno.ENOSPC]} "
+        f"({free / 2**20:,.0f} MiB free there); free some space or choose a folder on another disk. What medpt "
+        "had written before is intact: rerun the same command once there is room"
+    )
 
 
 def user_os_error(e: OSError) -> str | None:
     """The one-line message for an OSError a user can cause, or None for anything else."""
     if e.errno not in _OS_ADVICE:
         return None
-    where = e.filename if e.filename is not None else "a file"
-    message = f"{where}: {_OS_ADVICE[e.errno]}"
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        import shutil
-        from pathlib import Path
-
-        folder = Path(str(e.filename)).parent if e.filename else Path(".")
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        free = shutil.disk_usage(folder).free
-        message += f" ({free / 2**20:,.0f} MiB free there); free some space or choose a folder on another disk"
-    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return _disk_full_message(e)
+    where = e.filename if e.filename is not None else getattr(e, "medpt_folder", None) or "a file"
+    message = f"{where}: {_OS_ADVICE[e.errno]}"
+    if e.filename2 is not None:
+        message = f"{e.filename} -> {e.filename2}: {_OS_ADVICE[e.errno]}"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         message += "; choose a folder you can write to"
     return message

@@ -128,13 +128,19 @@ def run_eval(config: Any) -> int:
 def evaluate_run(config: Any, log: Any = print) -> dict[str, Any]:
     """Base vs adapted on the run's held-out split, each --eval_sets entry, the multiple-choice benchmarks and
     generated answers; results (JSON and Markdown) in RUN/eval."""
+    from medpt.rundir import claim_dir, holding, inputs_of
+
+    out = config.beside_adapter("eval")
+    with holding(out, "eval", inputs=inputs_of(config)):
+        claim_dir(out, "eval", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
+        return _evaluate(config, out, log)
+
+
+def _evaluate(config: Any, out: Any, log: Any) -> dict[str, Any]:
     from medpt.adapter import load_variants
     from medpt.atomic import atomic_write_text
     from medpt.mcq_suite import load_benchmarks
-    from medpt.rundir import claim_dir, inputs_of
 
-    out = config.beside_adapter("eval")
-    claim_dir(out, "eval", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
     sets, train = _prepared_sets(config)
     # every question file is read (and checked) before the model is loaded
     benchmarks = load_benchmarks(config, log) if _has_mcq(config.eval) else []

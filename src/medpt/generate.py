@@ -131,14 +131,15 @@ def read_question_list(gen: Any) -> list[str]:
 def run_compare(config: Any, log: Callable[[str], None] = print) -> int:
     """`medpt compare`: base and adapted answers side by side (in RUN/compare unless --output_dir)."""
     from medpt.adapter import load_variants
-    from medpt.rundir import claim_dir, inputs_of
+    from medpt.rundir import claim_dir, holding, inputs_of
 
     if not config.eval.adapter:
         raise MedptError("compare needs --adapter (a medpt run or a PEFT adapter folder)")
     questions = read_question_list(config.generate)
     out = config.beside_adapter("compare")
-    claim_dir(out, "compare", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
-    compare_answers(config, load_variants(config, log), questions, out, log)
+    with holding(out, "compare", inputs=inputs_of(config)):
+        claim_dir(out, "compare", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
+        compare_answers(config, load_variants(config, log), questions, out, log)
     return 0
 
 

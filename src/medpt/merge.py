@@ -12,6 +12,8 @@ from typing import Any
 
 from medpt.errors import MedptError
 
+_SMALL_FILES = 1 << 20  # config.json, generation_config.json, the shard index, medpt_merge.json, the manifest
+
 
 @dataclass
 class Merged:
@@ -45,14 +47,14 @@ def run_merge(config: Any, log: Any = print) -> int:
     out = check_output("output_dir", config.run.output_dir, inputs_of(config))
     # The merged model replaces the folder as a whole (one rename), so it must hold nothing medpt did not write.
     check_replaceable(out, "merge", config.run.overwrite_output_dir, "a merged model")
-    merged = merge_adapter(config, adapter, out.parent, log)
+    merged = merge_adapter(config, adapter, out, log)
     with atomic_dir(out) as tmp:
         save_merged(merged, tmp, "merge")
     log(f"merged model: {out}")
     return 0
 
 
-def merge_adapter(config: Any, adapter: Path, out_parent: Path, log: Any = print, dtype: Any = None) -> Merged:
+def merge_adapter(config: Any, adapter: Path, out: Path, log: Any = print, dtype: Any = None) -> Merged:
     """Check the adapter and its base (weights finite, the base it was trained on, room on disk), then load both
     and fold the adapter in. `dtype` overrides --torch_dtype / the base's saved dtype."""
     from peft import PeftModel
@@ -60,7 +62,7 @@ def merge_adapter(config: Any, adapter: Path, out_parent: Path, log: Any = print
     from medpt.adapter import base_model_name, check_adapter_weights, check_base, run_tokenizer_dir
     from medpt.atomic import check_free_space
     from medpt.hub import resolve_local
-    from medpt.model import MODEL_FILES, load_model, load_tokenizer
+    from medpt.model import MODEL_FILES, TOKENIZER_FILES, load_model, load_tokenizer
 
     m = config.model
     base_name = base_model_name(m.model_name_or_path, adapter)
@@ -68,12 +70,15 @@ def merge_adapter(config: Any, adapter: Path, out_parent: Path, log: Any = print
     check_base(m, adapter, base_name, config.eval.allow_base_mismatch, log)
     local = resolve_local(base_name, MODEL_FILES, m.revision, m.cache_dir)
     dtype = dtype or merge_dtype(m.torch_dtype, local)
+    tokenizer_dir = run_tokenizer_dir(m, adapter, base_name)
     weights = sum(f.stat().st_size for f in local.glob("*.safetensors"))
-    check_free_space(out_parent, weights * _bytes(dtype) // _bytes(merge_dtype(None, local)), "the merged model")
+    # The tokenizer's files too: a large vocabulary's tokenizer.json is tens of MB, and a tiny model's weights are less.
+    tokenizer_bytes = sum(f.stat().st_size for name in TOKENIZER_FILES if (f := tokenizer_dir / name).is_file())
+    needed = weights * _bytes(dtype) // _bytes(merge_dtype(None, local)) + tokenizer_bytes + _SMALL_FILES
+    check_free_space(out, needed, "the merged model")  # out, or the nearest folder above it that exists
     log(f"merging {adapter} into {base_name} ({dtype})")
     base = load_model(m, dtype, name=base_name)
     model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    tokenizer_dir = run_tokenizer_dir(m, adapter, base_name)
     tokenizer = load_tokenizer(str(tokenizer_dir), m.trust_remote_code)
     return Merged(model, tokenizer, tokenizer_dir, base_name, adapter, dtype)
 

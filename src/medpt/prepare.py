@@ -8,7 +8,7 @@ from typing import Any
 
 from medpt.data.pipeline import prepare_data
 from medpt.model import check_block_size, tokenizer_source
-from medpt.rundir import claim_dir, claim_file, inputs_of
+from medpt.rundir import claim_dir, claim_file, holding, inputs_of
 
 
 def run_prepare(config: Any) -> int:
@@ -16,9 +16,10 @@ def run_prepare(config: Any) -> int:
     inputs = inputs_of(config)
     check_block_size(config.model, config.data.block_size)
     out = Path(config.run.output_dir)
-    claim_dir(out, "prepare", inputs=inputs, overwrite=config.run.overwrite_output_dir)
-    if config.data.dump_text:
-        claim_file(config.data.dump_text, "prepare", flag="dump_text", inputs=inputs)
-    prepare_data(config.data, source, config.run.seed, out, hub_cache_dir=config.model.cache_dir)
-    print(f"configuration: {config.save(out)}")
+    with holding(out, "prepare", inputs=inputs):
+        claim_dir(out, "prepare", inputs=inputs, overwrite=config.run.overwrite_output_dir)
+        if config.data.dump_text:
+            claim_file(config.data.dump_text, "prepare", flag="dump_text", inputs=inputs)
+        print(f"configuration: {config.save(out)}")  # first: a stopped run still says how it was made
+        prepare_data(config.data, source, config.run.seed, out, hub_cache_dir=config.model.cache_dir)
     return 0

@@ -220,20 +220,23 @@ def run_report(args: Any) -> int:
 
 def write_report(run: Path, out: Path | None = None, log: Any = print) -> tuple[Path, Path]:
     from medpt.atomic import atomic_write_text
-    from medpt.rundir import RunDir, claim_dir
+    from medpt.rundir import RunDir, claim_dir, holding
 
     if not run.is_dir():
         raise MedptError(f"{run}: no such run folder")
     out = out or run
     tune = RunDir.open(run).kind == "tune"
-    claim_dir(out, "report", writes=(REPORT_HTML, REPORT_MD, REPORT_CURVE, FORGETTING_CHART, REPORT_DELTAS))
-    if tune:
-        markdown_text, html_text = tune_report(run, out)
-    else:
-        facts = gather(run, out)
-        markdown_text, html_text = markdown(run, facts), page(run, facts)
-    html_path, md_path = out / REPORT_HTML, out / REPORT_MD
-    atomic_write_text(html_path, html_text)
-    atomic_write_text(md_path, markdown_text)
+    if not tune and not (run / CONFIG_FILE).is_file():  # before anything is written there
+        raise MedptError(f"{run} is not a medpt run (no {CONFIG_FILE})")
+    with holding(out, "report"):
+        claim_dir(out, "report", writes=(REPORT_HTML, REPORT_MD, REPORT_CURVE, FORGETTING_CHART, REPORT_DELTAS))
+        if tune:
+            markdown_text, html_text = tune_report(run, out)
+        else:
+            facts = gather(run, out)
+            markdown_text, html_text = markdown(run, facts), page(run, facts)
+        html_path, md_path = out / REPORT_HTML, out / REPORT_MD
+        atomic_write_text(html_path, html_text)
+        atomic_write_text(md_path, markdown_text)
     log(f"report: {html_path} (and {md_path.name})")
     return html_path, md_path

@@ -1,8 +1,11 @@
 """The run directory: what medpt writes where, and the rule that medpt removes or replaces only what it wrote.
 
 Every folder medpt writes into holds a manifest, `.medpt-manifest.json`, naming each top-level entry medpt created
-there and the command that created it. A name is recorded *before* the entry is written, so a crash never leaves a
-medpt file the manifest does not know. From that:
+there and the command that created it. A name is recorded right before the entry is written, by the writer
+(medpt.atomic tells `_record_write` about every write into a folder this process claimed), never earlier: a crash
+never leaves a medpt file the manifest does not know, nor a name in it for a file medpt never wrote (which a later
+--overwrite would delete although it is the user's). A temporary file of medpt's writer is medpt's too, whether its
+writer runs or was killed (medpt.atomic.is_leftover): it never makes a folder look foreign. From that:
 
 1. `--overwrite_output_dir` / `--overwrite` remove exactly the manifest's entries; anything else in the folder (your
    notes, your data) stays.
@@ -13,24 +16,27 @@ medpt file the manifest does not know. From that:
    tokenizer, a cache) is refused, naming both paths. The one exception is the intended layout of a run: `eval`,
    `compare`, `verify` and `report` write *inside* the adapter's run directory (RUN/eval, RUN/compare, ...).
 
+5. One process writes a folder at a time (`lock_folder`): a second `medpt train` into a run being trained is refused.
+
 The file names of a run are defined here, once; other modules import them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fnmatch
 import glob
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medpt import __version__
-from medpt.atomic import atomic_write_text
+from medpt import __version__, atomic
+from medpt.atomic import atomic_write_text, is_leftover
 from medpt.errors import MedptError
 
 MANIFEST = ".medpt-manifest.json"
@@ -68,9 +74,8 @@ BEST_CONFIG = "best.yaml"  # runs as `medpt train DIR/best.yaml`
 TRIALS_CSV, TRIALS_MD = "trials.csv", "trials.md"
 TUNE_HISTORY, TUNE_IMPORTANCE = "tune_history.png", "tune_importance.png"
 
-# What each command writes at the top of its output folder. Names are recorded in the manifest when the folder is
-# claimed; patterns (checkpoint-*) only guard against overwriting a foreign entry, and each concrete name is recorded
-# when it is created.
+# What each command writes at the top of its output folder: claim_dir refuses a folder where one of these (or a name
+# matching a pattern: checkpoint-*) exists and medpt did not write it. Each name is recorded when it is written.
 TRAINER_FILES = (
     "train_results.json", "eval_results.json", "all_results.json", "trainer_state.json", "training_args.bin",
     "runs", "README.md",
@@ -151,9 +156,9 @@ class RunDir:
     def present(self) -> list[str]:
         if not self.path.is_dir():
             return []
-        # The manifest, and the temporary file another process is replacing it with at this moment (atomic_writer:
-        # `.medpt-manifest.json.pid...tmp`), are the folder's bookkeeping, not its contents.
-        return sorted(p.name for p in self.path.iterdir() if not p.name.startswith(MANIFEST))
+        # The manifest is the folder's bookkeeping; the writer's temporary names (`..medpt-manifest.json.pid...tmp`,
+        # a killed run's `.adapter_model.safetensors.pid...tmp`) are medpt's work in progress or leftovers.
+        return sorted(p.name for p in self.path.iterdir() if p.name != MANIFEST and not is_leftover(p.name))
 
     def foreign(self) -> list[str]:
         """Entries of the folder that medpt did not write."""
@@ -164,7 +169,7 @@ class RunDir:
         return [name for name in self.present() if name in self.entries]
 
     def record(self, names: Iterable[str], command: str) -> None:
-        """Add names to the manifest, before they are written."""
+        """Add names to the manifest, right before they are written."""
         new = {n: command for n in names if self.entries.get(n) != command}
         if not new and (self.path / MANIFEST).is_file():
             return
@@ -323,6 +328,36 @@ def inputs_of(config: Any) -> Inputs:
 
 
 # --- claiming an output ---------------------------------------------------------------------------------------------
+# Folders (and single files) this process claimed, with the command writing them: medpt.atomic reports every write,
+# and `_record_write` records its name in the manifest of the claimed folder it lands in, right before it is written.
+_claims: dict[Path, tuple[str, bool]] = {}  # resolved path -> (command, is a single file)
+
+
+def forget_claims() -> None:
+    """Start a command with no claims (the CLI calls this: one process may run several commands, e.g. the tests)."""
+    _claims.clear()
+
+
+def _record_write(path: Path) -> None:
+    if not _claims:
+        return
+    path = path.parent.resolve() / path.name
+    claim = _claims.get(path)
+    if claim is not None and claim[1]:
+        RunDir.open(path.parent).record([path.name], claim[0])
+        return
+    for folder in path.parents:
+        claim = _claims.get(folder)
+        if claim is not None and not claim[1]:
+            name = path.relative_to(folder).parts[0]
+            if name != MANIFEST and not is_leftover(name):
+                RunDir.open(folder).record([name], claim[0])
+            return
+
+
+atomic.observe_writes(_record_write)
+
+
 def claim_dir(
     path: str | os.PathLike,
     command: str,
@@ -335,8 +370,9 @@ def claim_dir(
 ) -> RunDir:
     """Make `path` this command's output folder, or refuse before anything is written.
 
-    `writes` are the top-level names the command will write (recorded now); `patterns` name entries it creates later
-    (each recorded when created). With `overwrite`, medpt's own earlier entries are removed first."""
+    `writes` are the top-level names the command may write and `patterns` the names it creates later (checkpoint-*):
+    one that exists and that medpt did not write is refused. Nothing is recorded here: each name is, when written.
+    With `overwrite`, medpt's own earlier entries are removed first."""
     out = check_output(flag, path, inputs or Inputs())
     if out.exists() and not out.is_dir():
         raise MedptError(f"--{flag} {path} is a file, not a folder: pass a folder path")
@@ -356,22 +392,52 @@ def claim_dir(
             f"{'it' if len(clashes) == 1 else 'them'}; move {'it' if len(clashes) == 1 else 'them'} away or choose "
             "another --" + flag
         )
-    if overwrite and run.owned():
-        removed = run.remove_owned()
-        print(f"--overwrite: removed medpt's earlier output in {path}: {_names(removed)}")
     allowed = (None, command, *REPLACES.get(command, ()))
     foreign_to_command = [n for n in writes if run.entries.get(n) not in allowed and (out / n).exists()]
-    if foreign_to_command:
+    if foreign_to_command and not overwrite:
         owner = run.entries[foreign_to_command[0]]
         raise MedptError(
             f"--{flag} {path}: {_names(foreign_to_command)} belong{'s' if len(foreign_to_command) == 1 else ''} to "
             f"`medpt {owner}`, which `medpt {command}` does not replace; pass --overwrite_output_dir to replace that "
             "output as a whole, or choose another --" + flag
         )
-    _make_dir(out, flag)
-    _register_in_parent(out, command)
-    run.record(writes, command)
+    if overwrite and run.owned():
+        removed = run.remove_owned()
+        print(f"--overwrite: removed medpt's earlier output in {path}: {_names(removed)}")
+    _create(out, command, flag)
+    atomic.remove_stale_leftovers(out)
+    _claims[out] = (command, False)
     return run
+
+
+@contextlib.contextmanager
+def holding(
+    path: str | os.PathLike, command: str, *, flag: str = "output_dir", inputs: Inputs | None = None
+) -> Iterator[Path]:
+    """Hold the output folder (created if needed) while the command writes it; refuse in one line while another
+    process holds it: two `medpt train` into one folder would log every step twice and save the same files at once.
+    Take it before claim_dir, whose --overwrite removes files. The lock dies with its process (atomic.PathLock)."""
+    out = check_output(flag, path, inputs or Inputs())
+    _create(out, command, flag)
+    lock = atomic.PathLock(out)
+    if not lock.acquire(wait=False):
+        raise MedptError(
+            f"--{flag} {path} is being written by another medpt process; wait for it to finish (or stop it), or "
+            f"choose another --{flag}"
+        )
+    try:
+        yield out
+    finally:
+        lock.release()
+
+
+def _create(out: Path, command: str, flag: str) -> None:
+    if out.exists() and not out.is_dir():
+        raise MedptError(f"--{flag} {out} is a file, not a folder: pass a folder path")
+    if not out.is_dir():
+        atomic.before_write(out)  # a folder made inside a claimed one is recorded there, like a file
+        _register_in_parent(out, command)
+    _make_dir(out, flag)
 
 
 def check_replaceable(out: Path, command: str, overwrite: bool, what: str) -> None:
@@ -386,7 +452,8 @@ def check_replaceable(out: Path, command: str, overwrite: bool, what: str) -> No
 
 
 def claim_file(path: str | os.PathLike, command: str, *, flag: str, inputs: Inputs | None = None) -> Path:
-    """A single output file: replaced only if medpt wrote it (per its folder's manifest)."""
+    """A single output file: replaced only if medpt wrote it (per its folder's manifest), and never one of the files
+    a command of this process writes in the folder it claimed (`--dump_text RUN/data_report.json`)."""
     out = check_output(flag, path, inputs or Inputs(), is_file=True)
     if out.is_dir():
         raise MedptError(f"--{flag} {path} is a folder; pass a file path")
@@ -399,9 +466,18 @@ def claim_file(path: str | os.PathLike, command: str, *, flag: str, inputs: Inpu
         )
     if owner not in (None, command):
         raise MedptError(f"--{flag} {path} belongs to `medpt {owner}`; `medpt {command}` does not replace it")
+    folder = _claims.get(out.parent)
+    if folder is not None and not folder[1] and _written_by(folder[0], out.name):
+        raise MedptError(
+            f"--{flag} {path}: `medpt {folder[0]}` writes its own {out.name} in {out.parent}; choose another name"
+        )
     _make_dir(out.parent, flag)
-    parent.record([out.name], command)
+    _claims[out] = (command, True)
     return out
+
+
+def _written_by(command: str, name: str) -> bool:
+    return name in WRITES.get(command, ()) or any(fnmatch.fnmatch(name, p) for p in PATTERNS.get(command, ()))
 
 
 def _register_in_parent(out: Path, command: str) -> None:

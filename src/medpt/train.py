@@ -1,18 +1,21 @@
 """`medpt train`: continued pretraining with LoRA (or QLoRA, or full fine-tuning) on transformers.Trainer.
 
-Reads top to bottom: training arguments → checks that need nothing loaded (paths, block size, target modules) → where
-to start (fresh or resume) → data → model → trainer → train → evaluate → save a self-describing output directory.
+Reads top to bottom: training arguments → checks that need nothing loaded (paths, block size, target modules) → hold
+the output folder → where to start (fresh or resume) → the run's description (config, base, arguments: a run stopped
+at any later point is still a run) → data → model → trainer → train → evaluate → save the adapter and results, with
+all_results.json last: it marks the run finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from medpt.atomic import atomic_write_text
+from medpt.atomic import atomic_write_text, cut_log, make_dir, read_log, replace, writing_into
 from medpt.config import Config
 from medpt.curves import plot_losses
 from medpt.errors import MedptError
@@ -40,6 +43,8 @@ from medpt.rundir import (
     RunDir,
     checkpoints,
     claim_dir,
+    claim_file,
+    holding,
     inputs_of,
 )
 
@@ -57,20 +62,31 @@ def train(config: Config, log: Any = print, callbacks: tuple[Any, ...] = ()) -> 
     out = Path(args.output_dir)
     # 1. What needs nothing loaded: the model's limits (from its config.json), then the paths.
     check_before_loading(config)
+    # 2. One process trains into a folder at a time (the main process of a distributed run holds it for all).
+    main = args.process_index == 0
+    with holding(out, "train", inputs=inputs_of(config)) if main else contextlib.nullcontext():
+        return _train(config, args, out, log, callbacks)
+
+
+def _train(config: Config, args: Any, out: Path, log: Any, callbacks: tuple[Any, ...]) -> int:
     with args.main_process_first(desc="check the output directory"):  # only the main process writes the manifest
         resume = starting_point(config, out, log, claim=args.process_index == 0)
+        if args.process_index == 0:
+            describe_run(config, args, out)
 
-    # 2. Data: the main process prepares (or finds the cache) first; the others then read the same cache.
+    # 3. Data: the main process prepares (or finds the cache) first; the others then read the same cache.
     with args.main_process_first(desc="prepare data"):
         data, eval_sets = prepare_all(config, out, log)
     if data.train is None:
         raise MedptError("no training blocks were prepared; see data_report.json")
 
-    # 3. Model and trainer.
+    # 4. Model and trainer.
     model, tokenizer = build_model(config, args, log)
     trainer = build_trainer(config, args, model, tokenizer, data, eval_sets)
     for callback in callbacks:
         trainer.add_callback(callback)
+    if "tensorboard" in (args.report_to or []) and args.process_index == 0:
+        make_dir(out / "runs")  # TensorBoard's folder (transformers' default_logdir): recorded before it is written
 
     log(
         f"training: {len(data.train):,} blocks of {config.data.block_size} tokens, "
@@ -157,8 +173,10 @@ def training_arguments(config: Config) -> Any:
 
 
 def starting_point(config: Config, out: Path, log: Any, claim: bool = True) -> str | None:
-    """Resume, start fresh, or refuse to clobber an existing run. Claims the output folder (medpt.rundir): nothing
-    medpt did not write there is touched, and only checkpoints medpt wrote are resumed from."""
+    """Resume, start fresh, or refuse to clobber a finished run (one with all_results.json, the last file a run
+    writes). Claims the output folder (medpt.rundir): nothing medpt did not write there is touched, and only
+    checkpoints medpt wrote are resumed from. A run stopped before it finished (a kill, Ctrl-C, a full disk) resumes
+    from its last checkpoint, or starts over without one: the same command continues it."""
     choice = (config.run.resume_from_checkpoint or "").strip()
     if choice.lower() in ("no", "false", "none", "null"):
         choice = "no"
@@ -169,18 +187,22 @@ def starting_point(config: Config, out: Path, log: Any, claim: bool = True) -> s
     resume_last = last is not None and (choice == "auto" or (choice == "" and not overwrite))
     if claim:
         claim_dir(out, "train", inputs=inputs_of(config), overwrite=overwrite and not resume_last)
+        if config.data.dump_text:
+            claim_file(config.data.dump_text, "train", flag="dump_text", inputs=inputs_of(config))
+        shutil.rmtree(out / STAGING, ignore_errors=True)  # what a stopped save left half-written (held: no writer)
     if choice not in ("", "auto", "no"):
         if not Path(choice).is_dir():
             raise MedptError(f"--resume_from_checkpoint {choice}: no such checkpoint directory")
         return _resume(out, choice, log)
     if resume_last:
         return _resume(out, last, log)
-    finished = [n for n in RunDir.open(out).owned() if n in (ADAPTER_WEIGHTS, "model.safetensors", "all_results.json")]
+    finished = "all_results.json" in RunDir.open(out).owned()
     if finished or checkpoints(out):
         raise MedptError(
-            f"{out} already holds a run ({', '.join(finished or ['checkpoints'])}); pass --overwrite_output_dir to "
+            f"{out} already holds a run ({'finished' if finished else 'checkpoints'}); pass --overwrite_output_dir to "
             "replace it, --resume_from_checkpoint auto to continue it, or another --output_dir"
         )
+    cut_log(out / METRICS, 0)  # a stopped run without a checkpoint starts over: so does its log
     return None
 
 
@@ -197,17 +219,27 @@ def _last_checkpoint(out: Path) -> str | None:
 
 
 def _resume(out: Path, checkpoint: str, log: Any) -> str:
-    """Resuming replays the steps after the checkpoint: drop their earlier log lines, so metrics.jsonl holds each step
-    once (the resumed run logs them again)."""
-    step = _step(checkpoint)
-    metrics = out / METRICS
-    if step >= 0 and metrics.is_file():
-        lines = [line for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-        if len(kept) != len(lines):
-            atomic_write_text(metrics, "".join(line + "\n" for line in kept))
-            log(f"resuming from {checkpoint}: {len(lines) - len(kept)} log line(s) after step {step} are redone")
+    """Resuming replays what came after the checkpoint: drop the log lines written after it was saved, so
+    metrics.jsonl holds each log event once (the resumed run logs them again). The checkpoint's trainer state counts
+    the log events before it (one metrics.jsonl line each); a step number would not tell the evaluation and summary
+    lines logged at the checkpoint's own step after it was saved."""
+    state = Path(checkpoint) / "trainer_state.json"
+    try:
+        keep = len(json.loads(state.read_text(encoding="utf-8"))["log_history"])
+    except (OSError, ValueError, KeyError, TypeError):  # not a checkpoint medpt wrote: keep the steps up to it
+        keep = sum(1 for row in read_log(out / METRICS) if row.get("step", 0) <= _step(checkpoint))
+    dropped = cut_log(out / METRICS, keep)
+    if dropped:
+        log(f"resuming from {checkpoint}: {dropped} log line(s) written after it are redone")
     return checkpoint
+
+
+def describe_run(config: Config, args: Any, out: Path) -> None:
+    """The resolved configuration, the base model's fingerprint and the training arguments, written before any work,
+    so a run stopped at any point describes itself (eval, merge, report and the same command read them)."""
+    config.save(out)
+    _record_base(config, out)
+    atomic_write_text(out / TRAINING_ARGS, args.to_json_string())
 
 
 def prepare_all(config: Config, out: Path, log: Any) -> tuple[Any, dict[str, Any]]:
@@ -293,40 +325,51 @@ def build_trainer(config: Config, args: Any, model: Any, tokenizer: Any, data: A
 
 
 def finish(config: Config, trainer: Any, result: Any, out: Path, resumed: str | None, log: Any) -> None:
-    """Save the adapter (or model), tokenizer, metrics, config and curves: everything eval/merge/chat need."""
+    """Save the adapter (or model), tokenizer, metrics and curves: everything eval/merge/chat need. all_results.json
+    comes last: it marks the run finished (starting_point), so a run stopped before it is continued, not refused."""
     metrics = dict(result.metrics)
     if resumed:
         metrics.update(whole_run_train_loss(out / METRICS, _step(resumed), metrics["train_loss"], trainer.state))
     save_final(trainer, out)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
+    trainer.save_metrics("train", metrics, combined=False)
+    results = dict(metrics)
     if trainer.eval_dataset is not None and trainer.args.do_eval:
         # With named eval sets (a dict) Trainer.evaluate scores each one under eval_<name>_ itself.
-        trainer.save_metrics("eval", trainer.evaluate())
+        evaluation = trainer.evaluate()
+        trainer.save_metrics("eval", evaluation, combined=False)
+        results.update(evaluation)
+    trainer.save_state()
     if not trainer.is_world_process_zero():
         return
-    config.save(out)
-    _record_base(config, out)
-    atomic_write_text(out / TRAINING_ARGS, trainer.args.to_json_string())
     if config.lora.use_peft and config.lora.modules_to_save:
         _check_saved(out / ADAPTER_WEIGHTS, config.lora.modules_to_save)
     if config.run.plot and plot_losses(out / METRICS, out / LOSS_CURVE, title=out.name):
         log(f"loss curves: {out / LOSS_CURVE}")
-    summary = {
-        k: v for k, v in json.loads((out / "all_results.json").read_text()).items() if "loss" in k or "perp" in k
-    }
+    trainer.save_metrics("all", results, combined=False)
+    summary = {k: v for k, v in results.items() if "loss" in k or "perp" in k}
     log(f"done: {out}  {json.dumps(summary)}")
 
 
 def save_final(trainer: Any, out: Path) -> None:
-    """The adapter (or model) and the tokenizer, written to the staging folder, then each entry recorded in the
-    manifest and renamed into place: the names Trainer, PEFT and the tokenizer choose are known before they land."""
+    """The adapter (or model) and the tokenizer, written to the staging folder, then each entry renamed into place
+    (and recorded in the manifest right before): the names Trainer, PEFT and the tokenizer choose are known before
+    they land, and a save stopped half-way (a full disk) leaves the earlier files as they were."""
     staging = out / STAGING / "final"
-    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+        make_dir(staging)
     trainer.accelerator.wait_for_everyone()
+    try:
+        with writing_into(out):
+            trainer.save_model(str(staging))
+            trainer.accelerator.wait_for_everyone()
+            if trainer.is_world_process_zero():
+                trainer.processing_class.save_pretrained(str(staging))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if not trainer.is_world_process_zero():
         return
-    trainer.processing_class.save_pretrained(str(staging))
     run = RunDir.open(out)
     names = sorted(p.name for p in staging.iterdir())
     clashes = [n for n in names if (out / n).exists() and n not in run.entries]
@@ -335,14 +378,8 @@ def save_final(trainer: Any, out: Path) -> None:
             f"{out}: {', '.join(clashes)} exist and medpt did not write them; the trained files are in {staging}. "
             "Move those files away and copy the trained ones from there"
         )
-    run.record(names, "train")
     for name in names:
-        target = out / name
-        if target.is_dir():
-            import shutil
-
-            shutil.rmtree(target)
-        os.replace(staging / name, target)
+        replace(staging / name, out / name)
     staging.rmdir()
 
 
@@ -352,8 +389,7 @@ def whole_run_train_loss(metrics_file: Path, resumed_at: int, session_loss: floa
     checkpoint of the first session were never logged and are left out (and counted)."""
     session_steps = state.global_step - resumed_at
     total, known, previous = 0.0, 0, 0
-    rows = [json.loads(x) for x in metrics_file.read_text(encoding="utf-8").splitlines() if x.strip()]
-    for row in rows:
+    for row in read_log(metrics_file):
         if "loss" in row and row["step"] <= resumed_at:
             total += row["loss"] * (row["step"] - previous)
             known += row["step"] - previous

@@ -2,7 +2,9 @@
 
 1. evaluation computes loss, token accuracy and perplexity from running sums (no logits kept across batches);
 2. a checkpoint becomes visible only once complete (written to a staging folder, then renamed), so a kill during
-   saving never leaves one that resuming would pick up;
+   saving never leaves one that resuming would pick up; a save that fails (a full disk) leaves the earlier ones as
+   they were; results and state are written through medpt.atomic, never in place (Trainer's save_metrics and
+   save_state rewrite the file, changing a hard-linked backup of the run);
 3. a NaN/inf loss stops the run at that step, before the optimizer writes NaN into the weights;
 4. tokens/s counts real tokens (not padding), and the learning rate of --modules_to_save can differ;
 5. callbacks: metrics.jsonl per log step, a progress bar with tokens/s, Ctrl-C = save a checkpoint and stop.
@@ -10,12 +12,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import shutil
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,10 +27,12 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from medpt.atomic import append_line, atomic_write_text, make_dir, replace, write_json, writing_into
 from medpt.data.batches import REAL_TOKENS
 from medpt.errors import MedptError
 from medpt.evaluate import TokenStats, token_sums
-from medpt.rundir import STAGING, RunDir
+from medpt.faults import fault_point
+from medpt.rundir import STAGING
 
 
 class NonFiniteLossError(MedptError):
@@ -106,25 +112,48 @@ class MedptTrainer(Trainer):
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         run_dir = super()._get_output_dir(trial)
         staging = os.path.join(run_dir, STAGING)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            make_dir(staging)
+            shutil.rmtree(os.path.join(staging, name), ignore_errors=True)  # what a stopped save of it left
+            fault_point("save", os.path.join(staging, name))
+        self.accelerator.wait_for_everyone()
         self._staging = staging
         try:
-            super()._save_checkpoint(model, trial)  # every process writes its part under the staging folder
+            with writing_into(run_dir):
+                super()._save_checkpoint(model, trial)  # every process writes its part under the staging folder
+        except BaseException:
+            if self.args.should_save:  # a full disk or Ctrl-C half-way: the earlier checkpoints stay as they were
+                shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
+            raise
         finally:
             self._staging = None
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            RunDir.open(run_dir).record([name], "train")  # in the manifest before it exists (see medpt.rundir)
-            final = os.path.join(run_dir, name)
-            if os.path.exists(final):  # the same step saved again after a resume
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging, name), final)
+            # Recorded in the manifest right before it lands; replaces the same step saved again after a resume.
+            replace(os.path.join(staging, name), os.path.join(run_dir, name))
             if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
                 self.state.best_model_checkpoint = os.path.join(
                     run_dir, os.path.basename(self.state.best_model_checkpoint)
                 )
             rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
+
+    def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
+        """Trainer.save_metrics, written atomically (see 2); the same JSON."""
+        if not self.is_world_process_zero():
+            return
+        out = Path(self.args.output_dir)
+        write_json(out / f"{split}_results.json", metrics, indent=4, sort_keys=True)
+        if combined:
+            merged = json.loads((out / "all_results.json").read_text()) if (out / "all_results.json").is_file() else {}
+            write_json(out / "all_results.json", {**merged, **metrics}, indent=4, sort_keys=True)
+
+    def save_state(self) -> None:
+        """Trainer.save_state, written atomically (see 2); the same JSON."""
+        if self.is_world_process_zero():
+            state = json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n"
+            atomic_write_text(Path(self.args.output_dir) / "trainer_state.json", state)
 
     # --- 4: a separate learning rate for embed_tokens / lm_head ------------------------------------------------
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
@@ -152,7 +181,8 @@ class MedptTrainer(Trainer):
 
 
 class MetricsFileCallback(TrainerCallback):
-    """metrics.jsonl: one line per log event (train or eval), flushed at once, so a crash loses nothing logged."""
+    """metrics.jsonl: one line per log event (train or eval), appended at once (medpt.atomic.append_line), so a crash
+    loses nothing logged; every reader (medpt.atomic.read_log) drops the cut last line a kill can leave."""
 
     def __init__(self, path: str):
         self.path = path
@@ -160,8 +190,7 @@ class MetricsFileCallback(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and logs:
             clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in logs.items()}
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": state.global_step, **clean}) + "\n")
+            append_line(self.path, json.dumps({"step": state.global_step, **clean}))
 
 
 class TokenProgressCallback(ProgressCallback):

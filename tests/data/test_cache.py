@@ -154,7 +154,7 @@ def test_leftovers_of_killed_runs_are_removed_and_live_ones_kept(tmp_path: Path)
         os.utime(root / name, (an_hour_ago, an_hour_ago))
     with atomic_dir(root / "busy") as busy:
         os.utime(busy, (an_hour_ago, an_hour_ago))  # a run tokenizing for over an hour keeps its work
-        cache.remove_stale_temporaries(root)
+        atomic.remove_stale_leftovers(root, untagged=True)
         assert busy.exists()
     assert sorted(p.name for p in root.iterdir()) == [
         f".far.pid{dead}@00000000.a.tmp",  # another machine's PID cannot be judged here, and it is young

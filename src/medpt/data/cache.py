@@ -15,14 +15,13 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medpt.atomic import check_free_space, stale_leftover
+from medpt.atomic import PathLock, check_free_space
 from medpt.data.packing import Packed
 from medpt.errors import MedptError
 
@@ -49,19 +48,15 @@ def cache_root(data_cache_dir: str | None) -> Path:
 def lock(root: Path, key: str, log: Any = print) -> Any:
     """Hold the entry's lock file while preparing it: a second process preparing the same data (DDP ranks, parallel
     `medpt tune` workers) waits, then finds the finished entry instead of racing to write the same shards."""
-    import fcntl
-
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{key}.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another medpt process preparing the same data ({root / key})")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    held = PathLock(root / f".{key}.lock", create=True)
+    if not held.acquire(wait=False):
+        log(f"waiting for another medpt process preparing the same data ({root / key})")
+        held.acquire()
+    try:
+        yield
+    finally:
+        held.release()
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -186,18 +181,3 @@ def load_split(directory: Path) -> Packed:
             raise _damaged(directory, path.name, f"cannot be read ({e.strerror or e})") from None
     arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
     return Packed(**arrays, block_size=block_size, mode=mode)
-
-
-def remove_stale_temporaries(root: Path, older_than_s: float = 3600) -> None:
-    """Remove what interrupted runs left in the cache (never trusted): temporary entries, and old entries a kill
-    caught between the two renames that replace one. `stale_leftover` says which may go, by owner PID and age."""
-    if not root.is_dir():
-        return
-    for entry in root.iterdir():
-        with contextlib.suppress(OSError):  # another run may be removing the same leftover at this moment
-            if not stale_leftover(entry, older_than_s):
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink()

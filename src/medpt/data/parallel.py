@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,6 +17,9 @@ def _init_worker() -> None:
     # Each worker tokenizes with one thread: the processes are the parallelism, and oversubscribing two cores with
     # Rust threads as well only adds contention.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # Ctrl-C reaches the whole process group. Only the parent handles it (it terminates the pool): a worker that died
+    # of it while holding the task queue's lock would hang Pool.terminate(), and the command with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Workers:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from medpt import __version__
 from medpt.args import DataArguments
-from medpt.atomic import atomic_dir, atomic_writer
+from medpt.atomic import atomic_dir, atomic_writer, make_dir, remove_stale_leftovers
 from medpt.data import cache, screening
 from medpt.data.assemble import (
     dump_texts,
@@ -111,7 +111,7 @@ def prepare_data(
     )
     root = cache.cache_root(args.data_cache_dir)
     _claim_cache(root)
-    cache.remove_stale_temporaries(root)
+    remove_stale_leftovers(root, untagged=True)  # the cache is medpt's alone (see _claim_cache)
     entry = root / key
     with cache.lock(root, key, log):  # one process prepares a key at a time (DDP ranks, parallel `medpt tune`)
         hit = (entry / REPORT_FILE).is_file() and not args.overwrite_cache
@@ -268,7 +268,7 @@ _CACHE_ENTRY = re.compile(r"\.?[0-9a-f]{24}(\..*)?")  # a key, or the temporary 
 
 def _claim_cache(root: Path) -> None:
     """The cache folder is medpt's alone: a folder holding anything else is refused, because the cache removes its
-    stale temporaries itself (see cache.remove_stale_temporaries) and must never mistake a user's file for one."""
+    stale temporaries itself (see atomic.remove_stale_leftovers) and must never mistake a user's file for one."""
     run = RunDir.open(root)
     if run.kind == "cache":
         return
@@ -301,8 +301,7 @@ def _finish(
         if (entry / f"validation.{name}").is_dir()
     }
     if output_dir is not None:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = make_dir(output_dir)
         with atomic_writer(out / REPORT_FILE) as f:
             json.dump(report, f, ensure_ascii=False, indent=2)
         for name in (REJECTED_FILE, NEAR_FILE, CONTAMINATION_FILE):

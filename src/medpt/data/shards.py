@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections import Counter, deque
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from medpt.args import DataArguments
+from medpt.atomic import atomic_write_text, replace
 from medpt.data.parallel import Workers
 from medpt.data.reading import ReadResult, ReadTask, peek_format, read_source
 from medpt.data.records import FileSource, HubSource, HubStream
@@ -249,7 +249,7 @@ class ShardStore:
         if directory.is_dir() and (not marker.is_file() or json.loads(marker.read_text())["plan"] != plan):
             shutil.rmtree(directory)  # another plan (inputs or settings changed): nothing to resume
         directory.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"plan": plan}))
+        atomic_write_text(marker, json.dumps({"plan": plan}))
 
     def path(self, index: int) -> Path:
         return self.directory / f"{SHARD_PREFIX}{index:06d}"
@@ -272,7 +272,7 @@ class ShardStore:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array)
         (tmp / "meta.json").write_text(json.dumps(shard, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, final)
+        replace(tmp, final)
 
     def meta(self, index: int) -> dict[str, Any]:
         return json.loads((self.path(index) / "meta.json").read_text(encoding="utf-8"))

@@ -28,7 +28,7 @@ def write(job: Job) -> list[str]:
     check_convertible(
         model_config(job.config.model, job.base_name), run_tokenizer_dir(job.config.model, job.adapter, job.base_name)
     )
-    merged = merge_adapter(job.config, job.adapter, job.out.parent, job.log, dtype=torch.float32)
+    merged = merge_adapter(job.config, job.adapter, job.out, job.log, dtype=torch.float32)
     path = job.tmp / gguf_name(job.quant)
     write_gguf(merged.model.eval(), merged.tokenizer, merged.tokenizer_dir, path, job.quant, job.base_name)
     job.report.update(verify(job, merged.model, merged.tokenizer, path))

@@ -13,7 +13,6 @@ a new one, which is why `--n_trials N` is exact for them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -22,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from medpt.atomic import atomic_write_text
+from medpt.atomic import PathLock, atomic_write_text, before_write, owner, owner_dead
 from medpt.config import Config
 from medpt.errors import MedptError
 from medpt.rundir import (
@@ -58,18 +57,22 @@ def run_tune(config: Config, log: Any = print) -> int:
     try:
         return _run_study(optuna, config, setup, shared, log)
     finally:
-        os.close(in_use)
+        in_use.release()
 
 
 def _run_study(optuna: Any, config: Config, setup: Setup, shared: Config, log: Any) -> int:
     from medpt.train import prepare_all
 
     out = setup.out
-    lock = FolderLock(out)
+    lock = PathLock(out)
     with lock:
         data, eval_sets = prepare_all(shared, out, log)
         setup.objective.check_prepared(prepared_sets(data, eval_sets))
         del data, eval_sets  # memory-mapped blocks: each trial opens its own
+        if not config.tune.storage:
+            # The default SQLite file, and the side files SQLite may make beside it: recorded before SQLite writes.
+            for name in (STUDY_DB, *(STUDY_DB + side for side in ("-journal", "-wal", "-shm"))):
+                before_write(out / name)
         study = open_study(optuna, config, out)
     where = describe_storage(storage_url(config))
     log(f"study {config.tune.study_name!r} in {where}; each trial minimises {setup.objective.describe()}")
@@ -95,40 +98,10 @@ def import_optuna() -> Any:
 
 
 # --- the folder -------------------------------------------------------------------------------------------------
-class FolderLock:
-    """An exclusive lock on a folder (flock on the folder's own descriptor, so nothing is created in it and it can
-    guard the folder's first claim). Processes on one machine; reentrant within the process."""
-
-    def __init__(self, path: Path):
-        self.path, self._fd, self._depth = path, -1, 0
-
-    def acquire(self) -> None:
-        if self._depth == 0:
-            self._fd = os.open(self.path, os.O_RDONLY)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        self._depth += 1
-
-    def release(self) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            os.close(self._fd)  # closing the descriptor releases the lock
-
-    @property
-    def held(self) -> bool:
-        return self._depth > 0
-
-    def __enter__(self) -> FolderLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-def claim_tune_dir(config: Config, setup: Setup) -> int:
+def claim_tune_dir(config: Config, setup: Setup) -> PathLock:
     """Claim --output_dir for `medpt tune` (a second process finds it already a tune folder and joins it), record
-    which study it holds, and claim its trials/ folder. Returns a descriptor holding a shared lock on tune.json for
-    as long as this process works on the study: --overwrite_output_dir, which deletes the study, is refused while
+    which study it holds, and claim its trials/ folder. Returns a shared lock on tune.json, held for as long as this
+    process works on the study: --overwrite_output_dir, which deletes the study, is refused while
     another process holds one (two identical commands with that flag would otherwise delete each other's study)."""
     out = setup.out
     check_output("output_dir", out, inputs_of(config))  # before anything is created
@@ -136,7 +109,7 @@ def claim_tune_dir(config: Config, setup: Setup) -> int:
         out.mkdir(parents=True, exist_ok=True)
     if not out.is_dir():
         claim_dir(out, "tune", inputs=inputs_of(config))  # says why (a file there, permissions) in one line
-    with FolderLock(out):
+    with PathLock(out):
         if config.run.overwrite_output_dir:
             _refuse_if_in_use(out / TUNE_INFO)
         claim_dir(out, "tune", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
@@ -144,24 +117,21 @@ def claim_tune_dir(config: Config, setup: Setup) -> int:
         config.save(out)
         atomic_write_text(out / SEARCH_SPACE, f"# {setup.space.source}\n{setup.space.text}")
         claim_dir(out / TRIALS_DIR, "tune", writes=())
-        in_use = os.open(out / TUNE_INFO, os.O_RDONLY)
-        fcntl.flock(in_use, fcntl.LOCK_SH)
+        in_use = PathLock(out / TUNE_INFO, shared=True)
+        in_use.acquire()
     return in_use
 
 
 def _refuse_if_in_use(record: Path) -> None:
     if not record.is_file():
         return
-    fd = os.open(record, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    probe = PathLock(record)
+    if not probe.acquire(wait=False):
         raise MedptError(
             f"--overwrite_output_dir would delete the study in {record.parent}, which another medpt tune process is "
             "working on; let it finish (or stop it) first, or join it without --overwrite_output_dir"
-        ) from None
-    finally:
-        os.close(fd)
+        )
+    probe.release()
 
 
 def _check_study_record(path: Path, config: Config) -> None:
@@ -226,7 +196,7 @@ def open_study(optuna: Any, config: Config, out: Path) -> Any:
 
 
 # --- the workers ------------------------------------------------------------------------------------------------
-def work(optuna: Any, study: Any, setup: Setup, lock: FolderLock, n_trials: int, log: Any) -> MedptError | None:
+def work(optuna: Any, study: Any, setup: Setup, lock: PathLock, n_trials: int, log: Any) -> MedptError | None:
     """Run trials until the study holds n_trials complete or pruned ones (failed ones do not count), then wait for
     the trials other workers still run. Returns the error that stopped a trial, if any."""
     from medpt.tune.summary import write_summary
@@ -251,12 +221,13 @@ def work(optuna: Any, study: Any, setup: Setup, lock: FolderLock, n_trials: int,
         time.sleep(POLL_S)
 
 
-def run_one(study: Any, setup: Setup, lock: FolderLock) -> MedptError | None:
+def run_one(study: Any, setup: Setup, lock: PathLock) -> MedptError | None:
     """One trial. Called holding the lock: Optuna creates the trial (so it counts as running) and the objective
     releases the lock, so no other worker of this folder can ask for a trial past --n_trials in between."""
     errors: list[MedptError] = []
 
     def objective(trial: Any) -> float:
+        trial.set_user_attr("owner", owner())  # first: a kill from here on fails the trial at once (_fail_dead)
         lock.release()
         try:
             return run_trial(trial, setup, lock)
@@ -276,9 +247,19 @@ def _fail_stale(optuna: Any, study: Any) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    _fail_dead(optuna, study)
 
 
-def run_trial(trial: Any, setup: Setup, lock: FolderLock) -> float:
+def _fail_dead(optuna: Any, study: Any) -> None:
+    """A running trial whose process ran on this machine and is gone (killed) fails now, not after the heartbeat's
+    grace period (GRACE_S): the same command, rerun after a kill, would otherwise wait that long for it."""
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        if owner_dead(trial.user_attrs.get("owner", "")):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
+def run_trial(trial: Any, setup: Setup, lock: PathLock) -> float:
     """The objective: one `medpt train` run with the trial's values, through the same `train` the CLI calls."""
     import optuna
 
