@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -161,6 +162,15 @@ def remove_stale_leftovers(folder: Path, older_than_s: float = 3600, untagged: b
                 entry.unlink()
 
 
+def _remove_dead_leftovers_of(path: Path, where: Path) -> None:
+    """A killed writer's temporaries of this very name go when the name is written again (a folder's other
+    leftovers go when a command claims it: medpt.rundir)."""
+    for entry in [*where.glob(f".{glob.escape(path.name)}.pid*.tmp"), *where.glob(f".{glob.escape(path.name)}.old-*")]:
+        with contextlib.suppress(OSError):
+            if is_leftover(entry.name) and stale_leftover(entry, older_than_s=3600):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 # --- what every write goes through ----------------------------------------------------------------------------------
 _observers: list[Callable[[Path], None]] = []
 
@@ -221,6 +231,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w", encoding: str | None
     before_write(path)
     with writing_into(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_leftovers_of(path, path.parent)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
         try:
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from every other account
@@ -257,6 +268,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     with writing_into(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         inside = path.is_dir() and os.path.ismount(path)
+        _remove_dead_leftovers_of(path, path if inside else path.parent)
         tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path if inside else path.parent))
         try:
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the folder from every other account

@@ -405,7 +405,8 @@ def claim_dir(
         removed = run.remove_owned()
         print(f"--overwrite: removed medpt's earlier output in {path}: {_names(removed)}")
     _create(out, command, flag)
-    atomic.remove_stale_leftovers(out)
+    for folder in (out, out.parent):  # the parent too: a killed run's temporaries of RUN/eval's manifest entry
+        atomic.remove_stale_leftovers(folder)
     _claims[out] = (command, False)
     return run
 
@@ -472,6 +473,7 @@ def claim_file(path: str | os.PathLike, command: str, *, flag: str, inputs: Inpu
             f"--{flag} {path}: `medpt {folder[0]}` writes its own {out.name} in {out.parent}; choose another name"
         )
     _make_dir(out.parent, flag)
+    atomic.remove_stale_leftovers(out.parent)
     _claims[out] = (command, True)
     return out
 

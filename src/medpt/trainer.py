@@ -51,6 +51,15 @@ class MedptTrainer(Trainer):
         self._last_log = (time.perf_counter(), 0)
 
     # --- 3 & 4: every micro-batch ------------------------------------------------------------------------------
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        # Resumed from a checkpoint saved at max_steps (a run stopped while saving its results), transformers (5.x)
+        # takes one step more before it checks the limit: an adapter and a log unlike the uninterrupted run's.
+        # No batch, and the loop stops before that step.
+        if self.state.global_step >= self.state.max_steps > 0:
+            self.control.should_training_stop = True
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         real = inputs.pop(REAL_TOKENS, None)
         loss = super().training_step(model, inputs, num_items_in_batch)

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from medpt.atomic import PathLock, atomic_write_text, before_write, owner, owner_dead
+from medpt.atomic import PathLock, atomic_write_text, before_write, owner, owner_dead, remove_stale_leftovers
 from medpt.config import Config
 from medpt.errors import MedptError
 from medpt.rundir import (
@@ -117,6 +117,8 @@ def claim_tune_dir(config: Config, setup: Setup) -> PathLock:
         config.save(out)
         atomic_write_text(out / SEARCH_SPACE, f"# {setup.space.source}\n{setup.space.text}")
         claim_dir(out / TRIALS_DIR, "tune", writes=())
+        for trial in (out / TRIALS_DIR).iterdir():  # a killed worker's trial is never continued: tidy it here
+            remove_stale_leftovers(trial)
         in_use = PathLock(out / TUNE_INFO, shared=True)
         in_use.acquire()
     return in_use
