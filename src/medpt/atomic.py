@@ -271,8 +271,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         _remove_dead_leftovers_of(path, path if inside else path.parent)
         tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path if inside else path.parent))
         try:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the folder from every other account
             yield tmp
+            umask_modes(tmp)
             fault_point("rename", path)
             if inside:
                 _move_entries(tmp, path)
@@ -288,8 +288,19 @@ def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     dst = Path(dst)
     before_write(dst)
     with writing_into(dst.parent):
+        umask_modes(Path(src))
         fault_point("rename", dst)
         _rename_into_place(Path(src), dst)
+
+
+def umask_modes(path: Path) -> None:
+    """Give a finished file or folder tree the modes the umask allows (0644 / 0755 under the usual 022): mkdtemp
+    makes folders 0700, and libraries that write through their own temporary files (transformers' save_pretrained)
+    leave 0600 files, which an account serving the model could not read."""
+    mask = _umask()
+    for entry in [path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else [])]:
+        if not entry.is_symlink():
+            entry.chmod((0o777 if entry.is_dir() else 0o666) & ~mask)
 
 
 def _rename_into_place(tmp: Path, path: Path) -> None:

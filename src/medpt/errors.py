@@ -48,11 +48,12 @@ _OS_ADVICE = {
     errno.EFBIG: "file too large for this file system",
 }
 # How libraries report a full disk without an errno (matched in the message): safetensors' SafetensorError (Rust's
-# "No space left on device" / StorageFull), torch.save's RuntimeError from inline_container.cc, numpy's
-# tofile/save ("N requested and M written"), and anything that quotes the OS's own words.
+# "No space left on device" / StorageFull), torch.save's RuntimeErrors from its zip writer (inline_container.cc:
+# "file write failed", "unexpected pos N vs M" after a short write, and the C++ stream's "basic_ios::clear"),
+# numpy's tofile/save ("N requested and M written"), and anything that quotes the OS's own words.
 _DISK_FULL_WORDS = re.compile(
     r"No space left on device|StorageFull|Disk quota exceeded|PytorchStreamWriter failed writing|file write failed"
-    r"|\d+ requested and \d+ written"
+    r"|unexpected pos \d+ vs \d+|basic_ios::clear: iostream error|\d+ requested and \d+ written"
 )
 # torch's CPU allocator reports an allocation it could not make as a RuntimeError.
 _OUT_OF_MEMORY_WORDS = re.compile(r"DefaultCPUAllocator: (can't allocate memory|not enough memory)")
@@ -63,14 +64,21 @@ def user_message(e: BaseException) -> str | None:
     else (a bug: it keeps its traceback). The CLI's one exception boundary: add a branch per kind of error."""
     if _disk_full(e):
         return _disk_full_message(e)
-    if isinstance(e, OSError):
-        return user_os_error(e)
-    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and _OUT_OF_MEMORY_WORDS.search(str(e))):
+    if _out_of_memory(e):
         return (
             "out of memory: an allocation failed (the machine's RAM, or a limit such as `ulimit -v`); use a smaller "
             "--per_device_train_batch_size, --block_size or model, or raise the limit"
         )
+    if isinstance(e, OSError):
+        return user_os_error(e)
     return None
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """MemoryError (Python's allocator), ENOMEM (mmap, fork), or torch's CPU allocator's RuntimeError."""
+    if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM):
+        return True
+    return isinstance(e, RuntimeError) and _OUT_OF_MEMORY_WORDS.search(str(e)) is not None
 
 
 def _disk_full(e: BaseException) -> bool:

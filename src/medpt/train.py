@@ -43,7 +43,6 @@ from medpt.rundir import (
     RunDir,
     checkpoints,
     claim_dir,
-    claim_file,
     holding,
     inputs_of,
 )
@@ -187,8 +186,6 @@ def starting_point(config: Config, out: Path, log: Any, claim: bool = True) -> s
     resume_last = last is not None and (choice == "auto" or (choice == "" and not overwrite))
     if claim:
         claim_dir(out, "train", inputs=inputs_of(config), overwrite=overwrite and not resume_last)
-        if config.data.dump_text:
-            claim_file(config.data.dump_text, "train", flag="dump_text", inputs=inputs_of(config))
         shutil.rmtree(out / STAGING, ignore_errors=True)  # what a stopped save left half-written (held: no writer)
     if choice not in ("", "auto", "no"):
         if not Path(choice).is_dir():

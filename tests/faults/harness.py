@@ -46,6 +46,7 @@ class Run:
     cwd: Path
     env: dict[str, str] | None = None
     timeout: float = 600
+    memory_mb: int = 0  # `ulimit -v`: address space allowed beyond what the forked process holds (0: no limit)
 
 
 class Zygote:
@@ -69,7 +70,7 @@ class Zygote:
         self.n += 1
         log = self.logs / f"{self.n:04d}"
         request = {"argv": [str(a) for a in run.argv], "env": {**self.env, **(run.env or {})}, "cwd": str(run.cwd),
-                   "stdout": f"{log}.out", "stderr": f"{log}.err"}  # fmt: skip
+                   "stdout": f"{log}.out", "stderr": f"{log}.err", "memory_mb": run.memory_mb}  # fmt: skip
         pid = self._ask(request)["pid"]
         self.logs_of[pid] = log
         return pid

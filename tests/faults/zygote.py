@@ -6,7 +6,8 @@ interrupted by SIGINT) that runs `medpt.cli.main(argv)` exactly as `python -m me
 status. Nothing but the imports is shared: the parent never runs a command, so it holds no thread, no open file of a
 run and no torch state when it forks (torch's thread pool starts lazily, and OMP_NUM_THREADS=1 keeps it away).
 
-Protocol, one JSON object per line: {"argv", "env", "cwd", "stdout", "stderr"} starts a child and answers {"pid"};
+Protocol, one JSON object per line: {"argv", "env", "cwd", "stdout", "stderr", "memory_mb"?} starts a child and
+answers {"pid"};
 {"wait": [pid, ...], "timeout": s} answers {"pid", "status"} for the first of them to exit (its exit code, or -N
 for signal N; both null if none exits before the timeout).
 """
@@ -59,6 +60,13 @@ def _child(request: dict) -> None:
             os.close(target)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
+        if request.get("memory_mb"):  # `ulimit -v`: this much address space more than the process has now
+            import resource
+
+            with open("/proc/self/status") as status:
+                now_kb = int(next(line for line in status if line.startswith("VmSize:")).split()[1])
+            limit = (now_kb << 10) + (request["memory_mb"] << 20)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         from medpt.cli import main
 
         sys.argv = ["medpt", *request["argv"]]

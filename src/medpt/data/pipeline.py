@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from medpt import __version__
 from medpt.args import DataArguments
-from medpt.atomic import atomic_dir, atomic_writer, make_dir, remove_stale_leftovers
+from medpt.atomic import atomic_dir, atomic_writer, make_dir, remove_stale_leftovers, writing_into
 from medpt.data import cache, screening
 from medpt.data.assemble import (
     dump_texts,
@@ -113,7 +113,8 @@ def prepare_data(
     _claim_cache(root)
     remove_stale_leftovers(root, untagged=True)  # the cache is medpt's alone (see _claim_cache)
     entry = root / key
-    with cache.lock(root, key, log):  # one process prepares a key at a time (DDP ranks, parallel `medpt tune`)
+    # One process prepares a key at a time (DDP ranks, parallel `medpt tune`); a full disk names the cache.
+    with cache.lock(root, key, log), writing_into(root):
         hit = (entry / REPORT_FILE).is_file() and not args.overwrite_cache
         if hit and not args.dump_text:
             log(f"reusing prepared data from {entry} (same inputs, tokenizer and settings)")
