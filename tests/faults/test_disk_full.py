@@ -142,11 +142,13 @@ DISK_FULL_AS_LIBRARIES_REPORT_IT = [
     OSError(errno.ENOSPC, "No space left on device"),  # f.write names no file
     OSError(errno.EDQUOT, "Disk quota exceeded"),
     OSError("1048576 requested and 0 written"),  # numpy's ndarray.tofile / np.save
-    SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on '
-                    'device" })'),  # fmt: skip
+    SafetensorError(
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+    ),  # fmt: skip
     RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0"),
-    RuntimeError("[enforce fail at inline_container.cc:815] . PytorchStreamWriter failed writing file data/0: file "
-                 "write failed"),  # fmt: skip
+    RuntimeError(
+        "[enforce fail at inline_container.cc:815] . PytorchStreamWriter failed writing file data/0: file write failed"
+    ),  # fmt: skip
 ]
 
 
