@@ -47,13 +47,15 @@ _OS_ADVICE = {
     errno.EBUSY: "busy (a mount point, or in use by the system)",
     errno.EFBIG: "file too large for this file system",
 }
-# How libraries report a full disk without an errno (matched in the message): safetensors' SafetensorError (Rust's
-# "No space left on device" / StorageFull), torch.save's RuntimeErrors from its zip writer (inline_container.cc:
-# "file write failed", "unexpected pos N vs M" after a short write, and the C++ stream's "basic_ios::clear"),
-# numpy's tofile/save ("N requested and M written"), and anything that quotes the OS's own words.
-_DISK_FULL_WORDS = re.compile(
-    r"No space left on device|StorageFull|Disk quota exceeded|PytorchStreamWriter failed writing|file write failed"
-    r"|unexpected pos \d+ vs \d+|basic_ios::clear: iostream error|\d+ requested and \d+ written"
+# How libraries report a full disk without an errno, matched in the message: the OS's own words, quoted by any
+# library (safetensors' SafetensorError and tokenizers' plain Exception come from Rust: "No space left on device (os
+# error 28)", StorageFull); and, from RuntimeError or OSError only, torch.save's zip writer (inline_container.cc:
+# "file write failed", "unexpected pos N vs M" after a short write, the C++ stream's "basic_ios::clear") and numpy's
+# tofile/save ("N requested and M written").
+_DISK_FULL_WORDS = re.compile(r"No space left on device|StorageFull|Disk quota exceeded|os error (28|122)\b")
+_SHORT_WRITE_WORDS = re.compile(
+    r"PytorchStreamWriter failed writing|file write failed|unexpected pos \d+ vs \d+|basic_ios::clear: iostream error"
+    r"|\d+ requested and \d+ written"
 )
 # torch's CPU allocator reports an allocation it could not make as a RuntimeError.
 _OUT_OF_MEMORY_WORDS = re.compile(r"DefaultCPUAllocator: (can't allocate memory|not enough memory)")
@@ -85,9 +87,10 @@ def _disk_full(e: BaseException) -> bool:
     for link in _chain(e):
         if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if isinstance(link, (OSError, RuntimeError)) or type(link).__name__ == "SafetensorError":
-            if _DISK_FULL_WORDS.search(str(link)):
-                return True
+        if isinstance(link, Exception) and _DISK_FULL_WORDS.search(str(link)):
+            return True
+        if isinstance(link, (OSError, RuntimeError)) and _SHORT_WRITE_WORDS.search(str(link)):
+            return True
     return False
 
 
@@ -108,7 +111,7 @@ def _disk_full_message(e: BaseException) -> str:
 
     folder = next((getattr(x, "medpt_folder", None) for x in _chain(e) if getattr(x, "medpt_folder", None)), None)
     filename = next((x.filename for x in _chain(e) if isinstance(x, OSError) and x.filename), None)
-    quota = any(isinstance(x, OSError) and x.errno == errno.EDQUOT for x in _chain(e))
+    quota = any((isinstance(x, OSError) and x.errno == errno.EDQUOT) or "quota" in str(x).lower() for x in _chain(e))
     where = Path(folder) if folder else Path(str(filename)).parent if filename else None
     probe = where if where is not None else Path(".")
     while not probe.exists() and probe != probe.parent:

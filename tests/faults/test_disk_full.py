@@ -64,7 +64,9 @@ def test_a_disk_that_fills_up_is_one_line_and_what_was_written_before_stays(name
         scenario.setup(disk)
         assert suite.zygote.run(scenario.argv(disk), disk).code == 0
         needed = _used(disk)
-    for share in (0.3, 0.6, 0.9):  # full while preparing data, while training (a checkpoint), while saving at the end
+    # Full while preparing data, while saving a checkpoint (the weights, the optimizer state, the tokenizer), while
+    # saving the adapter and results at the end: each library reports it its own way.
+    for share in (0.3, 0.55, 0.75, 0.95) if name == "train" else (0.3, 0.8):
         with small_disk(tmp_path / f"disk-{share}", int(needed * share)) as disk:
             scenario.setup(disk)
             result = suite.zygote.run(scenario.argv(disk), disk)
@@ -142,6 +144,7 @@ DISK_FULL_AS_LIBRARIES_REPORT_IT = [
     OSError(errno.ENOSPC, "No space left on device"),  # f.write names no file
     OSError(errno.EDQUOT, "Disk quota exceeded"),
     OSError("1048576 requested and 0 written"),  # numpy's ndarray.tofile / np.save
+    Exception("No space left on device (os error 28)"),  # tokenizers' save (Rust)
     SafetensorError(
         'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
     ),  # fmt: skip

@@ -75,11 +75,11 @@ def test_a_cut_last_line_is_left_out_by_every_reader_and_dropped_when_the_log_is
         read_log(log)
 
 
-def test_report_and_loss_curve_read_a_run_whose_log_ends_in_a_cut_line(trained_run, tmp_path, capsys):
+def test_report_and_loss_curve_read_a_run_whose_log_ends_in_a_cut_line(suite, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
+    shutil.copytree(suite.base, run)
     with open(run / "metrics.jsonl", "ab") as f:
         f.write(b'{"step": 31, "lo')
     assert main(["report", str(run)]) == 0, capsys.readouterr().err
