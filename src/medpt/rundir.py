@@ -16,7 +16,7 @@ writer runs or was killed (medpt.atomic.is_leftover): it never makes a folder lo
    tokenizer, a cache) is refused, naming both paths. The one exception is the intended layout of a run: `eval`,
    `compare`, `verify` and `report` write *inside* the adapter's run directory (RUN/eval, RUN/compare, ...).
 
-5. One process writes a folder at a time (`lock_folder`): a second `medpt train` into a run being trained is refused.
+5. One process writes a folder at a time (`holding`): a second `medpt train` into a run being trained is refused.
 
 The file names of a run are defined here, once; other modules import them.
 """
@@ -392,18 +392,18 @@ def claim_dir(
             f"{'it' if len(clashes) == 1 else 'them'}; move {'it' if len(clashes) == 1 else 'them'} away or choose "
             "another --" + flag
         )
+    if overwrite and run.owned():
+        removed = run.remove_owned()
+        print(f"--overwrite: removed medpt's earlier output in {path}: {_names(removed)}")
     allowed = (None, command, *REPLACES.get(command, ()))
     foreign_to_command = [n for n in writes if run.entries.get(n) not in allowed and (out / n).exists()]
-    if foreign_to_command and not overwrite:
+    if foreign_to_command:
         owner = run.entries[foreign_to_command[0]]
         raise MedptError(
             f"--{flag} {path}: {_names(foreign_to_command)} belong{'s' if len(foreign_to_command) == 1 else ''} to "
             f"`medpt {owner}`, which `medpt {command}` does not replace; pass --overwrite_output_dir to replace that "
             "output as a whole, or choose another --" + flag
         )
-    if overwrite and run.owned():
-        removed = run.remove_owned()
-        print(f"--overwrite: removed medpt's earlier output in {path}: {_names(removed)}")
     _create(out, command, flag)
     for folder in (out, out.parent):  # the parent too: a killed run's temporaries of RUN/eval's manifest entry
         atomic.remove_stale_leftovers(folder)

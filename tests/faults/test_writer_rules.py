@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from medpt.cli import main
 from medpt.rundir import MANIFEST, RunDir
 from medpt.samples import SAMPLE_QA
 from tests.conftest import conv, write_jsonl
+from tests.data.test_cache import _dead_pid
 from tests.faults.harness import Run, wait_for
 from tests.test_safety import FAST, one_line_error, snapshot
 
@@ -32,11 +32,6 @@ from tests.test_safety import FAST, one_line_error, snapshot
 def _prepare(model: Path, out: Path, *extra: str) -> list[str]:
     return ["prepare", "--model_name_or_path", str(model), "--train_file_dir", str(SAMPLE_QA), "--block_size", "64",
             "--output_dir", str(out), *extra]  # fmt: skip
-
-
-def _dead_pid() -> int:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(done.stdout)
 
 
 def _dead_writers_manifest_temporary(folder: Path) -> Path:
