@@ -310,10 +310,9 @@ def _finish(
             if listed.is_file() and listed.stat().st_size:
                 with atomic_writer(out / name, "wb") as f, open(listed, "rb") as src:
                     shutil.copyfileobj(src, f)
-        if (out / REJECTED_FILE).is_file() and report["records"]["skipped"]["bad_record"]:
-            log(
-                f"{report['records']['skipped']['bad_record']:,} rejected record(s) with reasons: {out / REJECTED_FILE}"
-            )
+        rejected = sum(report["records"]["skipped"].get(r, 0) for r in ("bad_record", "too_large"))
+        if (out / REJECTED_FILE).is_file() and rejected:
+            log(f"{rejected:,} rejected record(s) with reasons: {out / REJECTED_FILE}")
         found = report.get("contamination")
         if found and found["contaminated_items"]:
             what = "dropped" if found["decontaminated"] else "kept (--decontaminate drops them)"
