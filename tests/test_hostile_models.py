@@ -161,20 +161,32 @@ RUN_DAMAGE = [
     ("use_dora a string", edit("adapter_config.json", use_dora="yes"), "use_dora must be bool"),
     ("unknown peft_type", edit("adapter_config.json", peft_type="NOPE"), "peft_type 'NOPE'"),
     ("rank that disagrees with the weights", edit("adapter_config.json", r=4), "says r=4"),
-    ("a target module the base lacks", edit("adapter_config.json", target_modules=["q_proj", "nonexistent_proj"]),
-     "nonexistent_proj match no module"),  # fmt: skip
+    (
+        "a target module the base lacks",
+        edit("adapter_config.json", target_modules=["q_proj", "nonexistent_proj"]),
+        "nonexistent_proj match no module",
+    ),
     ("targets that leave weights unused", edit("adapter_config.json", target_modules=["q_proj"]), "not selected"),
     ("no base named", drop_key("adapter_config.json", "base_model_name_or_path"), None),  # the run's config names it
     ("weights missing", gone("adapter_model.safetensors"), "no adapter_model.safetensors"),
     ("weights empty", empty("adapter_model.safetensors"), "adapter_model.safetensors: not a readable"),
     ("weights cut short", cut("adapter_model.safetensors"), "adapter_model.safetensors: not a readable"),
     ("weights of another rank", tensors(_rank(4)), "has rank 4"),
-    ("weights for a layer the base lacks",
-     tensors(lambda t: {k.replace("layers.0.", "layers.9."): v for k, v in t.items()}), "layers.9"),  # fmt: skip
-    ("weights missing a module", tensors(lambda t: {k: v for k, v in t.items() if "layers.0.self_attn.q_proj" not in k}),
-     "no LoRA matrices for 1 module"),  # fmt: skip
-    ("weights of another width", tensors(lambda t: {k: v[:, :100] if "lora_A" in k else v for k, v in t.items()}),
-     "does not fit"),  # fmt: skip
+    (
+        "weights for a layer the base lacks",
+        tensors(lambda t: {k.replace("layers.0.", "layers.9."): v for k, v in t.items()}),
+        "layers.9",
+    ),
+    (
+        "weights missing a module",
+        tensors(lambda t: {k: v for k, v in t.items() if "layers.0.self_attn.q_" not in k}),
+        "no LoRA matrices for 1 module",
+    ),
+    (
+        "weights of another width",
+        tensors(lambda t: {k: v[:, :100] if "lora_A" in k else v for k, v in t.items()}),
+        "does not fit",
+    ),
     ("base_model.json not JSON", garbage("base_model.json"), "base_model.json: not valid JSON"),
     ("base_model.json empty", empty("base_model.json"), "base_model.json: empty file"),
     ("medpt_config.yaml empty", empty("medpt_config.yaml"), "medpt_config.yaml is empty"),
@@ -213,9 +225,24 @@ COMMANDS: dict[str, Callable[[Path, Path], list[str]]] = {
     "verify": lambda run, tmp: ["verify", "--adapter", str(run)],
     "merge": lambda run, tmp: ["merge", "--adapter", str(run), "--output_dir", str(tmp / "out")],
     "export": lambda run, tmp: ["export", "--adapter", str(run), "--target", "vllm", "--output_dir", str(tmp / "out")],
-    "generate": lambda run, tmp: ["generate", "--adapter", str(run), "--question", "头痛",
-                                  "--answers_file", str(tmp / "out" / "a.jsonl")],  # fmt: skip
-    "compare": lambda run, tmp: ["compare", "--adapter", str(run), "--question", "头痛", "--output_dir", str(tmp / "out")],
+    "generate": lambda run, tmp: [
+        "generate",
+        "--adapter",
+        str(run),
+        "--question",
+        "头痛",
+        "--answers_file",
+        str(tmp / "out" / "a.jsonl"),
+    ],
+    "compare": lambda run, tmp: [
+        "compare",
+        "--adapter",
+        str(run),
+        "--question",
+        "头痛",
+        "--output_dir",
+        str(tmp / "out"),
+    ],
     "chat": lambda run, tmp: ["chat", "--adapter", str(run)],
     "serve": lambda run, tmp: ["serve", "--adapter", str(run), "--port", "0"],
 }
@@ -316,8 +343,10 @@ def test_a_checkpoint_path_with_a_tilde_is_found(checkpoint, tiny_model_dir, tmp
     [
         ("{block_size: {int: [64, 8192]}}", "block_size: 8192: --block_size 8192 is longer than the 4,096 positions"),
         ("{block_size: {choice: [64, 100000]}}", "--block_size 100000"),
-        ("{target_modules: {choice: ['q_proj,v_proj', 'q_proj,nonexistent_proj']}}",
-         "--target_modules nonexistent_proj: no such module"),  # fmt: skip
+        (
+            "{target_modules: {choice: ['q_proj,v_proj', 'q_proj,nonexistent_proj']}}",
+            "--target_modules nonexistent_proj: no such module",
+        ),
     ],
     ids=["block_size range", "block_size choice", "target_modules choice"],
 )
