@@ -135,6 +135,21 @@ def test_a_damaged_base_model_is_one_line_before_any_data_work(damage, needle, t
     assert not (tmp_path / "run").exists() and not (tmp_path / "medpt-cache").exists()  # nothing prepared
 
 
+TOKENIZER_DAMAGE = [c for c in MODEL_DAMAGE if "token" in c[0] and "embeddings" not in c[0]]
+
+
+@pytest.mark.parametrize("damage, needle", [c[1:] for c in TOKENIZER_DAMAGE], ids=[c[0] for c in TOKENIZER_DAMAGE])
+def test_prepare_refuses_a_damaged_tokenizer_in_one_line(damage, needle, tiny_model_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    damage(model)
+    argv = ["prepare", "--model_name_or_path", str(model), "--train_file_dir", str(SAMPLE_QA),
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    one_line_error(capsys, needle)
+    assert not (tmp_path / "out" / "data_report.json").exists()
+
+
 def test_unknown_keys_in_the_model_config_are_ignored_as_transformers_does(tiny_model_dir, trained_run, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

@@ -206,14 +206,13 @@ def load_model(
         raise MedptError(f"{local}: the model weights are damaged ({e}); download or copy the model again") from None
 
 
-def model_facts(args: Any, name: str | None = None, weights: bool = True) -> ModelFacts:
+def model_facts(args: Any, name: str | None = None) -> ModelFacts:
     """The model `args` (a ModelArguments) names, or `name`, checked without loading a weight (medpt.modelfiles)."""
     name = name or args.model_name_or_path
     if not name:
         raise MedptError("no base model: pass --model_name_or_path (a hub id or a local directory)")
     patterns = MODEL_FILES + (["*.py"] if args.trust_remote_code else [])
-    local = resolve_local(name, patterns if weights else ["config.json", "*.py"], args.revision, args.cache_dir)
-    return inspect_model(local, name, args.trust_remote_code, weights)
+    return inspect_model(resolve_local(name, patterns, args.revision, args.cache_dir), name, args.trust_remote_code)
 
 
 def model_positions(args: Any, name: str | None = None) -> int | None:

@@ -74,9 +74,10 @@ class ModelFacts:
     local: Path
     config: Any  # transformers.PretrainedConfig
     shapes: dict[str, tuple[int, ...]]  # parameter name → shape
-    linear: dict[str, tuple[int, int]]  # nn.Linear module name → (in_features, out_features)
+    linear: dict[str, tuple[int, int]]  # nn.Linear (or GPT-2's Conv1D) module name → (in_features, out_features)
     embeddings: dict[str, tuple[int, int]]  # nn.Embedding module name → (num_embeddings, embedding_dim)
     modules: frozenset[str]  # every module name
+    leaves: frozenset[str]  # the modules without children: what a LoRA target can name
     input_embeddings: str | None  # the module embedding token ids (model.embed_tokens)
     output_head: str | None  # the output embeddings' module (lm_head): PEFT's all-linear leaves it out
 
@@ -107,20 +108,18 @@ def positions_of(config: dict[str, Any]) -> int | None:
     return None
 
 
-def inspect_model(local: Path, name: str, trust_remote_code: bool = False, weights: bool = True) -> ModelFacts:
-    """Check config.json (and with `weights`, the safetensors headers) of a local model folder; see the module
-    docstring. Cached by the files' sizes and times: every command checks its model once, however many steps ask."""
+def inspect_model(local: Path, name: str, trust_remote_code: bool = False) -> ModelFacts:
+    """Check config.json and the safetensors headers of a local model folder (module docstring, 1 and 2). Cached by
+    the files' sizes and times: a command checks its model once, however many of its steps ask."""
     files = [local / CONFIG, *sorted(local.glob("*.safetensors")), local / SAFE_INDEX]
     stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.is_file())
-    return _inspect(str(local), name, trust_remote_code, weights, stamp)
+    return _inspect(str(local), name, trust_remote_code, stamp)
 
 
 @functools.lru_cache(maxsize=8)
-def _inspect(local_dir: str, name: str, trust_remote_code: bool, weights: bool, _stamp: tuple) -> ModelFacts:
-    local = Path(local_dir)
-    facts = _skeleton(local, name, trust_remote_code)
-    if weights:
-        _check_weights(facts)
+def _inspect(local_dir: str, name: str, trust_remote_code: bool, _stamp: tuple) -> ModelFacts:
+    facts = _skeleton(Path(local_dir), name, trust_remote_code)
+    _check_weights(facts)
     return facts
 
 
@@ -128,6 +127,7 @@ def _skeleton(local: Path, name: str, trust_remote_code: bool) -> ModelFacts:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.pytorch_utils import Conv1D
 
     path = local / CONFIG
     if not path.is_file():
@@ -161,14 +161,17 @@ def _skeleton(local: Path, name: str, trust_remote_code: bool) -> ModelFacts:
         config=config,
         shapes={n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)},
         linear={
-            n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-        },  # fmt: skip
+            n: (m.in_features, m.out_features) if isinstance(m, torch.nn.Linear) else tuple(m.weight.shape)
+            for n, m in model.named_modules()
+            if isinstance(m, (torch.nn.Linear, Conv1D))
+        },
         embeddings={
             n: (m.num_embeddings, m.embedding_dim)
             for n, m in model.named_modules()
             if isinstance(m, torch.nn.Embedding)
-        },  # fmt: skip
+        },
         modules=frozenset(n for n, _ in model.named_modules() if n),
+        leaves=frozenset(n for n, m in model.named_modules() if n and next(m.children(), None) is None),
         input_embeddings=names.get(id(model.get_input_embeddings())),
         output_head=head,
     )
@@ -347,10 +350,12 @@ def check_adapter_fits(adapter_dir: Path, facts: ModelFacts, targets_must_exist:
 
 def _check_lora_tensor(weights: Path, key: str, module: str, part: str, shape: tuple[int, ...], facts: ModelFacts,
                        config: dict[str, Any], ranks: dict[str, int]) -> None:  # fmt: skip
-    dims = facts.linear.get(module) or facts.embeddings.get(module)
-    if dims is None:
+    if module not in facts.modules:
         raise MedptError(f"{weights}: tensor {key} adapts {module}, which {facts.name} does not have: the adapter "
                          "was trained on another model")  # fmt: skip
+    dims = facts.linear.get(module) or facts.embeddings.get(module)
+    if dims is None:  # a layer type medpt does not know the shape rule of (PEFT checks it when loading)
+        return
     # Linear: A is [r, in], B is [out, r]. Embedding (num, dim): A is [r, num], B is [dim, r]. DoRA: a magnitude [out].
     fan_in, fan_out = dims
     expected_rank = config["r"] if not config.get("rank_pattern") else None  # per-module ranks: A and B must agree
@@ -375,11 +380,19 @@ def _check_lora_tensor(weights: Path, key: str, module: str, part: str, shape: t
 
 
 def _check_full_tensor(weights: Path, key: str, shape: tuple[int, ...], facts: ModelFacts) -> None:
+    """A tensor that is not a LoRA matrix: a parameter of the base trained in full, of the base's shape, or a tensor
+    PEFT keeps inside one of the base's layers (trainable token rows, ...); not one of a module the base lacks."""
     name = key.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
-    if facts.shapes.get(name) != shape:
-        what = f"is {list(facts.shapes[name])} in {facts.name}" if name in facts.shapes else f"is not in {facts.name}"
-        raise MedptError(f"{weights}: tensor {key} is {list(shape)}, but {name} {what}: the adapter was trained on "
-                         "another model")  # fmt: skip
+    parts = name.split(".")
+    if name in facts.shapes and facts.shapes[name] != shape:
+        what = f"is {list(facts.shapes[name])} in {facts.name}"
+    elif name not in facts.shapes and not {".".join(parts[:i]) for i in range(1, len(parts))} & facts.leaves:
+        what = f"is not in {facts.name}"
+    else:
+        return
+    raise MedptError(
+        f"{weights}: tensor {key} is {list(shape)}, but {name} {what}: the adapter was trained on another model"
+    )
 
 
 def _targets(path: Path, config: dict[str, Any], facts: ModelFacts) -> tuple[list[str], set[str]]:
@@ -395,7 +408,7 @@ def _targets(path: Path, config: dict[str, Any], facts: ModelFacts) -> tuple[lis
         lora = LoraConfig(**known)
     except Exception as e:  # noqa: BLE001 - PEFT's own validation of a combination of values in this file
         raise MedptError(f"{path}: PEFT refuses it ({first_lines(e)})") from None
-    selected = {n for n in [*facts.linear, *facts.embeddings] if check_target_module_exists(lora, n)}
+    selected = {n for n in facts.leaves if check_target_module_exists(lora, n)}
     if isinstance(targets, str):  # a regex over module names
         return ([] if selected else [targets]), selected
     unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in facts.modules)]

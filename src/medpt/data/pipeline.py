@@ -37,8 +37,9 @@ from medpt.data.assemble import (
 )
 from medpt.data.packing import Packed
 from medpt.data.parallel import Future, Workers
+from medpt.data.paths import resolve_files
 from medpt.data.reading import ReadTask, read_source
-from medpt.data.records import FileSource, resolve_files
+from medpt.data.records import FileSource
 from medpt.data.report import check_record_accounting, check_sources, format_table
 from medpt.data.shards import JobPlan, Selector, ShardStore, run_jobs
 from medpt.data.sources import SourceFile, data_sources, file_bytes

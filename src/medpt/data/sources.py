@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medpt.args import DataArguments, split_named
-from medpt.data.records import FileSource, HubSource, HubStream, load_hub_splits, resolve_files
+from medpt.data.paths import resolve_files
+from medpt.data.records import FileSource, HubSource, HubStream, load_hub_splits
 from medpt.errors import MedptError
 
 
