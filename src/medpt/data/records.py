@@ -20,7 +20,8 @@ Limits on what a file may contain:
   --max_record_mb MiB of UTF-8 text (default 16 MiB, about five million Chinese characters: a whole
   textbook). Tokenizing one record takes its time and memory at once, about 60x its size (measured: a 30 MB line
   needed 1.8 GB and 40 s), so a runaway record (files joined, line ends lost) would stall preparation; it is a bad
-  record instead (reason too_large, skippable), found before it is parsed, rendered or tokenized.
+  record instead (reason too_large, skippable), found before it is rendered or tokenized (a JSON line: before it
+  is parsed).
 """
 
 from __future__ import annotations
