@@ -1,9 +1,10 @@
 """A finished run, loaded for evaluation, comparison, chat, generation, serving and merging: the base model, the
 adapter on it, and the checks that make a number measured with them trustworthy.
 
-Before an adapter is applied, medpt checks that
-1. its weights file is readable safetensors (a truncated or damaged file is an error naming it, not a traceback),
-2. every tensor in it is finite (a NaN adapter would merge into a NaN model and print nan losses), and
+Before anything is loaded (`check_variants`, called before any data is prepared), medpt checks that
+1. the base model's, the adapter's and the tokenizer's files are whole and fit each other (medpt.modelfiles: every
+   damaged or mismatched file is one line naming it, not a traceback from transformers or PEFT),
+2. every tensor of the adapter is finite (a NaN adapter would merge into a NaN model and print nan losses), and
 3. the base is the one the adapter was trained on (the weights fingerprint `medpt train` records); another base of the
    same shape loads without complaint and gives numbers that describe neither model. `--allow_base_mismatch` applies
    it anyway, with a warning, for comparisons made on purpose.
@@ -12,15 +13,29 @@ Before an adapter is applied, medpt checks that
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medpt.errors import MedptError
 from medpt.hub import resolve_local
-from medpt.model import MODEL_FILES, inference_dtype, load_model, load_tokenizer, local_device, tokenizer_source
+from medpt.model import (
+    MODEL_FILES,
+    inference_dtype,
+    load_model,
+    load_tokenizer,
+    local_device,
+    model_facts,
+    tokenizer_source,
+)
+from medpt.modelfiles import (
+    ModelFacts,
+    check_adapter_fits,
+    check_tokenizer_fits,
+    read_adapter_config,
+    read_json,
+    weights_fingerprint,
+)
 from medpt.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_RECORD
 
 
@@ -34,6 +49,7 @@ class Variants:
     adapted: Any | None  # None when no adapter was given
     peft: bool
     base_name: str
+    positions: int | None = None  # the most tokens the model takes, prompt and answer together
 
     @contextlib.contextmanager
     def use(self, which: str) -> Any:
@@ -58,16 +74,11 @@ def base_model_name(given: str | None, adapter_dir: Path | None) -> str:
         return given
     config = adapter_dir / ADAPTER_CONFIG if adapter_dir is not None else None
     if config is not None and config.is_file():
-        return read_adapter_config(adapter_dir)["base_model_name_or_path"]
+        name = read_adapter_config(adapter_dir).get("base_model_name_or_path")
+        if name:
+            return name
+        raise MedptError(f"{config} names no base_model_name_or_path: pass --model_name_or_path")
     raise MedptError("no base model: pass --model_name_or_path, or --adapter with a medpt run")
-
-
-def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
-    path = adapter_dir / ADAPTER_CONFIG
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MedptError(f"{path}: unreadable adapter config ({e})") from None
 
 
 def lora_run(adapter: str | None, command: str) -> Path:
@@ -92,6 +103,12 @@ def run_tokenizer_dir(model: Any, adapter_dir: Path | None, base_name: str | Non
     return tokenizer_source(model).local_dir()
 
 
+def check_adapter(adapter_dir: Path, facts: ModelFacts) -> None:
+    """Its files fit each other and the base (medpt.modelfiles), and its weights are finite."""
+    check_adapter_fits(adapter_dir, facts)
+    check_adapter_weights(adapter_dir)
+
+
 def check_adapter_weights(adapter_dir: Path) -> None:
     """Readable and finite, or a one-line error naming the file (reads every tensor: adapters are small)."""
     import torch
@@ -114,33 +131,17 @@ def check_adapter_weights(adapter_dir: Path) -> None:
         raise MedptError(f"{path}: not a readable safetensors file ({e}); copy or train the adapter again") from None
 
 
-def weights_fingerprint(local_dir: str | Path) -> str:
-    """Identity of a model's weights without reading all of them: config.json, and for every safetensors file its
-    name, size, header (tensor names, shapes, dtypes) and first and last MiB of data, which differ between any two
-    trainings or random initialisations."""
-    directory = Path(local_dir)
-    h = hashlib.sha256((directory / "config.json").read_bytes() if (directory / "config.json").is_file() else b"")
-    for path in sorted(directory.glob("*.safetensors")):
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            h.update(f"{path.name}:{size}".encode() + f.read(header_len) + f.read(1 << 20))
-            f.seek(max(8 + header_len, size - (1 << 20)))
-            h.update(f.read())
-    return h.hexdigest()
-
-
 def base_matches(model: Any, adapter_dir: Path, base_name: str) -> tuple[bool | None, str]:
     """(True/False, detail) when the run recorded its base; (None, detail) when it did not (trained elsewhere)."""
     record = adapter_dir / BASE_RECORD
     if not record.is_file():
         return None, f"{base_name} (no {BASE_RECORD}: trained outside medpt, not checked)"
-    expected = json.loads(record.read_text(encoding="utf-8"))
+    expected = read_json(record, "delete it to skip this check, or train the adapter again")
     local = resolve_local(base_name, MODEL_FILES, model.revision, model.cache_dir)
-    same = expected["fingerprint"] == weights_fingerprint(local)
+    same = expected.get("fingerprint") == weights_fingerprint(local)
     if same:
         return True, f"{base_name} matches"
-    return False, f"{base_name} is not the base the adapter was trained on ({expected['name']})"
+    return False, f"{base_name} is not the base the adapter was trained on ({expected.get('name')})"
 
 
 def check_base(model: Any, adapter_dir: Path, base_name: str, allow: bool, log: Any = print) -> None:
@@ -154,31 +155,64 @@ def check_base(model: Any, adapter_dir: Path, base_name: str, allow: bool, log: 
         log(f"warning: {detail}; applied anyway (--allow_base_mismatch)")
 
 
-def load_variants(config: Any, log: Any = print) -> Variants:
-    """The base model and, with --adapter, the adapted one, checked as the module docstring says."""
+@dataclass(frozen=True)
+class Checked:
+    """What `load_variants` will load, every file checked and nothing loaded but the (small) tokenizer."""
+
+    base_name: str
+    adapter_dir: Path | None
+    kind: str  # "lora", "full" (a fully fine-tuned model) or "" (no adapter)
+    facts: ModelFacts  # the base's
+    tokenizer: Any
+
+
+def check_variants(config: Any, log: Any = print) -> Checked:
+    """Everything `load_variants` would trip over, checked before any data is prepared or weight loaded: the
+    adapter folder, the base's files, the adapter against the base, the tokenizer against the model, and room in
+    the model's positions for an answer of --max_new_tokens."""
     model, adapter = config.model, config.eval.adapter
-    dtype = inference_dtype(model.torch_dtype)
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is not None and not adapter_dir.is_dir():
         raise MedptError(f"--adapter {adapter}: no such folder")
     is_lora = adapter_dir is not None and (adapter_dir / ADAPTER_CONFIG).is_file()
+    if adapter_dir is not None and not is_lora and (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        raise MedptError(f"{adapter_dir / ADAPTER_CONFIG}: missing beside {ADAPTER_WEIGHTS}; copy the adapter again")
     is_full = adapter_dir is not None and not is_lora and any(adapter_dir.glob("*.safetensors"))
     if adapter_dir is not None and not (is_lora or is_full):
         raise MedptError(f"--adapter {adapter}: holds neither {ADAPTER_CONFIG} nor model weights")
     base_name = base_model_name(model.model_name_or_path, adapter_dir if is_lora else None)
+    facts = model_facts(model, base_name)
     if is_lora:
-        check_adapter_weights(adapter_dir)
+        check_adapter(adapter_dir, facts)
         check_base(model, adapter_dir, base_name, config.eval.allow_base_mismatch, log)
-    base = load_model(model, dtype, name=base_name).eval()
-    tokenizer = load_tokenizer(str(run_tokenizer_dir(model, adapter_dir, base_name)), model.trust_remote_code)
+    if is_full:
+        model_facts(model, str(adapter_dir))
+    tokenizer_dir = run_tokenizer_dir(model, adapter_dir, base_name)
+    tokenizer = load_tokenizer(str(tokenizer_dir), model.trust_remote_code)
+    check_tokenizer_fits(tokenizer, tokenizer_dir, facts)
+    generates = config.command != "eval" or config.eval.generate_eval
+    if generates and facts.positions is not None and config.generate.max_new_tokens >= facts.positions:
+        raise MedptError(f"--max_new_tokens {config.generate.max_new_tokens:,} leaves no room for a question: "
+                         f"{base_name} takes {facts.positions:,} positions, question and answer together")  # fmt: skip
+    return Checked(base_name, adapter_dir, "lora" if is_lora else "full" if is_full else "", facts, tokenizer)
+
+
+def load_variants(config: Any, log: Any = print, checked: Checked | None = None) -> Variants:
+    """The base model and, with --adapter, the adapted one, checked as the module docstring says (`checked`: the
+    result of an earlier `check_variants`, when the command checked before preparing data)."""
+    c = checked or check_variants(config, log)
+    model = config.model
+    dtype = inference_dtype(model.torch_dtype)
+    base = load_model(model, dtype, name=c.base_name).eval()
     device = local_device()
     base.to(device)
-    if is_lora:
+    positions = c.facts.positions
+    if c.kind == "lora":
         from peft import PeftModel
 
-        tuned = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
-        return Variants(tokenizer, tuned, tuned, True, base_name)
-    if is_full:
-        tuned = load_model(model, dtype, name=str(adapter_dir)).eval().to(device)
-        return Variants(tokenizer, base, tuned, False, base_name)
-    return Variants(tokenizer, base, None, False, base_name)
+        tuned = PeftModel.from_pretrained(base, str(c.adapter_dir)).eval()
+        return Variants(c.tokenizer, tuned, tuned, True, c.base_name, positions)
+    if c.kind == "full":
+        tuned = load_model(model, dtype, name=str(c.adapter_dir)).eval().to(device)
+        return Variants(c.tokenizer, base, tuned, False, c.base_name, positions)
+    return Variants(c.tokenizer, base, None, False, c.base_name, positions)

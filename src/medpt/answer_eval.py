@@ -55,7 +55,8 @@ def read_pairs(patterns: list[str], flag: str, data: Any, held_out_only: bool) -
     split holds out (medpt.data.hygiene.in_validation, as `prepare` decides it)."""
     from medpt.data.formats import detect_format, to_document
     from medpt.data.hygiene import in_validation
-    from medpt.data.records import FileSource, resolve_files
+    from medpt.data.paths import resolve_files
+    from medpt.data.records import FileSource
 
     pairs = []
     for path in resolve_files(patterns, flag):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from medpt import __version__
 from medpt.args import DemoArguments, DownloadArguments, InitTinyArguments, ReportArguments
 from medpt.errors import MedptError, user_message
-from medpt.flags import FlagSpec, closest, convert, format_help, specs_of, split_argv
+from medpt.flags import FlagSpec, closest, format_help, specs_of, split_argv, value_of
 
 
 @dataclass(frozen=True)
@@ -167,4 +167,4 @@ def parse_small(cls: type, argv: list[str], name: str):
     configs, pairs = split_argv(argv, lookup)
     if configs:
         raise MedptError(f"medpt {name} takes no configuration file, got {configs[0]!r}")
-    return cls(**{k: convert(v, specs[k].type, k) for k, v in pairs})
+    return cls(**{k: value_of(v, specs[k]) for k, v in pairs})

@@ -24,6 +24,7 @@ import yaml
 
 from medpt.args import (  # noqa: F401 - re-exported: the schema is imported from here by most modules
     COMMAND_FLAGS,
+    RESUME_WORDS,
     SECTIONS,
     TEMPLATES,
     DataArguments,
@@ -39,7 +40,7 @@ from medpt.args import (  # noqa: F401 - re-exported: the schema is imported fro
 )
 from medpt.atomic import atomic_write_text
 from medpt.errors import MedptError
-from medpt.flags import FlagSpec, closest, convert, specs_of, split_argv
+from medpt.flags import FlagSpec, closest, specs_of, split_argv, value_of
 from medpt.rundir import CONFIG_FILE
 
 # Names used by older transformers or by MedicalGPT, mapped to today's flag when the installed version lacks them.
@@ -196,7 +197,7 @@ class Config:
                 if f.metadata.get("secret") and value is not None:
                     value = "(set, not shown)"
                 note = ""
-                if absolute and f.name in path_flags():
+                if absolute and f.name in path_flags() and not _is_keyword(f.name, value):
                     value = absolute_paths(value)
                     if value != getattr(section, f.name):
                         note = f"; given as {_flow(getattr(section, f.name))}"
@@ -229,6 +230,11 @@ def absolute_paths(value: Any) -> Any:
     return os.path.abspath(expanded)
 
 
+def _is_keyword(flag: str, value: Any) -> bool:
+    """--resume_from_checkpoint holds a path or a word (auto, no): a word is saved as it is, not as a path."""
+    return flag == "resume_from_checkpoint" and str(value).strip().lower() in ("", *RESUME_WORDS)
+
+
 def _looks_like_hub_id(value: str) -> bool:
     return value.count("/") == 1 and not value.startswith((".", "~")) and not any(c in value for c in "*?[")
 
@@ -257,7 +263,7 @@ def load_config(argv: list[str], command: str = "", base: dict[str, Any] | None 
         for key, raw in _read_yaml(path).items():
             try:
                 spec = lookup(str(key))
-                from_files.append((path, spec, convert(raw, spec.type, spec.name)))
+                from_files.append((path, spec, value_of(raw, spec)))
             except MedptError as e:
                 raise MedptError(f"{path}: {e}") from None
     from_flags = []
@@ -265,7 +271,7 @@ def load_config(argv: list[str], command: str = "", base: dict[str, Any] | None 
         spec = lookup(name)
         if not takes(command, spec):
             raise _not_this_command(command, spec)
-        from_flags.append((spec, convert(raw, spec.type, name)))
+        from_flags.append((spec, value_of(raw, spec, name)))
     values: dict[str, Any] = {}
     explicit: set[str] = set()
     for path, spec, value in from_files:
@@ -298,9 +304,14 @@ def load_saved(run_dir: str | Path) -> Config:
     if not path.is_file():
         raise MedptError(f"{run_dir} has no {CONFIG_FILE}: is it a medpt output directory?")
     data = _read_yaml(path)
-    known = {k: v for k, v in data.items() if k in own_specs()}
-    trainer = {k: v for k, v in data.items() if k not in own_specs()}
+    if not data:
+        raise MedptError(f"{path} is empty: a run's saved configuration holds its model and data settings; copy "
+                         "it again, or delete it and pass --model_name_or_path")  # fmt: skip
+    specs = own_specs()
+    trainer = {k: v for k, v in data.items() if k not in specs}
     try:
+        # Converted like a YAML file's values: a hand-edited value of the wrong type is named here, not used.
+        known = {k: value_of(v, specs[k]) for k, v in data.items() if k in specs}
         config = Config.from_values(known, command="saved", sources=[str(path)])
     except MedptError as e:
         raise MedptError(f"{path}: {e}") from None

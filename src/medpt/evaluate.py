@@ -128,15 +128,17 @@ def run_eval(config: Any) -> int:
 def evaluate_run(config: Any, log: Any = print) -> dict[str, Any]:
     """Base vs adapted on the run's held-out split, each --eval_sets entry, the multiple-choice benchmarks and
     generated answers; results (JSON and Markdown) in RUN/eval."""
+    from medpt.adapter import check_variants
     from medpt.rundir import claim_dir, holding, inputs_of
 
+    checked = check_variants(config, log)  # the model's, adapter's and tokenizer's files, before any data work
     out = config.beside_adapter("eval")
     with holding(out, "eval", inputs=inputs_of(config)):
         claim_dir(out, "eval", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
-        return _evaluate(config, out, log)
+        return _evaluate(config, out, checked, log)
 
 
-def _evaluate(config: Any, out: Any, log: Any) -> dict[str, Any]:
+def _evaluate(config: Any, out: Any, checked: Any, log: Any) -> dict[str, Any]:
     from medpt.adapter import load_variants
     from medpt.atomic import atomic_write_text
     from medpt.mcq_suite import load_benchmarks
@@ -152,7 +154,7 @@ def _evaluate(config: Any, out: Any, log: Any) -> dict[str, Any]:
     if not sets and not benchmarks and not qas:
         raise MedptError("nothing to evaluate: pass --eval_sets NAME=PATH, --validation_file_dir, --mcq NAME=FILE, "
                          "--mcq_dir or --mcq_file")  # fmt: skip
-    variants = load_variants(config, log)
+    variants = load_variants(config, log, checked)
     results: dict[str, Any] = {"base_model": variants.base_name, "adapter": config.eval.adapter}
     results["sets"] = {name: _lm_set(config, variants, name, packed, log) for name, packed in sets.items()}
     if benchmarks:

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import enum
 import json
+import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +34,7 @@ class FlagSpec:
     type: Any
     default: Any
     help: str
+    path: bool = False  # it holds paths: `~` is expanded when the value is read (value_of)
 
 
 def specs_of(cls: type, section: str, exclude: Iterable[str] = ()) -> Iterator[FlagSpec]:
@@ -48,7 +50,8 @@ def specs_of(cls: type, section: str, exclude: Iterable[str] = ()) -> Iterator[F
             default = f.default_factory()
         else:
             default = None
-        yield FlagSpec(f.name, section, hints[f.name], default, f.metadata.get("help", ""))
+        meta = f.metadata
+        yield FlagSpec(f.name, section, hints[f.name], default, meta.get("help", ""), bool(meta.get("path")))
 
 
 def _members(tp: Any) -> tuple[Any, ...]:
@@ -73,6 +76,26 @@ def is_bool(tp: Any) -> bool:
 def _choices(tp: Any) -> tuple[Any, ...]:
     """The values of the Literal alternatives of a type (`Literal["none", "exact"] | bool` → ("none", "exact"))."""
     return tuple(v for m in _members(tp) if typing.get_origin(m) is typing.Literal for v in typing.get_args(m))
+
+
+def value_of(raw: Any, spec: FlagSpec, flag: str | None = None) -> Any:
+    """A flag's value from the command line or a YAML file: converted to its type and, for a path flag, with `~`
+    expanded once, here, so the manifest, the files and the saved configuration all see the same real path (the
+    shell expands `~` only at the start of a word: not in '~/out', --flag=~/out, NAME=~/data or YAML)."""
+    value = convert(raw, spec.type, flag or spec.name)
+    return expand_home(value) if spec.path else value
+
+
+def expand_home(value: Any) -> Any:
+    """`~` and `~user` at the start of a path, of each path in a list, and of PATH in NAME=PATH items."""
+    if isinstance(value, list):
+        return [expand_home(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    name, eq, rest = value.partition("=")
+    if eq and name.isidentifier() and rest.startswith("~"):
+        return f"{name}={os.path.expanduser(rest)}"
+    return os.path.expanduser(value) if value.startswith("~") else value
 
 
 def convert(value: Any, tp: Any, flag: str) -> Any:

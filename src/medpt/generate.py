@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from medpt.data.templates import BUILTIN, custom_format
-from medpt.errors import MedptError
+from medpt.errors import BadRecordError, MedptError
 
 
 def role_format(template: str, template_format: dict | None) -> Any:
@@ -85,14 +85,34 @@ def extra_logits_processors() -> list:
     return []
 
 
-def answer(model: Any, tokenizer: Any, prompts: list[str], gen: Any, stops: list[str], seed: int) -> list[str]:
+def fit_prompts(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, log: Callable = print) -> list:
+    """Token ids of each prompt. The model attends to at most its positions (max_position_embeddings), prompt and
+    answer together; a prompt that leaves less than --max_new_tokens of them is cut from the left (the oldest
+    turns of a chat, the start of a long question go), with a one-line note, the rule chat, compare and generate
+    share (`medpt serve` refuses such a request instead: an API client must hear it)."""
+    from medpt.modelfiles import positions_of
+
+    ids = tokenizer(prompts)["input_ids"]
+    positions = positions_of(model.config.to_dict())
+    room = positions - max_new_tokens if positions is not None else None
+    long = [len(row) for row in ids if room is not None and len(row) > room]
+    if not long:
+        return ids
+    log(f"note: {len(long)} prompt(s) of up to {max(long):,} tokens cut from the left to {room:,}: the model takes "
+        f"{positions:,} positions, and --max_new_tokens {max_new_tokens} are kept for the answer")  # fmt: skip
+    return [row[-room:] for row in ids]
+
+
+def answer(model: Any, tokenizer: Any, prompts: list[str], gen: Any, stops: list[str], seed: int,
+           log: Callable = print) -> list[str]:  # fmt: skip
     """Batched generation (left padding), the same seed for every call so base and adapted are comparable."""
     import torch
     from transformers import set_seed
 
     set_seed(seed)
     tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    ids = fit_prompts(model, tokenizer, prompts, gen.max_new_tokens, log)
+    enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
     device = next(model.parameters()).device
     with torch.no_grad():
         out = model.generate(
@@ -110,36 +130,46 @@ def read_question_list(gen: Any) -> list[str]:
         path = Path(gen.questions)
         if not path.is_file():
             raise MedptError(f"--questions {path}: no such file")
-        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-            if not line.strip():
-                continue
-            if path.suffix == ".jsonl":
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise MedptError(f"{path}:{number}: invalid JSON: {e.msg}") from None
-                if not isinstance(item, dict) or not isinstance(item.get("question"), str):
-                    raise MedptError(f"{path}:{number}: field 'question': expected a string")
-                questions.append(item["question"])
-            else:
-                questions.append(line.strip())
+        questions += questions_in(path)
     if not questions:
         raise MedptError("no questions: pass --question '...' (repeatable) or --questions FILE")
     return questions
 
 
+def questions_in(path: Path) -> list[str]:
+    """The questions of a .jsonl file ({"question": ...} per line) or of any other file (one per line), read by the
+    data reader (medpt.data.records): the encoding, the line of a bad record and the record size limit are checked
+    as for training data, and a problem is one line naming the file and line."""
+    from medpt.data.records import FileSource
+
+    source = FileSource(path, txt_split="line")
+    source.suffix = ".jsonl" if source.suffix == ".jsonl" else ".txt"  # any other name: one question per line
+    questions = []
+    for record in source.records():
+        if isinstance(record, BadRecordError):
+            raise MedptError(str(record))
+        if source.suffix == ".txt":
+            questions.append(record.value["text"].strip())
+        elif isinstance(record.value, dict) and isinstance(record.value.get("question"), str):
+            questions.append(record.value["question"])
+        else:
+            raise record.bad("question", "expected a string")
+    return questions
+
+
 def run_compare(config: Any, log: Callable[[str], None] = print) -> int:
     """`medpt compare`: base and adapted answers side by side (in RUN/compare unless --output_dir)."""
-    from medpt.adapter import load_variants
+    from medpt.adapter import check_variants, load_variants
     from medpt.rundir import claim_dir, holding, inputs_of
 
     if not config.eval.adapter:
         raise MedptError("compare needs --adapter (a medpt run or a PEFT adapter folder)")
     questions = read_question_list(config.generate)
+    checked = check_variants(config, log)
     out = config.beside_adapter("compare")
     with holding(out, "compare", inputs=inputs_of(config)):
         claim_dir(out, "compare", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
-        compare_answers(config, load_variants(config, log), questions, out, log)
+        compare_answers(config, load_variants(config, log, checked), questions, out, log)
     return 0
 
 
@@ -152,7 +182,7 @@ def compare_answers(config: Any, variants: Any, questions: list[str], out: Path,
     answers = {}
     for which in variants.names:
         with variants.use(which) as model:
-            answers[which] = answer(model, variants.tokenizer, prompts, config.generate, stops, config.run.seed)
+            answers[which] = answer(model, variants.tokenizer, prompts, config.generate, stops, config.run.seed, log)
         log(f"  {which}: {len(questions)} answers")
     rows = [{"question": q, "base": b, "adapted": a} for q, b, a in zip(questions, answers["base"], answers["adapted"])]
     settings = decoding_note(config.generate, config.run.seed)
@@ -198,19 +228,20 @@ def compare_html(rows: list[dict], settings: str) -> str:
 
 def run_generate(config: Any, log: Callable[[str], None] = print) -> int:
     """`medpt generate`: answers to a file of questions, jsonl out (RUN/answers.jsonl unless --answers_file)."""
-    from medpt.adapter import load_variants
+    from medpt.adapter import check_variants, load_variants
     from medpt.atomic import atomic_writer
     from medpt.rundir import ANSWERS, claim_file, inputs_of
 
     questions = read_question_list(config.generate)
+    checked = check_variants(config, log)
     target = config.generate.answers_file or config.beside_adapter(ANSWERS)
     out_file = claim_file(target, "generate", flag="answers_file", inputs=inputs_of(config))
-    variants = load_variants(config, log)
+    variants = load_variants(config, log, checked)
     which = "adapted" if variants.adapted is not None else "base"
     prompts = [build_prompt(q, [], config.data, variants.tokenizer) for q in questions]
     with variants.use(which) as model:
         answers = answer(
-            model, variants.tokenizer, prompts, config.generate, stop_strings(config.data), config.run.seed
+            model, variants.tokenizer, prompts, config.generate, stop_strings(config.data), config.run.seed, log
         )
     with atomic_writer(out_file) as f:
         for q, a in zip(questions, answers):
@@ -309,14 +340,17 @@ def chat(config: Any, variants: Any, stdin: TextIO, stdout: TextIO) -> int:
                 write(f"({HELP})\n")
             continue
         prompt = build_prompt(question, history, config.data, variants.tokenizer)
-        enc = variants.tokenizer(prompt, return_tensors="pt")
         streamer = StopAwareStreamer(variants.tokenizer, stops, write)
-        write("答: ")
         set_seed(config.run.seed)
         with variants.use(use) as model, torch.no_grad():
+            ids = fit_prompts(model, variants.tokenizer, [prompt], config.generate.max_new_tokens,
+                              lambda note: write(f"({note})\n"))  # fmt: skip
+            write("答: ")
             device = next(model.parameters()).device
+            input_ids = torch.tensor(ids, device=device)
             model.generate(
-                **{k: v.to(device) for k, v in enc.items()},
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
                 streamer=streamer,
                 logits_processor=extra_logits_processors() or None,
                 **generation_kwargs(config.generate, variants.tokenizer, stops),

@@ -79,12 +79,19 @@ def download(
 def _snapshot(repo_id: str, repo_type: str, **kwargs: Any) -> Path:
     """huggingface_hub's snapshot_download, its failures turned into advice for a user behind a slow network."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     mirror = "set HF_ENDPOINT to a mirror (e.g. HF_ENDPOINT=https://hf-mirror.com)"
     try:
         return Path(snapshot_download(repo_id, repo_type=repo_type, **kwargs))
+    except HFValidationError:
+        raise MedptError(f"{repo_id}: no local folder of that name, and not a hub id (org/name)") from None
     except RepositoryNotFoundError:
         raise MedptError(
             f"{repo_id}: no such {repo_type} repository at {endpoint}, and no such local directory"

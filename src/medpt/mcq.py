@@ -54,7 +54,8 @@ class Question:
 
 def read_questions(patterns: list[str], flag: str = "mcq_file") -> list[Question]:
     """Questions from jsonl/json files; every problem names file, line and field."""
-    from medpt.data.records import FileSource, resolve_files
+    from medpt.data.paths import resolve_files
+    from medpt.data.records import FileSource
 
     questions = []
     for path in resolve_files(patterns, flag):

@@ -59,16 +59,13 @@ def merge_adapter(config: Any, adapter: Path, out: Path, log: Any = print, dtype
     and fold the adapter in. `dtype` overrides --torch_dtype / the base's saved dtype."""
     from peft import PeftModel
 
-    from medpt.adapter import base_model_name, check_adapter_weights, check_base, run_tokenizer_dir
+    from medpt.adapter import check_variants, run_tokenizer_dir
     from medpt.atomic import check_free_space
-    from medpt.hub import resolve_local
-    from medpt.model import MODEL_FILES, TOKENIZER_FILES, load_model, load_tokenizer
+    from medpt.model import TOKENIZER_FILES, load_model
 
     m = config.model
-    base_name = base_model_name(m.model_name_or_path, adapter)
-    check_adapter_weights(adapter)
-    check_base(m, adapter, base_name, config.eval.allow_base_mismatch, log)
-    local = resolve_local(base_name, MODEL_FILES, m.revision, m.cache_dir)
+    checked = check_variants(config, log)  # the adapter (config.eval.adapter) and its base, before loading either
+    base_name, local = checked.base_name, checked.facts.local
     dtype = dtype or merge_dtype(m.torch_dtype, local)
     tokenizer_dir = run_tokenizer_dir(m, adapter, base_name)
     weights = sum(f.stat().st_size for f in local.glob("*.safetensors"))
@@ -79,8 +76,7 @@ def merge_adapter(config: Any, adapter: Path, out: Path, log: Any = print, dtype
     log(f"merging {adapter} into {base_name} ({dtype})")
     base = load_model(m, dtype, name=base_name)
     model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    tokenizer = load_tokenizer(str(tokenizer_dir), m.trust_remote_code)
-    return Merged(model, tokenizer, tokenizer_dir, base_name, adapter, dtype)
+    return Merged(model, checked.tokenizer, tokenizer_dir, base_name, adapter, dtype)
 
 
 def save_merged(merged: Merged, directory: Path, command: str) -> None:

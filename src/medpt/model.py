@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 from medpt.errors import MedptError
 from medpt.hub import resolve_local
+from medpt.modelfiles import ModelFacts, first_lines, inspect_model, positions_of, read_json, weight_files
 
 # PEFT (PeftModel.from_pretrained, get_peft_model) still reads a transformers property deprecated in v5, on every
 # train/eval/verify/merge; nothing a user can act on. Every path that builds a PeftModel imports this module.
@@ -54,6 +54,7 @@ class TokenizerSource:
 
     def fingerprint(self) -> str:
         directory = self.local_dir()
+        check_tokenizer_files(directory)  # a damaged file is named now, not later by a worker loading it
         h = hashlib.sha256()
         found = False
         for filename in TOKENIZER_FILES:
@@ -77,10 +78,30 @@ def tokenizer_source(model: Any) -> TokenizerSource:
     return TokenizerSource(name, model.revision, model.cache_dir, model.trust_remote_code)
 
 
+def check_tokenizer_files(directory: Path) -> list[str]:
+    """The tokenizer files a folder holds, each JSON one parsed: missing, empty or cut short is one line naming it."""
+    held = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
+    for name in held:
+        if name.endswith(".json"):
+            read_json(directory / name)
+    return held
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    held = check_tokenizer_files(Path(path))
+    # Whatever AutoTokenizer raises on a folder whose JSON parses (a missing vocabulary file, a slow tokenizer
+    # needing sentencepiece, a class it does not know) is about that folder: one line naming it and what it holds.
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - see above
+        raise MedptError(f"{path}: transformers cannot load the tokenizer ({first_lines(e)}); the folder holds "
+                         f"{', '.join(held) or 'no tokenizer file'}. Copy the tokenizer files again, or pass the "
+                         "model's own with --tokenizer_name_or_path") from None  # fmt: skip
+    if tokenizer.eos_token_id is None:
+        raise MedptError(f"{path}: the tokenizer has no EOS token (is tokenizer_config.json missing?), so documents "
+                         "cannot be separated nor answers end; copy the tokenizer files again")  # fmt: skip
     if tokenizer.pad_token is None:
         # LLaMA-family base models (deepseek-coder included) ship no pad token. Padding is masked by position
         # everywhere in medpt, so reusing EOS as the pad id is safe: real EOS tokens keep their loss.
@@ -168,12 +189,7 @@ def load_model(
             bnb_4bit_compute_dtype=compute_dtype or dtype,
         )
         kwargs["device_map"] = {"": local_device()}
-    weights = sorted(local.glob("*.safetensors"))
-    if not weights:
-        raise MedptError(
-            f"{name}: no .safetensors weights. medpt does not load pickle-based .bin weights (they can run "
-            "code); convert them once with safetensors, or use a model that ships safetensors"
-        )
+    weights = weight_files(local)
     from safetensors import SafetensorError
 
     try:
@@ -190,13 +206,18 @@ def load_model(
         raise MedptError(f"{local}: the model weights are damaged ({e}); download or copy the model again") from None
 
 
+def model_facts(args: Any, name: str | None = None) -> ModelFacts:
+    """The model `args` (a ModelArguments) names, or `name`, checked without loading a weight (medpt.modelfiles)."""
+    name = name or args.model_name_or_path
+    if not name:
+        raise MedptError("no base model: pass --model_name_or_path (a hub id or a local directory)")
+    patterns = MODEL_FILES + (["*.py"] if args.trust_remote_code else [])
+    return inspect_model(resolve_local(name, patterns, args.revision, args.cache_dir), name, args.trust_remote_code)
+
+
 def model_positions(args: Any, name: str | None = None) -> int | None:
     """The longest sequence the model takes (max_position_embeddings or its equivalents), from its config.json."""
-    config = model_config(args, name)
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        if isinstance(config.get(key), int):
-            return config[key]
-    return None
+    return positions_of(model_config(args, name))
 
 
 def model_config(args: Any, name: str | None = None) -> dict[str, Any]:
@@ -205,45 +226,29 @@ def model_config(args: Any, name: str | None = None) -> dict[str, Any]:
     path = local / "config.json"
     if not path.is_file():  # a tokenizer-only folder (enough for `medpt prepare`): no limits to check
         return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise MedptError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path)
 
 
-def check_block_size(args: Any, block_size: int) -> None:
+def check_block_size(block_size: int, positions: int | None, name: str) -> None:
     """A block longer than the model's positions trains without an error and learns garbage past them: refuse it."""
-    if not args.model_name_or_path:
-        return
-    positions = model_positions(args)
     if positions is not None and block_size > positions:
         raise MedptError(
-            f"--block_size {block_size} is longer than the {positions:,} positions {args.model_name_or_path} "
-            f"takes (max_position_embeddings); use --block_size {positions} or less"
+            f"--block_size {block_size} is longer than the {positions:,} positions {name} takes "
+            f"(max_position_embeddings); use --block_size {positions} or less"
         )
 
 
-def check_target_modules(args: Any, target_modules: list[str]) -> None:
+def check_target_modules(target_modules: list[str], facts: ModelFacts) -> None:
     """Every --target_modules name must match a module of the model (PEFT fails only when none matches, so a typo
-    beside a correct name would silently train fewer layers). Checked on an empty (meta-device) copy of the model,
-    before any data is prepared or weights are loaded."""
+    beside a correct name would silently train fewer layers)."""
     if target_modules == ["all"]:
         return
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    local = resolve_local(args.model_name_or_path, ["config.json", *(["*.py"] if args.trust_remote_code else [])],
-                          args.revision, args.cache_dir)  # fmt: skip
-    config = AutoConfig.from_pretrained(local, trust_remote_code=args.trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=args.trust_remote_code)
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n} | {n for n, _ in model.named_modules()}
+    names = facts.modules | {n.rsplit(".", 1)[-1] for n in facts.modules}
     missing = [t for t in target_modules if t not in names]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise MedptError(
-            f"--target_modules {','.join(missing)}: no such module in {args.model_name_or_path}; its linear layers "
-            f"are {', '.join(linear)} (or use all)"
+            f"--target_modules {','.join(missing)}: no such module in {facts.name}; its linear layers are "
+            f"{', '.join(sorted(facts.linear_names()))} (or use all)"
         )
 
 

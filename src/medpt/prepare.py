@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from medpt.data.pipeline import prepare_data
-from medpt.model import check_block_size, tokenizer_source
+from medpt.model import check_block_size, model_positions, tokenizer_source
 from medpt.rundir import claim_dir, claim_file, holding, inputs_of
 
 
 def run_prepare(config: Any) -> int:
     source = tokenizer_source(config.model)
     inputs = inputs_of(config)
-    check_block_size(config.model, config.data.block_size)
+    if config.model.model_name_or_path:
+        check_block_size(config.data.block_size, model_positions(config.model), config.model.model_name_or_path)
     out = Path(config.run.output_dir)
     with holding(out, "prepare", inputs=inputs):
         claim_dir(out, "prepare", inputs=inputs, overwrite=config.run.overwrite_output_dir)

@@ -226,20 +226,29 @@ class Inputs:
             self.patterns.append((what, os.path.abspath(os.path.expanduser(text))))
             # A recursive glob reads any depth under its fixed part: that folder is an input as a whole.
             if "**" in text:
-                self.paths.append((what, Path(_fixed_part(text)).resolve()))
+                self.paths.append((what, resolved(Path(fixed_part(text)))))
             for match in glob.glob(text, recursive=True):
-                self.paths.append((what, Path(match).resolve()))
+                self.paths.append((what, resolved(Path(match))))
             return
         expanded = Path(os.path.expanduser(text))
         if expanded.exists() or even_if_missing:
-            self.paths.append((what, expanded.resolve()))
+            self.paths.append((what, resolved(expanded)))
 
     def add_all(self, what: str, paths: Iterable[str] | None) -> None:
         for p in paths or []:
             self.add(what, p)
 
 
-def _fixed_part(pattern: str) -> str:
+def resolved(path: Path) -> Path:
+    """The absolute path with symbolic links followed, or one line when they form a loop."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # a link loop: RuntimeError up to Python 3.12, OSError (ELOOP) after
+        raise MedptError(f"{path}: symbolic links that lead back to themselves (a loop); remove or fix them") from None
+
+
+def fixed_part(pattern: str) -> str:
+    """The folder a glob starts from: its path up to the first part with a wildcard."""
     parts = Path(pattern).parts
     fixed = []
     for part in parts:
@@ -255,7 +264,7 @@ def _inside(child: Path, parent: Path) -> bool:
 
 def check_output(flag: str, output: str | os.PathLike, inputs: Inputs, is_file: bool = False) -> Path:
     """Refuse an output that is, holds or sits inside an input; returns the output as an absolute path."""
-    out = Path(os.path.expanduser(str(output))).resolve()
+    out = resolved(Path(os.path.expanduser(str(output))))
     for what, path in inputs.paths:
         if _inside(out, path) or _inside(path, out):
             relation = "is" if out == path else ("is inside" if _inside(out, path) else "holds")
@@ -264,7 +273,7 @@ def check_output(flag: str, output: str | os.PathLike, inputs: Inputs, is_file: 
                 f"--{flag} outside it"
             )
     if inputs.adapter is not None:
-        adapter = inputs.adapter.resolve()
+        adapter = resolved(inputs.adapter)
         if out == adapter or _inside(adapter, out):
             relation = "is" if out == adapter else "holds"
             raise MedptError(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medpt.atomic import atomic_write_text, cut_log, make_dir, read_log, replace, writing_into
-from medpt.config import Config
+from medpt.config import RESUME_WORDS, Config
 from medpt.curves import plot_losses
 from medpt.errors import MedptError
 from medpt.hub import resolve_local
@@ -27,11 +27,13 @@ from medpt.model import (
     device_kind,
     load_model,
     load_tokenizer,
+    model_facts,
     resolve_precision,
     tokenizer_source,
     trainable_summary,
     weight_dtype,
 )
+from medpt.modelfiles import ModelFacts, check_adapter_fits, check_checkpoint, check_tokenizer_fits
 from medpt.rundir import (
     ADAPTER_WEIGHTS,
     BASE_RECORD,
@@ -118,13 +120,29 @@ def _silent(*_: Any) -> None:
     pass
 
 
-def check_before_loading(config: Config) -> None:
-    """What needs nothing loaded: the model's limits (from its config.json), the LoRA targets, --peft_path."""
-    check_block_size(config.model, config.data.block_size)
-    if config.lora.use_peft and not config.lora.peft_path:
-        check_target_modules(config.model, config.lora.target_modules)
+def check_before_loading(config: Config) -> ModelFacts:
+    """What needs no weight loaded: the model's files (medpt.modelfiles), its tokenizer, --peft_path, and the flags
+    that must fit the model. Returns the model's facts, for checking more values against it (`medpt tune`)."""
+    m = config.model
+    if not m.model_name_or_path:
+        raise MedptError("training needs a base model: pass --model_name_or_path (a hub id or a local directory)")
+    facts = model_facts(m)
+    tokenizer_dir = tokenizer_source(m).local_dir()
+    check_tokenizer_fits(load_tokenizer(str(tokenizer_dir), m.trust_remote_code), tokenizer_dir, facts)
     if config.lora.use_peft and config.lora.peft_path:
-        resolve_local(config.lora.peft_path, ["adapter_config.json", "*.safetensors"])  # it exists, or a clear error
+        check_adapter_fits(resolve_local(config.lora.peft_path, ["adapter_config.json", "*.safetensors"]), facts)
+    resume = config.run.resume_from_checkpoint.strip()
+    if resume.lower() not in ("", *RESUME_WORDS) and Path(resume).is_dir():  # it may be another run's
+        check_checkpoint(Path(resume), config.lora, facts)
+    check_fits_model(config, facts)
+    return facts
+
+
+def check_fits_model(config: Config, facts: ModelFacts) -> None:
+    """The flags that must fit the model: the block size (its positions) and the LoRA targets (its modules)."""
+    check_block_size(config.data.block_size, facts.positions, facts.name)
+    if config.lora.use_peft and not config.lora.peft_path:
+        check_target_modules(config.lora.target_modules, facts)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -403,9 +421,8 @@ def whole_run_train_loss(metrics_file: Path, resumed_at: int, session_loss: floa
 
 def _record_base(config: Config, out: Path) -> None:
     """Which weights this adapter was trained on, so eval, merge and verify catch it being applied to another base."""
-    from medpt.adapter import weights_fingerprint
-    from medpt.hub import resolve_local
     from medpt.model import MODEL_FILES
+    from medpt.modelfiles import weights_fingerprint
 
     m = config.model
     local = resolve_local(m.model_name_or_path, MODEL_FILES, m.revision, m.cache_dir)

@@ -12,7 +12,6 @@ and it reports the adapter's trainable parameters and file size.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from medpt.errors import MedptError
@@ -26,18 +25,26 @@ def run_verify(config: Any, log: Any = print) -> int:
 
     import torch
 
-    from medpt.adapter import base_matches, base_model_name, lora_run, read_adapter_config, run_tokenizer_dir
+    from medpt.adapter import base_matches, base_model_name, lora_run, run_tokenizer_dir
     from medpt.atomic import atomic_write_text
-    from medpt.model import load_model, load_tokenizer
+    from medpt.model import load_model, load_tokenizer, model_facts
+    from medpt.modelfiles import check_adapter_fits, check_tokenizer_fits, read_adapter_config
     from medpt.rundir import claim_file
 
     adapter = lora_run(config.eval.adapter, "verify")
-    claim_file(adapter / VERIFY, "verify", flag="adapter")
     adapter_config = read_adapter_config(adapter)
     weights = adapter / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise MedptError(f"{adapter}: no {ADAPTER_WEIGHTS}")
     base_name = base_model_name(config.model.model_name_or_path, adapter)
+    # Files that do not fit each other are errors (medpt.modelfiles); a configured target missing from the base is
+    # check 3's failure, reported with the others.
+    facts = model_facts(config.model, base_name)
+    missing = check_adapter_fits(adapter, facts, targets_must_exist=False)
+    tokenizer_dir = run_tokenizer_dir(config.model, adapter, base_name)
+    tokenizer = load_tokenizer(str(tokenizer_dir), config.model.trust_remote_code)
+    check_tokenizer_fits(tokenizer, tokenizer_dir, facts)
+    claim_file(adapter / VERIFY, "verify", flag="adapter")
     checks: list[dict[str, Any]] = []
 
     def check(name: str, ok: bool, detail: str) -> None:
@@ -51,13 +58,7 @@ def run_verify(config: Any, log: Any = print) -> int:
     nonfinite, b_keys, zero, n_params = _read_weights(weights)
     check("finite weights", not nonfinite, f"NaN/inf in {nonfinite[:3]}" if nonfinite else "all finite")
     # 3. target modules exist
-    base = load_model(config.model, torch.float32, name=base_name).eval()
-    names = [n for n, _ in base.named_modules()]
     targets = adapter_config.get("target_modules") or []
-    if isinstance(targets, str):  # a regex in PEFT's config
-        missing = [] if any(re.fullmatch(targets, n) for n in names) else [targets]
-    else:
-        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     check("target modules", not missing, f"{len(targets)} present" if not missing else f"missing in base: {missing}")
     # 4. B matrices
     detail = f"{len(b_keys) - len(zero)}/{len(b_keys)} non-zero" + (f"; all-zero: {zero[:3]}..." if zero else "")
@@ -65,13 +66,13 @@ def run_verify(config: Any, log: Any = print) -> int:
     # 5. the adapter changes the logits
     from peft import PeftModel
 
-    tokenizer = load_tokenizer(str(run_tokenizer_dir(config.model, adapter, base_name)), config.model.trust_remote_code)
+    base = load_model(config.model, torch.float32, name=base_name).eval()
     ids = tokenizer(PROBE, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         before = base(ids).logits
         try:
             tuned = PeftModel.from_pretrained(base, str(adapter)).eval()
-        except RuntimeError as e:  # shape mismatch: an adapter for another architecture or size
+        except (RuntimeError, ValueError) as e:  # no configured target in this base (check 3 says which)
             raise MedptError(f"the adapter does not fit {base_name}: {str(e).splitlines()[0]}") from None
         after = tuned(ids).logits
     delta = (after - before).abs().max().item()

@@ -177,7 +177,7 @@ def test_skip_mode_logs_every_rejected_record_with_its_reason(tokenizer_dir, tmp
     assert rejected[0]["record"] == '{"conversations": [' and "unknown role" in rejected[1]["reason"]
     rec = json.loads((out / "data_report.json").read_text())["records"]
     assert rec["read"] == 9
-    assert rec["skipped"] == {"bad_record": 2, "empty": 1, "duplicate": 1, "in_validation_set": 0,
+    assert rec["skipped"] == {"bad_record": 2, "too_large": 0, "empty": 1, "duplicate": 1, "in_validation_set": 0,
                               "near_duplicate": 0, "contaminated": 0}  # fmt: skip
     assert rec["empty_files"] == 1 and rec["documents"]["train"] == 5
 

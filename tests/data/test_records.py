@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from medpt.data import records
-from medpt.data.records import FileSource, resolve_files
+from medpt.data.paths import resolve_files
+from medpt.data.records import FileSource
 from medpt.errors import BadRecordError, MedptError
 
 

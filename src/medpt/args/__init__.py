@@ -32,11 +32,19 @@ from medpt.args.tools import (
     TuneArguments,
     penalty_of,
 )
-from medpt.args.training import DataArguments, LoraArguments, ModelArguments, RunArguments, split_named
+from medpt.args.training import (
+    RESUME_WORDS,
+    DataArguments,
+    LoraArguments,
+    ModelArguments,
+    RunArguments,
+    split_named,
+)
 
 __all__ = [
     "COMMAND_FLAGS",
     "MAX_BLOCK_SIZE",
+    "RESUME_WORDS",
     "SECTIONS",
     "TEMPLATES",
     "TRAINER_RANGES",

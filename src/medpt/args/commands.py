@@ -81,11 +81,12 @@ def check_trainer_values(values: dict[str, Any]) -> None:
 # --- the small commands, each with its own flags -------------------------------------------------------------
 @dataclass
 class InitTinyArguments:
-    output_dir: str = _arg("outputs/tiny-model", "Where the model and tokenizer go.")
+    output_dir: str = _arg("outputs/tiny-model", "Where the model and tokenizer go.", path=True)
     size: Literal["5m", "25m", "100m"] = _arg("5m", "Nominal size: 5m, 25m or 100m parameters.")
     corpus: list[str] = _arg(
         help="Files, folders or globs the tokenizer is trained on (default: the bundled sample).",
         factory=lambda: [str(SAMPLE_QA)],
+        path=True,
     )
     seed: int = _arg(42, "Seed of the random initialisation.", ge=0, lt=2**32)
     overwrite: bool = _arg(False, "Replace a tiny model medpt wrote there earlier.")
@@ -96,7 +97,7 @@ class InitTinyArguments:
 
 @dataclass
 class DemoArguments:
-    output_dir: str = _arg("outputs/demo", "Where every artifact of the demo goes.")
+    output_dir: str = _arg("outputs/demo", "Where every artifact of the demo goes.", path=True)
     size: Literal["5m", "25m", "100m"] = _arg("5m", "Tiny model size: 5m, 25m or 100m.")
 
 
@@ -105,12 +106,12 @@ class DownloadArguments:
     repo_id: str = _arg("", "Repository to fetch, e.g. deepseek-ai/deepseek-coder-7b-base-v1.5.")
     repo_type: Literal["model", "dataset"] = _arg("model", "model or dataset.")
     revision: str | None = _arg(None, "Branch, tag or commit.")
-    cache_dir: str | None = _arg(None, "Hub cache folder (default $HF_HOME/hub).")
-    local_dir: str | None = _arg(None, "Also place the files in this folder.")
+    cache_dir: str | None = _arg(None, "Hub cache folder (default $HF_HOME/hub).", path=True)
+    local_dir: str | None = _arg(None, "Also place the files in this folder.", path=True)
     include: list[str] | None = _arg(None, "Only files matching these globs.")
 
 
 @dataclass
 class ReportArguments:
-    run_dir: str = _arg("", "The medpt run to report on.")
-    output_dir: str | None = _arg(None, "Where report.html/.md go (default: the run).")
+    run_dir: str = _arg("", "The medpt run to report on.", path=True)
+    output_dir: str | None = _arg(None, "Where report.html/.md go (default: the run).", path=True)

@@ -12,6 +12,8 @@ TEMPLATES = ("qa_separator", "qa", "chat_template", "custom")
 # An upper bound for --block_size that holds whatever the model: above it, three copies of a batch's logits no longer
 # fit in any machine's memory. The model's own limit (max_position_embeddings) is checked when it is known.
 MAX_BLOCK_SIZE = 1 << 20
+# The default largest record, in MiB of text (--max_record_mb; the reasons are in medpt.data.records).
+MAX_RECORD_MB = 16.0
 _TRAIN = ("train", "tune")  # `medpt tune` runs `medpt train` once per trial: it takes the same flags
 
 

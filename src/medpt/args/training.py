@@ -9,6 +9,7 @@ from medpt.args.fields import (
     _PREPARING,
     _TRAIN,
     MAX_BLOCK_SIZE,
+    MAX_RECORD_MB,
     TEMPLATES,
     _arg,
     _check_named,
@@ -159,6 +160,14 @@ class DataArguments:
         8.0,
         "Input per shard, in MiB: preparation holds a few shards in memory at a time (memory does not grow with the "
         "corpus) and a killed run resumes from its completed shards.",
+        gt=0,
+        le=4096,
+    )
+    max_record_mb: float = _arg(
+        MAX_RECORD_MB,
+        "Largest record (a JSON line, CSV row, .txt document, parquet or hub row), in MiB of UTF-8 text; a larger "
+        "one is a bad record (with --on_bad_record skip: skipped, counted as too_large). Tokenizing a record takes "
+        "about 60x its size in memory at once.",
         gt=0,
         le=4096,
     )
@@ -320,6 +329,9 @@ class LoraArguments:
         )
 
 
+RESUME_WORDS = ("auto", "no", "none", "false", "null")  # --resume_from_checkpoint words that are not paths
+
+
 @dataclass
 class RunArguments:
     output_dir: str = _arg("outputs/medpt-run", "Where results, checkpoints and the resolved config go.", path=True)
@@ -336,6 +348,7 @@ class RunArguments:
         "",
         "auto: continue from the latest complete checkpoint in --output_dir; a path: from that one; no (or none): "
         "start over. Default: auto, unless --overwrite_output_dir.",
+        path=True,
         only=("train",),  # each trial of `medpt tune` starts fresh in its own folder
     )
     bf16: bool | None = _arg(

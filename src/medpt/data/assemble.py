@@ -122,7 +122,15 @@ def records_block(records: dict[str, Any], n_train: int, n_val: int, not_sampled
         "read": records["read"],
         "skipped": {
             r: skipped[r]
-            for r in ("bad_record", "empty", "duplicate", "in_validation_set", "near_duplicate", "contaminated")
+            for r in (
+                "bad_record",
+                "too_large",
+                "empty",
+                "duplicate",
+                "in_validation_set",
+                "near_duplicate",
+                "contaminated",
+            )  # fmt: skip
         },
         "empty_files": skipped["empty_file"],
         "not_sampled": not_sampled,

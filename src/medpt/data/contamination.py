@@ -268,7 +268,8 @@ def read_benchmark_items(paths: list[str], flag: str = "check_contamination") ->
 
 def file_items(name: str, files: list[str], flag: str) -> list[Item]:
     from medpt.data.formats import detect_format, to_document
-    from medpt.data.records import FileSource, resolve_files
+    from medpt.data.paths import resolve_files
+    from medpt.data.records import FileSource
     from medpt.mcq import read_questions
 
     items: list[Item] = []

@@ -12,11 +12,17 @@ tokens T = its tokens / its share (or --mix_tokens T when given). Each source th
 A sample takes documents in a seeded random order until the next one would overshoot the target by more than it
 undershoots, so the achieved share is within one document of the requested one. The mixed documents are then put
 in a seeded random order, so that blocks (cut from consecutive documents) hold several sources.
+
+The size: planning holds about BYTES_PER_PICK bytes per document the mix picks (repeats included), and the packed
+blocks then take 4 bytes per token in the cache. A total that needs more than half of the memory available now is
+refused before anything is allocated, naming the largest --mix_tokens that fits (a typo such as 1e12 would
+otherwise end in a MemoryError after minutes); the cache checks its disk space itself before writing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -59,6 +65,7 @@ def plan_mix(
         if tokens == 0 and shares[name] > 0:
             raise MedptError(f"--mix {name}={shares[name]:g}: the source has no training tokens left")
     total = total_tokens if total_tokens is not None else available[anchor] / shares[anchor]
+    check_mix_size(lengths, shares, available, total, given=total_tokens is not None)
     picks: dict[str, np.ndarray] = {}
     plans: dict[str, SourceMix] = {}
     for name, share in shares.items():
@@ -76,6 +83,38 @@ def plan_mix(
     for plan in plans.values():
         plan.achieved_share = round(plan.selected_tokens / grand, 6) if grand else 0.0
     return picks, plans
+
+
+# Per picked document: its index in the picks (int64), in interleave its owner (int32), the shuffled order (int64)
+# and the reordered copies (12), then its row of the training DocTable (shard int32, start and length int64).
+BYTES_PER_PICK = 60
+
+
+def check_mix_size(lengths: dict[str, np.ndarray], shares: dict[str, float], available: dict[str, int],
+                   total: float, given: bool) -> None:  # fmt: skip
+    """Refuse, before allocating, a mix whose plan would not fit in half the memory available (module docstring)."""
+    # Each source contributes whole passes plus a sample: at most (passes + 1) × its documents.
+    picks = sum((share * total // available[n] + 1) * len(lengths[n]) for n, share in shares.items() if share > 0)
+    budget = _available_memory() // 2
+    if picks * BYTES_PER_PICK <= budget:
+        return
+    most = int(total * budget / (picks * BYTES_PER_PICK))
+    repeats = max((share * total / available[n], n) for n, share in shares.items() if share > 0)
+    asked = f"--mix_tokens {total:,.0f}" if given else f"--mix (a total of {total:,.0f} tokens)"
+    raise MedptError(
+        f"{asked} would repeat {repeats[1]!r} {repeats[0]:,.0f} times and needs about "
+        f"{picks * BYTES_PER_PICK / 2**30:,.1f} GiB of memory to plan, but only {budget * 2 / 2**30:,.1f} GiB are "
+        f"available; the sources hold {sum(available.values()):,} training tokens. Use --mix_tokens {most:,} or less"
+    )
+
+
+def _available_memory() -> int:
+    try:
+        import psutil  # installed with accelerate
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _closest_prefix(lengths: np.ndarray, target: float) -> int:

@@ -37,8 +37,9 @@ from medpt.data.assemble import (
 )
 from medpt.data.packing import Packed
 from medpt.data.parallel import Future, Workers
+from medpt.data.paths import resolve_files
 from medpt.data.reading import ReadTask, read_source
-from medpt.data.records import FileSource, resolve_files
+from medpt.data.records import FileSource
 from medpt.data.report import check_record_accounting, check_sources, format_table
 from medpt.data.shards import JobPlan, Selector, ShardStore, run_jobs
 from medpt.data.sources import SourceFile, data_sources, file_bytes
@@ -310,10 +311,9 @@ def _finish(
             if listed.is_file() and listed.stat().st_size:
                 with atomic_writer(out / name, "wb") as f, open(listed, "rb") as src:
                     shutil.copyfileobj(src, f)
-        if (out / REJECTED_FILE).is_file() and report["records"]["skipped"]["bad_record"]:
-            log(
-                f"{report['records']['skipped']['bad_record']:,} rejected record(s) with reasons: {out / REJECTED_FILE}"
-            )
+        rejected = sum(report["records"]["skipped"].get(r, 0) for r in ("bad_record", "too_large"))
+        if (out / REJECTED_FILE).is_file() and rejected:
+            log(f"{rejected:,} rejected record(s) with reasons: {out / REJECTED_FILE}")
         found = report.get("contamination")
         if found and found["contaminated_items"]:
             what = "dropped" if found["decontaminated"] else "kept (--decontaminate drops them)"

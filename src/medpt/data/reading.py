@@ -65,7 +65,7 @@ def read_source(
     for record in task.source.records():
         result.read += 1
         if isinstance(record, BadRecordError):
-            _bad(result, record, args)
+            _bad(result, record, args, record.skip_reason)
             continue
         try:
             result.fmt = result.fmt or detect_format(record)

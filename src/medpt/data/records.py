@@ -16,29 +16,33 @@ Limits on what a file may contain:
   long documents (a whole guideline in one cell) exceed. A bigger cell stops the run with its line.
 - A CSV quoted field left unclosed at the end of the file (which the csv module would silently turn into one cell
   holding the rest of the file) stops the run, naming the line where the quote opens.
+- A record (a JSON line or value, a CSV row, a .txt document, a parquet or hub row) may hold at most
+  --max_record_mb MiB of UTF-8 text (default 16 MiB, about five million Chinese characters: a whole
+  textbook). Tokenizing one record takes its time and memory at once, about 60x its size (measured: a 30 MB line
+  needed 1.8 GB and 40 s), so a runaway record (files joined, line ends lost) would stall preparation; it is a bad
+  record instead (reason too_large, skippable), found before it is rendered or tokenized (a JSON line: before it
+  is parsed).
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import gzip
 import hashlib
 import io
 import json
-import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medpt.args.fields import MAX_RECORD_MB
+from medpt.data.paths import data_suffix
 from medpt.errors import BadRecordError, MedptError
 
 MAX_JSON_DEPTH = 100  # see the module docstring
 # 64 MiB fits a 32-bit C long (csv.field_size_limit takes one; sys.maxsize, the usual idiom, overflows on Windows).
 CSV_FIELD_LIMIT = 64 << 20
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
-_SPLIT_PREFIXES = ("train", "valid", "validation", "dev", "test", "eval")
 _NEWLINE_SAFE = ("utf-8", "utf8", "utf-8-sig", "ascii", "gb18030", "gbk", "gb2312", "latin-1", "iso-8859-1")
 
 
@@ -55,6 +59,42 @@ class Record:
 
     def bad(self, field: str | None, reason: str) -> BadRecordError:
         return BadRecordError(self.source, self.line, field, reason, raw=self.value, unit=self.unit)
+
+
+class RecordTooLarge(BadRecordError):
+    """A record over --max_record_mb: counted apart from malformed records in the data report."""
+
+    skip_reason = "too_large"
+
+
+def record_too_large(texts: Iterable[str], limit: int) -> int | None:
+    """The UTF-8 size of `texts` when it exceeds `limit` bytes, else None. A character is at most 4 bytes, so the
+    many small records are not even encoded."""
+    texts = list(texts)
+    if sum(map(len, texts)) * 4 <= limit:
+        return None
+    size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+    return size if size > limit else None
+
+
+def strings_in(value: Any) -> Iterator[str]:
+    """Every string (keys too) of a parsed record, however nested; iterative, like _deeper_than."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+def _too_large(source: str, line: int, size: int, limit: int, head: str, unit: str = "line") -> RecordTooLarge:
+    reason = (f"a record of {size / 2**20:,.1f} MiB, over the {limit / 2**20:g} MiB limit: files joined into one, "
+              "or line ends lost? Split it, or raise --max_record_mb")  # fmt: skip
+    return RecordTooLarge(source, line, None, reason, raw=head[:200] + "...", unit=unit)
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
@@ -86,59 +126,13 @@ def _line_at(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + text.count("\r", 0, pos) - text.count("\r\n", 0, pos + 1) + 1
 
 
-def data_suffix(path: Path) -> str:
-    """The data extension of a file, looking through a trailing .gz (`a.jsonl.gz` -> `.jsonl`)."""
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    return suffixes[-1] if suffixes else ""
-
-
-def resolve_files(patterns: list[str], flag: str) -> list[Path]:
-    """Expand files, folders (recursively) and globs into a sorted, de-duplicated list of data files."""
-    found: list[Path] = []
-    for pattern in patterns:
-        if any(ch in pattern for ch in "*?["):
-            matches = [Path(p) for p in sorted(glob.glob(pattern, recursive=True)) if Path(p).is_file()]
-            matches = [p for p in matches if data_suffix(p) in SUFFIXES]
-            if not matches:
-                raise MedptError(f"--{flag} {pattern}: the pattern matches no {'/'.join(SUFFIXES)} file")
-        elif os.path.isdir(pattern):
-            matches = sorted(
-                p
-                for p in Path(pattern).rglob("*")
-                if p.is_file() and data_suffix(p) in SUFFIXES and not any(part.startswith(".") for part in p.parts)
-            )
-            if not matches:
-                raise MedptError(f"--{flag} {pattern}: the folder holds no {'/'.join(SUFFIXES)} file")
-            _warn_mixed_splits(pattern, matches, flag)
-        elif os.path.isfile(pattern):
-            if data_suffix(Path(pattern)) not in SUFFIXES:
-                raise MedptError(
-                    f"--{flag} {pattern}: unsupported file type; use {', '.join(SUFFIXES)} (optionally .gz)"
-                )
-            matches = [Path(pattern)]
-        else:
-            raise MedptError(f"--{flag} {pattern}: no such file or folder")
-        found.extend(m for m in matches if m not in found)
-    return found
-
-
-def _warn_mixed_splits(folder: str, files: list[Path], flag: str) -> None:
-    """A folder laid out as train/valid/test files is read whole; say so, since test data in training is a leak."""
-    kinds = {p.name.lower().split("-")[0].split(".")[0] for p in files} & set(_SPLIT_PREFIXES)
-    if len(kinds) > 1:
-        print(
-            f"medpt: warning: --{flag} {folder} holds files of several splits ({', '.join(sorted(kinds))}); all of "
-            f"them are read. To read one split, pass a glob such as '{folder}/train*.jsonl'."
-        )
-
-
 class FileSource:
     """One local file. Records are produced lazily; the fingerprint hashes the raw bytes."""
 
-    def __init__(self, path: Path, encoding: str = "utf-8", txt_split: str = "paragraph"):
+    def __init__(self, path: Path, encoding: str = "utf-8", txt_split: str = "paragraph",
+                 max_record_mb: float = MAX_RECORD_MB):  # fmt: skip
         self.path, self.encoding, self.txt_split = path, encoding, txt_split
+        self.limit = int(max_record_mb * 2**20)  # bytes of UTF-8 text per record
         self.name = str(path)
         self.suffix = data_suffix(path)
         self.byte_range: tuple[int, int] | None = None  # a slice of a .jsonl file, for parallel reading
@@ -179,6 +173,7 @@ class FileSource:
 
     def _slice(self, start: int, end: int, first_line: int) -> FileSource:
         piece = FileSource(self.path, self.encoding, self.txt_split)
+        piece.limit = self.limit
         piece.byte_range, piece.first_line = (start, end), first_line
         return piece
 
@@ -238,6 +233,10 @@ class FileSource:
         for number, line in enumerate(text.split("\n"), start=self.first_line):
             if not line.strip():
                 continue  # blank lines (a trailing newline, CRLF leftovers) are not records
+            size = record_too_large([line], self.limit)
+            if size is not None:  # before parsing it: the parser would take a few times its size in memory
+                yield _too_large(self.name, number, size, self.limit, line)
+                continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
@@ -285,7 +284,10 @@ class FileSource:
             counted = pos
             value, end = decode_at(pos)
             brackets = text.count("[", pos, end) + text.count("{", pos, end)
-            if brackets > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+            size = record_too_large([text[pos:end]], self.limit) if end - pos > self.limit // 4 else None
+            if size is not None:
+                yield _too_large(self.name, line, size, self.limit, text[pos : pos + 200])
+            elif brackets > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
                 # Skippable: the parser read it, so the next record's position is known.
                 yield BadRecordError(self.name, line, None, _TOO_DEEP, raw=text[pos:end])
             else:
@@ -304,7 +306,7 @@ class FileSource:
         if in_array:
             raise BadRecordError(self.name, line, None, "invalid JSON: the array is not closed with ']'")
 
-    def _csv(self, text: str) -> Iterator[Record]:
+    def _csv(self, text: str) -> Iterator[Record | BadRecordError]:
         """Rows as dicts keyed by the header, exactly as csv.DictReader makes them (extra cells under None, missing
         ones None), read with csv.reader so the last row and where it starts are at hand for the quote check."""
         # Process-wide (the csv module has no per-reader limit); no other medpt code reads CSV.
@@ -332,7 +334,10 @@ class FileSource:
                     row[None] = fields[len(header) :]
                 else:
                     row.update((key, None) for key in header[len(fields) :])
-                if any(v not in (None, "") for v in row.values()):
+                size = record_too_large(fields, self.limit)
+                if size is not None:
+                    yield _too_large(self.name, start, size, self.limit, ",".join(fields)[:200])
+                elif any(v not in (None, "") for v in row.values()):
                     yield Record(self.name, start, row)
             start = reader.line_num + 1
         if last:
@@ -377,17 +382,17 @@ class FileSource:
             'would be read as one cell; add the closing quote (a quote inside a quoted field is written "")',
         )
 
-    def _txt(self, text: str) -> Iterator[Record]:
+    def _txt(self, text: str) -> Iterator[Record | BadRecordError]:
         text = text.replace("\r\n", "\n")
         if self.txt_split == "file":
             if text.strip():
-                yield Record(self.name, 1, {"text": text.strip("\n")})
+                yield self._document(1, text.strip("\n"))
             return
         lines = text.split("\n")
         if self.txt_split == "line":
             for number, line in enumerate(lines, start=1):
                 if line.strip():
-                    yield Record(self.name, number, {"text": line})
+                    yield self._document(number, line)
             return
         paragraph: list[str] = []
         first = 0
@@ -397,10 +402,15 @@ class FileSource:
                     first = number
                 paragraph.append(line)
             elif paragraph:
-                yield Record(self.name, first, {"text": "\n".join(paragraph)})
+                yield self._document(first, "\n".join(paragraph))
                 paragraph = []
 
-    def _parquet(self) -> Iterator[Record]:
+    def _document(self, line: int, text: str) -> Record | BadRecordError:
+        size = record_too_large([text], self.limit)
+        return Record(self.name, line, {"text": text}) if size is None else _too_large(self.name, line, size,
+                                                                                      self.limit, text)  # fmt: skip
+
+    def _parquet(self) -> Iterator[Record | BadRecordError]:
         import pyarrow.parquet as pq
 
         try:
@@ -411,7 +421,16 @@ class FileSource:
         for batch in parquet.iter_batches(batch_size=8192):
             for value in batch.to_pylist():
                 row += 1
-                yield Record(self.name, row, value, unit="row")
+                yield checked_row(Record(self.name, row, value, unit="row"), self.limit)
+
+
+def checked_row(record: Record, limit: int) -> Record | BadRecordError:
+    """A parquet or hub row, or the error saying it is over the record size limit."""
+    size = record_too_large(strings_in(record.value), limit)
+    if size is None:
+        return record
+    head = " ".join(text[:50] for _, text in zip(range(4), strings_in(record.value)))
+    return _too_large(record.source, record.line, size, limit, head, unit="row")
 
 
 class HubSource:
@@ -420,8 +439,9 @@ class HubSource:
     The hub is reached through huggingface_hub, which honours HF_ENDPOINT (mirrors), HF_HOME and HF_HUB_OFFLINE.
     """
 
-    def __init__(self, dataset: Any, dataset_name: str, split: str, rows: tuple[int, int] | None = None):
-        self.dataset, self.split, self.rows = dataset, split, rows
+    def __init__(self, dataset: Any, dataset_name: str, split: str, rows: tuple[int, int] | None = None,
+                 limit: int = int(MAX_RECORD_MB * 2**20)):  # fmt: skip
+        self.dataset, self.split, self.rows, self.limit = dataset, split, rows, limit
         self.name = f"{dataset_name}[{split}]"
         self.suffix = ".hub"
         self.byte_range = None
@@ -438,7 +458,8 @@ class HubSource:
         per = max(1, int(n * target_bytes / size))
         pieces = []
         for start in range(0, max(n, 1), per):
-            piece = HubSource(self.dataset, self.name.rsplit("[", 1)[0], self.split, (start, min(n, start + per)))
+            piece = HubSource(self.dataset, self.name.rsplit("[", 1)[0], self.split, (start, min(n, start + per)),
+                              self.limit)  # fmt: skip
             piece.nbytes = int(size * (piece.rows[1] - start) / max(n, 1))
             pieces.append(piece)
         return pieces
@@ -447,7 +468,7 @@ class HubSource:
         first, last = self.rows or (0, len(self.dataset))
         rows = self.dataset.select(range(first, last)) if self.rows else self.dataset
         for row, value in enumerate(rows, start=first + 1):
-            yield Record(self.name, row, value, unit="row")
+            yield checked_row(Record(self.name, row, value, unit="row"), self.limit)
 
 
 _VALIDATION_SPLITS = ("validation", "valid", "dev", "eval")
@@ -458,8 +479,9 @@ class HubStream:
     so a dataset larger than the disk is prepared batch by batch (--streaming). Its identity for the cache is the
     dataset's name, configuration and, when the hub can say, its commit."""
 
-    def __init__(self, dataset: Any, dataset_name: str, split: str, revision: str):
-        self.dataset, self.split, self.revision = dataset, split, revision
+    def __init__(self, dataset: Any, dataset_name: str, split: str, revision: str,
+                 limit: int = int(MAX_RECORD_MB * 2**20)):  # fmt: skip
+        self.dataset, self.split, self.revision, self.limit = dataset, split, revision, limit
         self.name = f"{dataset_name}[{split}]"
         self.suffix = ".hub-stream"
 
@@ -474,29 +496,30 @@ class HubStream:
         for value in stream:
             batch.append(value)
             if len(batch) == rows:
-                yield StreamBatch(self.name, first, batch)
+                yield StreamBatch(self.name, first, batch, self.limit)
                 first, batch = first + rows, []
         if batch:
-            yield StreamBatch(self.name, first, batch)
+            yield StreamBatch(self.name, first, batch, self.limit)
 
 
 class StreamBatch:
     """Rows already read from a stream (plain data: it travels to a worker to be rendered)."""
 
-    def __init__(self, name: str, first: int, rows: list[Any]):
-        self.name, self.first, self.rows = name, first, rows
+    def __init__(self, name: str, first: int, rows: list[Any], limit: int = int(MAX_RECORD_MB * 2**20)):
+        self.name, self.first, self.rows, self.limit = name, first, rows, limit
         self.byte_range = None
         self.nbytes = 0
 
     def records(self) -> Iterator[Record]:
         for row, value in enumerate(self.rows, start=self.first + 1):
-            yield Record(self.name, row, value, unit="row")
+            yield checked_row(Record(self.name, row, value, unit="row"), self.limit)
 
 
 def load_hub_splits(
-    name: str, config: str | None, cache_dir: str | None, streaming: bool = False
+    name: str, config: str | None, cache_dir: str | None, streaming: bool = False, max_record_mb: float = MAX_RECORD_MB
 ) -> tuple[HubSource | HubStream, HubSource | HubStream | None]:
     """The train split and, when the dataset has one, its validation split."""
+    limit = int(max_record_mb * 2**20)
     import datasets
 
     try:
@@ -514,10 +537,10 @@ def load_hub_splits(
         raise MedptError(f"--dataset_name {name}: no 'train' split (splits: {', '.join(dsd)})")
     if streaming:
         revision = _stream_revision(name, config)
-        validation = next((HubStream(dsd[s], name, s, revision) for s in _VALIDATION_SPLITS if s in dsd), None)
-        return HubStream(dsd["train"], name, "train", revision), validation
-    validation = next((HubSource(dsd[s], name, s) for s in _VALIDATION_SPLITS if s in dsd), None)
-    return HubSource(dsd["train"], name, "train"), validation
+        validation = next((HubStream(dsd[s], name, s, revision, limit) for s in _VALIDATION_SPLITS if s in dsd), None)
+        return HubStream(dsd["train"], name, "train", revision, limit), validation
+    validation = next((HubSource(dsd[s], name, s, None, limit) for s in _VALIDATION_SPLITS if s in dsd), None)
+    return HubSource(dsd["train"], name, "train", None, limit), validation
 
 
 def _stream_revision(name: str, config: str | None) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medpt.args import DataArguments, split_named
-from medpt.data.records import FileSource, HubSource, HubStream, load_hub_splits, resolve_files
+from medpt.data.paths import resolve_files
+from medpt.data.records import FileSource, HubSource, HubStream, load_hub_splits
 from medpt.errors import MedptError
 
 
@@ -27,7 +28,8 @@ def data_sources(args: DataArguments, hub_cache_dir: str | None) -> list[SourceF
     validated = {split_named(item)[0] for item in args.validation_file_dir or []}
     for item in args.dataset_name or []:
         name, dataset = split_named(item)
-        hub_train, hub_val = load_hub_splits(dataset, args.dataset_config_name, hub_cache_dir, args.streaming)
+        hub_train, hub_val = load_hub_splits(dataset, args.dataset_config_name, hub_cache_dir, args.streaming,
+                                             args.max_record_mb)  # fmt: skip
         files.append(SourceFile(name, "train", hub_train))
         if hub_val is not None and name not in validated:
             files.append(SourceFile(name, "validation", hub_val))
@@ -38,7 +40,8 @@ def data_sources(args: DataArguments, hub_cache_dir: str | None) -> list[SourceF
         for item in items or []:
             name, pattern = split_named(item)
             for path in resolve_files([pattern], flag):
-                files.append(SourceFile(name, split, FileSource(path, args.encoding, args.txt_split)))
+                source = FileSource(path, args.encoding, args.txt_split, args.max_record_mb)
+                files.append(SourceFile(name, split, source))
     if not any(f.split == "train" for f in files):
         raise MedptError("no training data: pass --train_file_dir (files, folders or globs) or --dataset_name")
     return files

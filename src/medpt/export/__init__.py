@@ -34,7 +34,7 @@ REPORT = "export.json"
 
 
 def run_export(config: Any, log: Any = print) -> int:
-    from medpt.adapter import base_model_name, check_adapter_weights, check_base, lora_run
+    from medpt.adapter import check_variants, lora_run
     from medpt.atomic import atomic_dir
     from medpt.rundir import check_output, check_replaceable, inputs_of
 
@@ -48,9 +48,7 @@ def run_export(config: Any, log: Any = print) -> int:
     handling = plan(target, TARGETS[target].ACCEPTS, facts)  # refuses before anything is loaded or written
     out = check_output("output_dir", config.run.output_dir, inputs_of(config))
     check_replaceable(out, "export", config.run.overwrite_output_dir, "an export")
-    base_name = base_model_name(config.model.model_name_or_path, adapter)
-    check_adapter_weights(adapter)
-    check_base(config.model, adapter, base_name, config.eval.allow_base_mismatch, log)
+    base_name = check_variants(config, log).base_name
     with atomic_dir(out) as tmp:
         job = Job(config, adapter, facts, base_name, tmp, out, config.export.quant, log)
         commands = TARGETS[target].write(job)

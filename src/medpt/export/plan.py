@@ -39,18 +39,17 @@ class AdapterFacts:
 
     @classmethod
     def read(cls, adapter_dir: Path) -> AdapterFacts:
+        from medpt.modelfiles import read_adapter_config
+
         path = adapter_dir / ADAPTER_CONFIG
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise MedptError(f"{path}: unreadable adapter config ({e})") from None
-        if str(raw.get("peft_type", "LORA")).upper() != "LORA":
+        raw = read_adapter_config(adapter_dir)
+        if raw.get("peft_type", "LORA") != "LORA":
             raise MedptError(f"{path}: peft_type {raw.get('peft_type')!r}; medpt export handles LoRA adapters")
         if raw.get("rank_pattern") or raw.get("alpha_pattern"):
             raise MedptError(f"{path}: per-module rank_pattern/alpha_pattern is not exported; use --target merged")
         return cls(
-            rank=int(raw["r"]),
-            alpha=float(raw["lora_alpha"]),
+            rank=raw["r"],
+            alpha=float(raw.get("lora_alpha", 8)),  # PEFT's default
             use_rslora=bool(raw.get("use_rslora")),
             use_dora=bool(raw.get("use_dora")),
             modules_to_save=tuple(raw.get("modules_to_save") or ()),

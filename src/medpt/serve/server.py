@@ -39,7 +39,6 @@ def serve(config: Any, log: Any = print) -> int:
 def build(config: Any, log: Any = print) -> Any:
     """The app for a configuration: the run loaded, its engine, its model ids and limits."""
     from medpt.adapter import load_variants
-    from medpt.model import model_positions
     from medpt.serve.app import build_app
     from medpt.serve.engine import Engine
     from medpt.serve.serving import Serving
@@ -48,8 +47,7 @@ def build(config: Any, log: Any = print) -> Any:
     variants = load_variants(config, log)
     engine = Engine(variants, s.batching, s.max_batch_size, s.batch_wait_ms)
     models = served_models(variants.base_name, config.eval.adapter if variants.adapted is not None else None)
-    positions = model_positions(config.model, variants.base_name)
-    serving = Serving(engine, models, config.data, config.generate, positions)
+    serving = Serving(engine, models, config.data, config.generate, variants.positions)
     api_key = s.api_key if s.api_key is not None else os.environ.get("MEDPT_API_KEY") or None
     log(f"models: {', '.join(m.id for m in models)}; {s.batching} batching, up to {s.max_batch_size} answers at a "
         f"time; authentication {'on' if api_key else 'off'}; the web page is at /")  # fmt: skip

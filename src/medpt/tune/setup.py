@@ -46,6 +46,20 @@ def make_setup(config: Config) -> Setup:
     )
 
 
+def check_space_fits(setup: Setup, facts: Any) -> None:
+    """Every value the space may draw fits the model too (a block_size within its positions, target modules it
+    has): the schema's ranges cannot know the model, and trial 0 would fail on such a value after the data is
+    prepared. `facts`: the model's (medpt.modelfiles.ModelFacts), from the checks every trial shares."""
+    from medpt.train import check_fits_model
+
+    for dim in setup.space.dimensions:
+        for value in dim.candidates(setup.base):
+            try:
+                check_fits_model(trial_config(setup, {dim.flag: value}, setup.out), facts)
+            except MedptError as e:
+                raise MedptError(f"{setup.space.source}: {dim.name}: {value}: {e}") from None
+
+
 def trial_config(setup: Setup, values: dict[str, Any], out: Path, for_trial: bool = True) -> Config:
     """The `medpt train` configuration of one trial: the base, the trial's values, its own folder, and evaluations
     every --eval_steps (default max_steps / 4) for the pruner. Not `for_trial`: the same run as an ordinary one

@@ -63,6 +63,10 @@ class Dimension:
                                                                                        list(self.values))  # fmt: skip
         return float(ratio * drawn["lora_rank"])
 
+    def candidates(self, base: dict[str, Any]) -> list[Any]:
+        """The values that bound what a trial may draw: both ends of a range, every choice."""
+        return _candidates(self.kind, self.values, base)
+
 
 @dataclass(frozen=True)
 class SearchSpace:

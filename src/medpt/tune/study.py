@@ -34,7 +34,7 @@ from medpt.rundir import (
     inputs_of,
 )
 from medpt.tune.objective import PruningCallback, prepared_sets
-from medpt.tune.setup import Setup, make_setup, trial_config
+from medpt.tune.setup import Setup, check_space_fits, make_setup, trial_config
 
 # A trial whose process died stops writing heartbeats; after the grace period the next worker marks it failed, and
 # failed trials do not count toward --n_trials (a rerun replaces them). Seconds.
@@ -51,7 +51,7 @@ def run_tune(config: Config, log: Any = print) -> int:
     from medpt.train import check_before_loading
 
     shared = trial_config(setup, {}, out)  # the trials' configuration, but the values they draw
-    check_before_loading(shared)
+    check_space_fits(setup, check_before_loading(shared))
     # 2. The folder, the data (prepared once: every trial then finds it in medpt's cache) and the study.
     in_use = claim_tune_dir(config, setup)
     try:
