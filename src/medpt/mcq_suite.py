@@ -20,7 +20,6 @@ difference is and how much of it could be position bias.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 
 from medpt.errors import MedptError
 from medpt.mcq import Benchmark, Question, benchmark_folder, benchmark_name, find_benchmarks, read_questions
+from medpt.strictjson import dumps
 
 # A letter predicted for more than BIAS_SHARE of the questions, and more than BIAS_FACTOR times as often as uniform
 # guessing would pick it, is flagged: with 3 or more options the first rule decides; with two, uniform guessing
@@ -160,7 +160,7 @@ def write_predictions(path: Path, name: str, asked: list[Question], scored: dict
             for which, s in scored.items():
                 row[which] = {m: {"predicted": s["predicted"][m][i], "logprob": s["logprobs"][m][i]}
                               for m in s["predicted"]}  # fmt: skip
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(dumps(row, ensure_ascii=False) + "\n")
 
 
 # --- 3. statistics ------------------------------------------------------------------------------------------------
@@ -405,4 +405,4 @@ def write_contamination(path: Path, result: Any) -> None:
         for hit in result.hits:
             row = {"benchmark": hit.item.benchmark, "item": hit.item.where, "question": hit.item.text,
                    "training_document": hit.document, "documents": hit.documents, "ngram": hit.ngram}  # fmt: skip
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(dumps(row, ensure_ascii=False) + "\n")

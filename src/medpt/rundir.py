@@ -32,6 +32,7 @@ from typing import Any
 from medpt import __version__
 from medpt.atomic import atomic_write_text
 from medpt.errors import MedptError
+from medpt.strictjson import dumps
 
 MANIFEST = ".medpt-manifest.json"
 
@@ -199,7 +200,7 @@ class RunDir:
             "kind": self.kind,
             "entries": dict(sorted(self.entries.items())),
         }
-        atomic_write_text(self.path / MANIFEST, json.dumps(data, indent=2) + "\n")
+        atomic_write_text(self.path / MANIFEST, dumps(data, indent=2) + "\n")
 
 
 # --- inputs, and outputs that must not touch them -----------------------------------------------------------------

@@ -42,6 +42,7 @@ from medpt.rundir import (
     claim_dir,
     inputs_of,
 )
+from medpt.strictjson import dumps
 
 
 class DivergedError(MedptError):
@@ -307,7 +308,7 @@ def finish(config: Config, trainer: Any, result: Any, out: Path, resumed: str | 
         return
     config.save(out)
     _record_base(config, out)
-    atomic_write_text(out / TRAINING_ARGS, trainer.args.to_json_string())
+    atomic_write_text(out / TRAINING_ARGS, dumps(trainer.args.to_dict(), indent=2))  # to_json_string, strict
     if config.lora.use_peft and config.lora.modules_to_save:
         _check_saved(out / ADAPTER_WEIGHTS, config.lora.modules_to_save)
     if config.run.plot and plot_losses(out / METRICS, out / LOSS_CURVE, title=out.name):
@@ -315,7 +316,7 @@ def finish(config: Config, trainer: Any, result: Any, out: Path, resumed: str | 
     summary = {
         k: v for k, v in json.loads((out / "all_results.json").read_text()).items() if "loss" in k or "perp" in k
     }
-    log(f"done: {out}  {json.dumps(summary)}")
+    log(f"done: {out}  {dumps(summary)}")
 
 
 def save_final(trainer: Any, out: Path) -> None:
@@ -377,7 +378,7 @@ def _record_base(config: Config, out: Path) -> None:
     m = config.model
     local = resolve_local(m.model_name_or_path, MODEL_FILES, m.revision, m.cache_dir)
     record = {"name": m.model_name_or_path, "revision": m.revision, "fingerprint": weights_fingerprint(local)}
-    atomic_write_text(out / BASE_RECORD, json.dumps(record, indent=2))
+    atomic_write_text(out / BASE_RECORD, dumps(record, indent=2))
 
 
 def _check_saved(adapter_file: Path, modules_to_save: list[str]) -> None:

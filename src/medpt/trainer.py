@@ -5,17 +5,19 @@
    saving never leaves one that resuming would pick up;
 3. a NaN/inf loss stops the run at that step, before the optimizer writes NaN into the weights;
 4. tokens/s counts real tokens (not padding), and the learning rate of --modules_to_save can differ;
-5. callbacks: metrics.jsonl per log step, a progress bar with tokens/s, Ctrl-C = save a checkpoint and stop.
+5. callbacks: metrics.jsonl per log step, a progress bar with tokens/s, Ctrl-C = save a checkpoint and stop;
+6. the JSON it writes (metrics.jsonl, *_results.json, the log history in trainer_state.json) is strict JSON: a
+   non-finite value (an fp16 step's inf gradient norm, an eval loss that overflowed) is null (medpt.strictjson).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +29,7 @@ from medpt.data.batches import REAL_TOKENS
 from medpt.errors import MedptError
 from medpt.evaluate import TokenStats, token_sums
 from medpt.rundir import STAGING, RunDir
+from medpt.strictjson import dumps, finite
 
 
 class NonFiniteLossError(MedptError):
@@ -66,6 +69,24 @@ class MedptTrainer(Trainer):
             logs["tokens_per_second"] = round((seen - self._last_log[1]) / max(now - self._last_log[0], 1e-9), 1)
             self._last_log = (now, seen)
         super().log(logs, start_time)
+        # Trainer writes its log history into trainer_state.json (the run's and each checkpoint's) with Python's
+        # json, as bare NaN / Infinity (an fp16 run's skipped steps log grad_norm inf): keep the saved history
+        # strict JSON. The callbacks above got the values themselves.
+        self.state.log_history[-1] = finite(self.state.log_history[-1])
+
+    def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
+        """Trainer.save_metrics (SPLIT_results.json, all_results.json), written as strict JSON (medpt.strictjson)
+        and atomically."""
+        from medpt.atomic import atomic_write_text
+
+        if not self.is_world_process_zero():
+            return
+        out = Path(self.args.output_dir)
+        atomic_write_text(out / f"{split}_results.json", dumps(metrics, indent=4, sort_keys=True))
+        if combined:
+            path = out / "all_results.json"
+            every = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            atomic_write_text(path, dumps({**every, **metrics}, indent=4, sort_keys=True))
 
     # --- 1: evaluation ------------------------------------------------------------------------------------------
     def evaluation_loop(
@@ -159,9 +180,8 @@ class MetricsFileCallback(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and logs:
-            clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in logs.items()}
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": state.global_step, **clean}) + "\n")
+                f.write(dumps({"step": state.global_step, **logs}) + "\n")
 
 
 class TokenProgressCallback(ProgressCallback):

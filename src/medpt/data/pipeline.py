@@ -50,6 +50,7 @@ from medpt.rundir import DATA_REPORT as REPORT_FILE  # the run directory's file 
 from medpt.rundir import NEAR_DUPLICATES as NEAR_FILE
 from medpt.rundir import REJECTED as REJECTED_FILE
 from medpt.rundir import RunDir
+from medpt.strictjson import dumps
 
 # Data flags that cannot change the prepared blocks, so they stay out of the cache key.
 _NOT_IN_KEY = {
@@ -222,9 +223,9 @@ def _assemble(entry: Path, store: ShardStore, n_shards: int, g: Any, plan: Any, 
         for name, rows in ((REJECTED_FILE, g.rejected), *lists.items()):
             with open(tmp / name, "w", encoding="utf-8") as f:
                 for item in rows:
-                    f.write(json.dumps(item, ensure_ascii=False) + "\n")
+                    f.write(dumps(item, ensure_ascii=False) + "\n")
         report["cache"] = {"key": key, "path": str(entry), "reused": False}
-        (tmp / REPORT_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+        (tmp / REPORT_FILE).write_text(dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     return report
 
 
@@ -304,7 +305,7 @@ def _finish(
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         with atomic_writer(out / REPORT_FILE) as f:
-            json.dump(report, f, ensure_ascii=False, indent=2)
+            f.write(dumps(report, ensure_ascii=False, indent=2))
         for name in (REJECTED_FILE, NEAR_FILE, CONTAMINATION_FILE):
             listed = entry / name
             if listed.is_file() and listed.stat().st_size:
