@@ -35,6 +35,7 @@ from medpt.data.assemble import (
     split_report,
     write_split,
 )
+from medpt.data.mixing import rescaled_note
 from medpt.data.packing import Packed
 from medpt.data.parallel import Future, Workers
 from medpt.data.reading import ReadTask, read_source
@@ -99,6 +100,8 @@ def prepare_data(
     """Prepare (or reuse) the training and validation blocks; write data_report.json (+ rejected.jsonl)."""
     t0 = time.perf_counter()
     files = data_sources(args, hub_cache_dir)
+    if args.mix and (note := rescaled_note(args.mix)):
+        log(note)
     index = screening.contamination_index(args)  # every benchmark file is read and checked before the corpus
     settings = {k: v for k, v in asdict(args).items() if k not in _NOT_IN_KEY}
     settings["benchmark_items"] = screening.items_fingerprint(index)
