@@ -42,7 +42,7 @@ from medpt.data.reading import ReadTask, read_source
 from medpt.data.records import FileSource, resolve_files
 from medpt.data.report import check_record_accounting, check_sources, format_table
 from medpt.data.shards import JobPlan, Selector, ShardStore, run_jobs
-from medpt.data.sources import SourceFile, data_sources, file_bytes
+from medpt.data.sources import SourceFile, check_distinct, data_sources, file_bytes
 from medpt.data.templates import make_renderer
 from medpt.data.tokenize import load_tokenizer_info, tokenizer_info
 from medpt.errors import MedptError
@@ -100,6 +100,8 @@ def prepare_data(
     """Prepare (or reuse) the training and validation blocks; write data_report.json (+ rejected.jsonl)."""
     t0 = time.perf_counter()
     files = data_sources(args, hub_cache_dir)
+    prints = [f.source.fingerprint() for f in files]
+    check_distinct(files, prints)  # the same file (or bytes) twice would be trained on twice
     if args.mix and (note := rescaled_note(args.mix)):
         log(note)
     index = screening.contamination_index(args)  # every benchmark file is read and checked before the corpus
@@ -107,7 +109,7 @@ def prepare_data(
     settings["benchmark_items"] = screening.items_fingerprint(index)
     key = cache.cache_key(
         {
-            "inputs": [(f.name, f.split, f.source.suffix, f.source.fingerprint()) for f in files],
+            "inputs": [(f.name, f.split, f.source.suffix, fp) for f, fp in zip(files, prints)],
             "tokenizer": tokenizer.fingerprint(),
             "settings": settings,
             "seed": seed,
