@@ -35,14 +35,15 @@ def _synthetic(n: int, seed: int = 0) -> list[Question]:
 class Rigged(torch.nn.Module):
     """Wraps a model and adds +50 to the logits of the right answer's tokens, wherever they are scored: after the
     question's prompt followed by its correct text, and, for one-token answers (the letters, scored from one pass of
-    the prompt alone), at the prompt's last position. A model that 'knows' every answer."""
+    the prompt alone), at the prompt's last position. A model that 'knows' every answer (asked with `shots`, the
+    few-shot examples of each question; none by default)."""
 
-    def __init__(self, inner, tokenizer, questions):
+    def __init__(self, inner, tokenizer, questions, shots=None):
         super().__init__()
         self.inner = inner
         self.correct = {}  # sequence -> [(logit row, token)]
-        for q in questions:
-            prompt = build_prompt(q, [])
+        for q, s in zip(questions, shots or [[] for _ in questions]):
+            prompt = build_prompt(q, s)
             for cont in (q.answer, q.choices[q.answer]):
                 ctx, ids = split_ids(tokenizer, prompt, cont)
                 seq = tuple(ctx) if len(ids) == 1 else tuple(ctx + ids)

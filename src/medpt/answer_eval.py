@@ -13,7 +13,6 @@ answers.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from medpt.errors import BadRecordError, MedptError
+from medpt.strictjson import dumps
 from medpt.textmetrics import METRICS, score_answer
 
 
@@ -134,7 +134,7 @@ def write_answers(out: Path, qas: list[HeldOut], answers: dict[str, list[str]], 
         }  # fmt: skip
         for i, q in enumerate(qas)
     ]
-    atomic_write_text(out / f"{GENERATED}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out / f"{GENERATED}.jsonl", "".join(dumps(r, ensure_ascii=False) + "\n" for r in rows))
     parts = ["# Generated answers vs reference answers\n"]
     for i, r in enumerate(rows, start=1):
         parts.append(f"## {i}. {r['question']}\n\n({r['where']})\n\n**reference**\n\n> {_quote(r['reference'])}\n")

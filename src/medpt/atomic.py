@@ -254,8 +254,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, data: Any, **dump: Any) -> None:
+    from medpt.strictjson import dumps  # strict JSON: a NaN is written as null (see medpt.strictjson)
+
     with atomic_writer(path) as f:
-        json.dump(data, f, **dump)
+        f.write(dumps(data, **dump))
 
 
 @contextlib.contextmanager

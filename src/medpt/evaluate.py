@@ -13,7 +13,6 @@ confidence interval of Δ loss over blocks (medpt.stats).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from medpt.errors import MedptError
+from medpt.strictjson import dumps
 
 IGNORE_INDEX = -100
 
@@ -163,7 +163,7 @@ def _evaluate(config: Any, out: Any, checked: Any, log: Any) -> dict[str, Any]:
         from medpt.answer_eval import evaluate_answers
 
         results["generated"] = evaluate_answers(config, variants, qas, out, log)
-    atomic_write_text(out / "eval_results.json", json.dumps(results, ensure_ascii=False, indent=2))
+    atomic_write_text(out / "eval_results.json", dumps(results, ensure_ascii=False, indent=2))
     table = format_eval(results)
     atomic_write_text(out / "eval.md", table + "\n")
     log(table)
@@ -277,7 +277,7 @@ def _set_cells(name: str, r: dict[str, Any], ci: bool) -> list[str]:
     cells = [name, f"{b['tokens']:,}"]
     intervals = {"loss": r.get("delta_loss_ci"), "perplexity": r.get("perplexity_change_ci")}
     for m in METRICS:
-        cells += [format(b[m.name], m.fmt), format(a[m.name], m.fmt) if a else ""]
+        cells += [_value(b[m.name], m.fmt), _value(a[m.name], m.fmt) if a else ""]
         if m.change:
             cells.append(_change(b[m.name], a[m.name], m.change) if a else "")
             if ci:
@@ -285,7 +285,14 @@ def _set_cells(name: str, r: dict[str, Any], ci: bool) -> list[str]:
     return cells
 
 
-def _change(base: float, adapted: float, kind: str) -> str:
+def _value(x: float | None, fmt: str) -> str:
+    """A metric, or n/a where it has no finite value (null in eval_results.json, NaN in memory: medpt.strictjson)."""
+    return format(x, fmt) if x is not None and math.isfinite(x) else "n/a"
+
+
+def _change(base: float | None, adapted: float | None, kind: str) -> str:
+    if base is None or adapted is None or not math.isfinite(adapted - base) or (kind == "ratio" and not base):
+        return "n/a"
     return f"{adapted - base:+.4f}" if kind == "diff" else f"{adapted / base - 1:+.1%}"
 
 

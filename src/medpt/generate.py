@@ -8,7 +8,6 @@ model starts the next turn (问:) or the separator line, instead of running on i
 from __future__ import annotations
 
 import html
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, TextIO
 
 from medpt.data.templates import BUILTIN, custom_format
 from medpt.errors import BadRecordError, MedptError
+from medpt.strictjson import dumps
 
 
 def role_format(template: str, template_format: dict | None) -> Any:
@@ -186,7 +186,7 @@ def compare_answers(config: Any, variants: Any, questions: list[str], out: Path,
         log(f"  {which}: {len(questions)} answers")
     rows = [{"question": q, "base": b, "adapted": a} for q, b, a in zip(questions, answers["base"], answers["adapted"])]
     settings = decoding_note(config.generate, config.run.seed)
-    atomic_write_text(out / "compare.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out / "compare.jsonl", "".join(dumps(r, ensure_ascii=False) + "\n" for r in rows))
     atomic_write_text(out / "compare.md", compare_markdown(rows, settings))
     atomic_write_text(out / "compare.html", compare_html(rows, settings))
     log(f"comparison: {out / 'compare.md'} (also .html, .jsonl)")
@@ -245,7 +245,7 @@ def run_generate(config: Any, log: Callable[[str], None] = print) -> int:
         )
     with atomic_writer(out_file) as f:
         for q, a in zip(questions, answers):
-            f.write(json.dumps({"question": q, "answer": a, "model": which}, ensure_ascii=False) + "\n")
+            f.write(dumps({"question": q, "answer": a, "model": which}, ensure_ascii=False) + "\n")
     log(f"{len(questions)} answers ({which} model): {out_file}")
     return 0
 

@@ -80,6 +80,7 @@ def _kind(value: Any) -> str:
 
 
 _CHOICES = 'expected an object of options {"A": "...", "B": "...", ...}'
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # the option letters, in order: 2 to 26 options
 
 
 def _question(record: Any) -> Question:
@@ -96,13 +97,15 @@ def _question(record: Any) -> Question:
         raise record.bad("question", f"expected a string, got {_kind(question)}")
     if not isinstance(choices, dict):
         raise record.bad("choices", f"{_CHOICES}, got {_kind(choices)}")
-    if len(choices) < 2:
-        raise record.bad("choices", f"{_CHOICES} with at least two options, got {len(choices)}")
+    if not 2 <= len(choices) <= len(LETTERS):
+        raise record.bad("choices", f"{_CHOICES} with 2 to {len(LETTERS)} options (A to Z), got {len(choices)}")
+    expected = list(LETTERS[: len(choices)])
+    if list(choices) != expected:
+        # The letters are printed before their options and scored as the answer; --circular moves the texts over
+        # them and chance is 1/k: a gap (A, B, D) or another order would mean a different question for each.
+        given = ", ".join(repr(letter) for letter in choices)
+        raise record.bad("choices", f"the option letters must be {', '.join(expected)} in that order, got {given}")
     for letter, text in choices.items():
-        # The letter is printed before its option and scored as the answer's continuation: it must be a visible
-        # token of its own.
-        if not isinstance(letter, str) or not letter or any(c.isspace() for c in letter):
-            raise record.bad("choices", f"option letter {letter!r}: expected a non-empty string without spaces")
         if not isinstance(text, str):
             raise record.bad("choices", f"option {letter!r}: expected a string, got {_kind(text)}")
         if not text.strip():
@@ -139,11 +142,14 @@ def pick_shots(q: Question, pool: list[Question], k: int) -> list[Question]:
     return ([s for s in others if s.subject == q.subject] + [s for s in others if s.subject != q.subject])[:k]
 
 
-def split_ids(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def split_ids(
+    tokenizer: Any, context: str, continuation: str, ctx: list[int] | None = None
+) -> tuple[list[int], list[int]]:
     """Token ids of context and continuation as the model would read them together: the whole string is encoded
-    once and cut where the context ends, so a token that spans the boundary is not encoded twice."""
+    once and cut where the context ends, so a token that spans the boundary is not encoded twice. `ctx`: the
+    context's own ids, when the caller has them (one prompt, k options: encoded once, not k times)."""
     whole = list(tokenizer(context + continuation)["input_ids"])
-    ctx = list(tokenizer(context)["input_ids"])
+    ctx = list(tokenizer(context)["input_ids"]) if ctx is None else ctx
     cut = 0
     while cut < min(len(ctx), len(whole)) and ctx[cut] == whole[cut]:
         cut += 1
@@ -260,9 +266,10 @@ def option_logprobs(model: Any, tokenizer: Any, questions: list[Question], shots
     cut = 0
     for qi, (q, qs) in enumerate(zip(questions, shots)):
         prompt = build_prompt(q, qs)
+        prompt_ids = list(tokenizer(prompt)["input_ids"])
         for mode in modes:
             for letter, text in q.choices.items():
-                ctx, cont = split_ids(tokenizer, prompt, letter if mode == "letter" else text)
+                ctx, cont = split_ids(tokenizer, prompt, letter if mode == "letter" else text, prompt_ids)
                 if isinstance(limit, int) and len(ctx) + len(cont) > limit:
                     ctx, cut = ctx[len(ctx) + len(cont) - limit :], cut + 1
                 pairs.append((ctx, cont))

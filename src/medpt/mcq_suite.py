@@ -7,19 +7,19 @@ difference is and how much of it could be position bias.
    model is loaded.
 2. Scoring: medpt.mcq, unchanged (its predictions equal lm-evaluation-harness's on the same prompts). With
    `--circular` every question is asked once per rotation of its options (ABCD, BCDA, CDAB, DABC: the texts move,
-   the letters stay) and is right only if every rotation is (OpenCompass's CircularEval), so a model that always
-   answers one letter scores 0 instead of that letter's share of the answers.
+   the letters stay; k rotations for k options, and k may differ from question to question) and is right only if
+   every rotation is (OpenCompass's CircularEval), so a model that always answers one letter scores 0 instead of
+   that letter's share of the answers.
 3. Per benchmark and scoring mode: accuracy of each model, Δ, the 95% CI of Δ (paired bootstrap over questions,
    medpt.stats), McNemar's exact p, the distribution of predicted letters (a warning when one letter takes more than
-   half), and per-subject accuracies (JSON). Overall: micro (every question counts once) and macro (every benchmark
-   counts once), with the bootstrap stratified by benchmark.
+   half, BIAS_SHARE and BIAS_FACTOR), and per-subject accuracies (JSON). Overall: micro (every question counts
+   once) and macro (every benchmark counts once), with the bootstrap stratified by benchmark.
 4. RUN/eval/mcq/NAME.predictions.jsonl: every option's log-likelihood for each model and question (and rotation), one
    file per benchmark, so evaluating another benchmark later never overwrites it.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -30,8 +30,13 @@ import numpy as np
 
 from medpt.errors import MedptError
 from medpt.mcq import Benchmark, Question, benchmark_folder, benchmark_name, find_benchmarks, read_questions
+from medpt.strictjson import dumps
 
-BIAS_SHARE = 0.5  # a letter predicted for more than this share of the questions is flagged
+# A letter predicted for more than BIAS_SHARE of the questions, and more than BIAS_FACTOR times as often as uniform
+# guessing would pick it, is flagged: with 3 or more options the first rule decides; with two, uniform guessing
+# answers A half of the time, so the flag waits for 75%.
+BIAS_SHARE = 0.5
+BIAS_FACTOR = 1.5
 
 
 @dataclass
@@ -102,16 +107,33 @@ def rotations(q: Question) -> list[Question]:
     ]
 
 
+@dataclass
+class Asked:
+    """The prompts of one benchmark: each question once, or once per rotation of its options (as many as it has:
+    questions of 2 to 26 options mix in one file), with the index of the question each one asks."""
+
+    questions: list[Question]
+    shots: list[list[Question]]
+    owner: np.ndarray
+
+    @classmethod
+    def of(cls, b: LoadedBenchmark, circular: bool) -> Asked:
+        asked, shots, owner = [], [], []
+        for i, (q, s) in enumerate(zip(b.questions, b.shots)):
+            for rotated in rotations(q) if circular else [q]:
+                asked.append(rotated)
+                shots.append(s)
+                owner.append(i)
+        return cls(asked, shots, np.array(owner, dtype=np.int64))
+
+
 def score_benchmark(b: LoadedBenchmark, variants: Any, modes: list[str], circular: bool, batch_size: int,
-                    log: Any = print) -> tuple[list[Question], dict[str, Any], dict[str, float]]:  # fmt: skip
+                    log: Any = print) -> tuple[Asked, dict[str, Any], dict[str, float]]:  # fmt: skip
     """Every asked question (each rotation when circular), and per model: option log-likelihoods and predictions."""
     from medpt.mcq import option_logprobs, predict
 
-    asked, shots = [], []
-    for q, s in zip(b.questions, b.shots):
-        for rotated in rotations(q) if circular else [q]:
-            asked.append(rotated)
-            shots.append(s)
+    a = Asked.of(b, circular)
+    asked, shots = a.questions, a.shots
     scored: dict[str, Any] = {}
     seconds = {}
     for which in variants.names:
@@ -122,7 +144,7 @@ def score_benchmark(b: LoadedBenchmark, variants: Any, modes: list[str], circula
         scored[which] = {"logprobs": logprobs, "predicted": predicted}
         seconds[which] = round(time.perf_counter() - t, 2)
         log(f"  {b.name} / {which}: {len(asked)} prompts in {seconds[which]:.1f} s")
-    return asked, scored, seconds
+    return a, scored, seconds
 
 
 def write_predictions(path: Path, name: str, asked: list[Question], scored: dict[str, Any], circular: bool) -> None:
@@ -138,14 +160,15 @@ def write_predictions(path: Path, name: str, asked: list[Question], scored: dict
             for which, s in scored.items():
                 row[which] = {m: {"predicted": s["predicted"][m][i], "logprob": s["logprobs"][m][i]}
                               for m in s["predicted"]}  # fmt: skip
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(dumps(row, ensure_ascii=False) + "\n")
 
 
 # --- 3. statistics ------------------------------------------------------------------------------------------------
-def correctness(asked: list[Question], predicted: list[str], per_question: int) -> np.ndarray:
-    """Right or wrong per original question: with rotations, right only if every rotation is."""
-    right = np.array([p == q.answer for q, p in zip(asked, predicted)], dtype=bool)
-    return right.reshape(-1, per_question).all(axis=1)
+def correctness(asked: Asked, predicted: list[str], questions: int) -> np.ndarray:
+    """Right or wrong per original question: with rotations, right only if every rotation is (each question has as
+    many rotations as options, so they are counted per question, never reshaped into equal rows)."""
+    wrong = np.array([p != q.answer for q, p in zip(asked.questions, predicted)], dtype=np.float64)
+    return np.bincount(asked.owner, weights=wrong, minlength=questions) == 0
 
 
 def summarize_mode(b: LoadedBenchmark, asked: list[Question], right: dict[str, np.ndarray], scored: dict[str, Any],
@@ -159,14 +182,23 @@ def summarize_mode(b: LoadedBenchmark, asked: list[Question], right: dict[str, n
         "answers": _shares([q.answer for q in asked]),
         "by_subject": _by_subject(b.questions, right),
     }
-    out["bias"] = {w: f"{max(v, key=v.get)} {max(v.values()):.0%}" for w, v in out["letters"].items()
-                   if max(v.values()) > BIAS_SHARE}  # fmt: skip
+    biased = {w: _biased(v, asked) for w, v in out["letters"].items()}
+    out["bias"] = {w: v for w, v in biased.items() if v}
     if "adapted" in right:
         diff = right["adapted"].astype(float) - right["base"]
         out["delta"] = float(diff.mean())
         out["ci"] = mean_difference_ci([diff], resamples, seed).to_list()
         out["mcnemar_p"] = mcnemar_exact(right["base"], right["adapted"])
     return out
+
+
+def _biased(shares: dict[str, float], asked: list[Question]) -> str | None:
+    """The flag ("D 62%") when the most predicted letter is flagged (BIAS_SHARE, BIAS_FACTOR), else None. Uniform
+    guessing picks a letter with probability 1/k in a question of k options that has it, 0 in one that has not."""
+    letter = max(shares, key=shares.get)
+    uniform = sum(1 / len(q.choices) for q in asked if letter in q.choices) / len(asked)
+    share = shares[letter]
+    return f"{letter} {share:.0%}" if share > max(BIAS_SHARE, BIAS_FACTOR * uniform) else None
 
 
 def _shares(letters: list[str]) -> dict[str, float]:
@@ -232,9 +264,9 @@ def _benchmark(config: Any, b: LoadedBenchmark, variants: Any, modes: list[str],
     batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
     asked, scored, seconds = score_benchmark(b, variants, modes, e.circular, batch_size, log)
     predictions = folder / f"{b.name}.predictions.jsonl"
-    write_predictions(predictions, b.name, asked, scored, e.circular)
-    per_question = len(asked) // len(b.questions)
-    right = {m: {w: correctness(asked, s["predicted"][m], per_question) for w, s in scored.items()} for m in modes}
+    write_predictions(predictions, b.name, asked.questions, scored, e.circular)
+    n = len(b.questions)
+    right = {m: {w: correctness(asked, s["predicted"][m], n) for w, s in scored.items()} for m in modes}
     summary = {
         "questions": len(b.questions),
         "num_fewshot": b.num_fewshot,
@@ -243,7 +275,8 @@ def _benchmark(config: Any, b: LoadedBenchmark, variants: Any, modes: list[str],
         "seconds": seconds,
         "predictions": str(predictions),
         "modes": {
-            m: summarize_mode(b, asked, right[m], scored, m, e.bootstrap_resamples, config.run.seed) for m in modes
+            m: summarize_mode(b, asked.questions, right[m], scored, m, e.bootstrap_resamples, config.run.seed)
+            for m in modes
         },  # fmt: skip
     }
     return summary, right
@@ -372,4 +405,4 @@ def write_contamination(path: Path, result: Any) -> None:
         for hit in result.hits:
             row = {"benchmark": hit.item.benchmark, "item": hit.item.where, "question": hit.item.text,
                    "training_document": hit.document, "documents": hit.documents, "ngram": hit.ngram}  # fmt: skip
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(dumps(row, ensure_ascii=False) + "\n")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medpt.errors import MedptError
+from medpt.strictjson import dumps
 
 _SMALL_FILES = 1 << 20  # config.json, generation_config.json, the shard index, medpt_merge.json, the manifest
 
@@ -92,7 +93,7 @@ def save_merged(merged: Merged, directory: Path, command: str) -> None:
         "adapter": str(merged.adapter.resolve()),
         "dtype": str(merged.dtype).replace("torch.", ""),
     }
-    atomic_write_text(Path(directory) / MERGE_INFO, json.dumps(note, indent=2))
+    atomic_write_text(Path(directory) / MERGE_INFO, dumps(note, indent=2))
     RunDir(Path(directory)).record([p.name for p in Path(directory).iterdir()], command)
 
 

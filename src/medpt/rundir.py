@@ -38,6 +38,7 @@ from typing import Any
 from medpt import __version__, atomic
 from medpt.atomic import atomic_write_text, is_leftover
 from medpt.errors import MedptError
+from medpt.strictjson import dumps
 
 MANIFEST = ".medpt-manifest.json"
 
@@ -204,7 +205,7 @@ class RunDir:
             "kind": self.kind,
             "entries": dict(sorted(self.entries.items())),
         }
-        atomic_write_text(self.path / MANIFEST, json.dumps(data, indent=2) + "\n")
+        atomic_write_text(self.path / MANIFEST, dumps(data, indent=2) + "\n")
 
 
 # --- inputs, and outputs that must not touch them -----------------------------------------------------------------

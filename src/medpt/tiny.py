@@ -11,6 +11,7 @@ from typing import Any
 
 from medpt.errors import MedptError
 from medpt.rundir import TINY_INFO
+from medpt.strictjson import dumps
 
 TINY_SIZES: dict[str, dict[str, int]] = {
     "5m": {
@@ -124,7 +125,7 @@ def init_tiny(output_dir: str | Path, size: str, texts: list[str], seed: int = 4
         model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id)
         model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / TINY_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        (tmp / TINY_INFO).write_text(dumps(info, indent=2), encoding="utf-8")
         # The whole folder is medpt's: record every entry, so --overwrite may replace exactly these later.
         RunDir(tmp).record([p.name for p in tmp.iterdir()], "init-tiny")
     return info

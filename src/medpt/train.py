@@ -48,6 +48,7 @@ from medpt.rundir import (
     holding,
     inputs_of,
 )
+from medpt.strictjson import dumps
 
 
 class DivergedError(MedptError):
@@ -362,7 +363,7 @@ def finish(config: Config, trainer: Any, result: Any, out: Path, resumed: str | 
         log(f"loss curves: {out / LOSS_CURVE}")
     trainer.save_metrics("all", results, combined=False)
     summary = {k: v for k, v in results.items() if "loss" in k or "perp" in k}
-    log(f"done: {out}  {json.dumps(summary)}")
+    log(f"done: {out}  {dumps(summary)}")
 
 
 def save_final(trainer: Any, out: Path) -> None:
@@ -427,7 +428,7 @@ def _record_base(config: Config, out: Path) -> None:
     m = config.model
     local = resolve_local(m.model_name_or_path, MODEL_FILES, m.revision, m.cache_dir)
     record = {"name": m.model_name_or_path, "revision": m.revision, "fingerprint": weights_fingerprint(local)}
-    atomic_write_text(out / BASE_RECORD, json.dumps(record, indent=2))
+    atomic_write_text(out / BASE_RECORD, dumps(record, indent=2))
 
 
 def _check_saved(adapter_file: Path, modules_to_save: list[str]) -> None:

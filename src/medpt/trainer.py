@@ -7,14 +7,15 @@
    save_state rewrite the file, changing a hard-linked backup of the run);
 3. a NaN/inf loss stops the run at that step, before the optimizer writes NaN into the weights;
 4. tokens/s counts real tokens (not padding), and the learning rate of --modules_to_save can differ;
-5. callbacks: metrics.jsonl per log step, a progress bar with tokens/s, Ctrl-C = save a checkpoint and stop.
+5. callbacks: metrics.jsonl per log step, a progress bar with tokens/s, Ctrl-C = save a checkpoint and stop;
+6. the JSON it writes (metrics.jsonl, *_results.json, the log history in trainer_state.json) is strict JSON: a
+   non-finite value (an fp16 step's inf gradient norm, an eval loss that overflowed) is null (medpt.strictjson).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import signal
@@ -33,6 +34,7 @@ from medpt.errors import MedptError
 from medpt.evaluate import TokenStats, token_sums
 from medpt.faults import fault_point
 from medpt.rundir import STAGING
+from medpt.strictjson import dumps, finite
 
 
 class NonFiniteLossError(MedptError):
@@ -81,6 +83,10 @@ class MedptTrainer(Trainer):
             logs["tokens_per_second"] = round((seen - self._last_log[1]) / max(now - self._last_log[0], 1e-9), 1)
             self._last_log = (now, seen)
         super().log(logs, start_time)
+        # Trainer writes its log history into trainer_state.json (the run's and each checkpoint's) with Python's
+        # json, as bare NaN / Infinity (an fp16 run's skipped steps log grad_norm inf): keep the saved history
+        # strict JSON. The callbacks above got the values themselves.
+        self.state.log_history[-1] = finite(self.state.log_history[-1])
 
     # --- 1: evaluation ------------------------------------------------------------------------------------------
     def evaluation_loop(
@@ -161,7 +167,7 @@ class MedptTrainer(Trainer):
     def save_state(self) -> None:
         """Trainer.save_state, written atomically (see 2); the same JSON."""
         if self.is_world_process_zero():
-            state = json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n"
+            state = dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n"
             atomic_write_text(Path(self.args.output_dir) / "trainer_state.json", state)
 
     # --- 4: a separate learning rate for embed_tokens / lm_head ------------------------------------------------
@@ -198,8 +204,7 @@ class MetricsFileCallback(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and logs:
-            clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in logs.items()}
-            append_line(self.path, json.dumps({"step": state.global_step, **clean}))
+            append_line(self.path, dumps({"step": state.global_step, **logs}))
 
 
 class TokenProgressCallback(ProgressCallback):

@@ -16,12 +16,12 @@ from typing import Any
 
 from medpt.errors import MedptError
 from medpt.rundir import ADAPTER_WEIGHTS, VERIFY
+from medpt.strictjson import dumps
 
 PROBE = "问:高血压患者日常饮食需要注意什么？\n答:"
 
 
 def run_verify(config: Any, log: Any = print) -> int:
-    import json
 
     import torch
 
@@ -91,7 +91,7 @@ def run_verify(config: Any, log: Any = print) -> int:
     }
     log(f"  adapter: {n_params:,} parameters, {weights.stat().st_size / 2**20:.2f} MiB, r={summary['rank']}, "
         f"alpha={summary['alpha']}")  # fmt: skip
-    atomic_write_text(adapter / VERIFY, json.dumps(summary, ensure_ascii=False, indent=2))
+    atomic_write_text(adapter / VERIFY, dumps(summary, ensure_ascii=False, indent=2))
     if not summary["ok"]:
         failed = "; ".join(f"{c['check']}: {c['detail']}" for c in checks if not c["ok"])
         log(f"verify FAILED: {failed}")

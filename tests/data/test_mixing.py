@@ -156,3 +156,46 @@ def test_without_mix_named_sources_are_used_whole_in_order(tokenizer_dir, tmp_pa
                      validation_split_percentage=0.0)  # fmt: skip
     assert np.array_equal(np.asarray(named.train.tokens), np.asarray(plain.train.tokens))  # same blocks as unnamed
     assert "sources" not in plain.report and set(named.report["sources"]) == {"a", "b"}
+
+
+@pytest.mark.parametrize(
+    "mix, note",
+    [
+        (["a=0.8", "b=0.2"], None),
+        (["a=0.7", "b=0.2", "c=0.1"], None),  # 0.9999999999999999 in floats: a sum of 1
+        (["a=1", "b=0"], None),
+        (["a=0.8", "b=0.3"], "note: --mix a=0.8,b=0.3: the shares sum to 1.1, not 1; rescaled to a=0.7273,b=0.2727"),
+        (["a=3", "b=1"], "note: --mix a=3,b=1: the shares sum to 4, not 1; rescaled to a=0.75,b=0.25"),
+        (["a=0.5", "b=0.25"], "note: --mix a=0.5,b=0.25: the shares sum to 0.75, not 1; rescaled to a=0.6667,b=0.3333"),
+        (
+            ["a=0.333", "b=0.333", "c=0.333"],
+            "note: --mix a=0.333,b=0.333,c=0.333: the shares sum to 0.999, not 1; rescaled to "
+            "a=0.3333,b=0.3333,c=0.3333",
+        ),
+    ],
+)
+def test_shares_that_do_not_sum_to_1_are_rescaled_with_a_note(mix, note):
+    from medpt.data.mixing import rescaled_note
+
+    assert rescaled_note(mix) == note
+    assert sum(parse_shares(mix).values()) == pytest.approx(1)
+
+
+def test_prepare_says_once_per_run_how_it_rescaled_the_shares(tokenizer_dir, tmp_path, capsys):
+    from medpt.cli import main
+
+    argv = ["prepare", "--model_name_or_path", str(tokenizer_dir), "--train_file_dir", f"medical={SAMPLE_QA}",
+            f"general={SAMPLE_GENERAL}", "--mix", "medical=0.8,general=0.3",
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    note = (
+        "note: --mix medical=0.8,general=0.3: the shares sum to 1.1, not 1; rescaled to medical=0.7273,general=0.2727"
+    )
+    for run in ("prepared", "reused from the cache"):
+        assert main([*argv, "--overwrite_output_dir"]) == 0, run
+        out = capsys.readouterr().out
+        assert out.splitlines().count(note) == 1, (run, out)
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
+    assert report["sources"]["medical"]["mix"]["requested_share"] == pytest.approx(0.8 / 1.1)
+    argv[argv.index("medical=0.8,general=0.3")] = "medical=0.8,general=0.2"
+    assert main([*argv, "--overwrite_output_dir"]) == 0
+    assert "--mix" not in capsys.readouterr().out  # shares that sum to 1: nothing to say

@@ -10,7 +10,6 @@ bounded pieces, reading runs of consecutive documents with one `pread` each.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from medpt.data.packing import layout
 from medpt.data.report import split_stats
 from medpt.data.shards import SHARD_PREFIX, ShardStore
 from medpt.data.tokenize import SPECIAL_ROLE, scale_roles
+from medpt.strictjson import dumps
 
 _COPY_TOKENS = 1 << 20  # tokens per copy step (4 MB of int32)
 
@@ -284,7 +284,7 @@ def dump_texts(path_writer: Any, store: ShardStore, n_shards: int, plan: Plan, g
             for text in meta["texts"][split]:
                 if keep[(name, split)][seen[name]]:
                     extra = {"source": name} if name else {}
-                    path_writer.write(json.dumps({"text": text, "split": split, **extra}, ensure_ascii=False) + "\n")
+                    path_writer.write(dumps({"text": text, "split": split, **extra}, ensure_ascii=False) + "\n")
                     written += 1
                 seen[name] += 1
     return written

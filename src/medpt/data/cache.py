@@ -24,6 +24,7 @@ import numpy as np
 from medpt.atomic import PathLock, check_free_space
 from medpt.data.packing import Packed
 from medpt.errors import MedptError
+from medpt.strictjson import dumps
 
 # Bump when the rendering, tokenization or layout changes, so old entries are not reused.
 # 2: meta.json holds each array file's size and CRC-32.
@@ -60,7 +61,7 @@ def lock(root: Path, key: str, log: Any = print) -> Any:
 
 
 def cache_key(parts: dict[str, Any]) -> str:
-    blob = json.dumps({"version": FORMAT_VERSION, **parts}, sort_keys=True, ensure_ascii=False, default=str)
+    blob = dumps({"version": FORMAT_VERSION, **parts}, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 
@@ -100,7 +101,7 @@ def _save_array(path: Path, array: np.ndarray) -> dict[str, dict[str, int]]:
 
 def _write_meta(directory: Path, block_size: int, mode: str, files: dict) -> None:
     meta = {"format_version": FORMAT_VERSION, "block_size": block_size, "mode": mode, "files": files}
-    (directory / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    (directory / "meta.json").write_text(dumps(meta), encoding="utf-8")
 
 
 class StreamedSplit:

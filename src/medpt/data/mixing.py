@@ -12,6 +12,7 @@ tokens T = its tokens / its share (or --mix_tokens T when given). Each source th
 A sample takes documents in a seeded random order until the next one would overshoot the target by more than it
 undershoots, so the achieved share is within one document of the requested one. The mixed documents are then put
 in a seeded random order, so that blocks (cut from consecutive documents) hold several sources.
+Shares that do not sum to 1 (medical=3,general=1) are proportions: rescaled, and said so in one line.
 
 The size: planning holds about BYTES_PER_PICK bytes per document the mix picks (repeats included), and the packed
 blocks then take 4 bytes per token in the cache. A total that needs more than half of the memory available now is
@@ -22,6 +23,7 @@ otherwise end in a MemoryError after minutes); the cache checks its disk space i
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import asdict, dataclass
 
@@ -154,6 +156,25 @@ def gather(tokens: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple[n
 
 def parse_shares(items: list[str]) -> dict[str, float]:
     """`medical=0.8,general=0.2` (already split at commas) → {name: share}, normalised to sum to 1."""
+    shares = given_shares(items)
+    total = sum(shares.values())
+    return {name: share / total for name, share in shares.items()}
+
+
+def rescaled_note(items: list[str]) -> str | None:
+    """One line when the shares given do not sum to 1, naming them and the shares used. Proportions such as
+    medical=3,general=1 are allowed (they are rescaled, not refused), but a typo such as medical=0.8,general=0.3
+    would otherwise change the mix without a word."""
+    shares = given_shares(items)
+    total = sum(shares.values())
+    if math.isclose(total, 1.0, rel_tol=1e-9, abs_tol=1e-9):  # 0.7+0.2+0.1 is 0.9999999999999999 in floats
+        return None
+    used = ",".join(f"{name}={share / total:.4g}" for name, share in shares.items())
+    return f"note: --mix {','.join(items)}: the shares sum to {total:g}, not 1; rescaled to {used}"
+
+
+def given_shares(items: list[str]) -> dict[str, float]:
+    """The shares as given, checked (names, numbers, a positive total and first share), not yet normalised."""
     shares: dict[str, float] = {}
     for item in items:
         name, eq, value = item.partition("=")
@@ -175,4 +196,4 @@ def parse_shares(items: list[str]) -> dict[str, float]:
     first = next(iter(shares))
     if shares[first] == 0:
         raise MedptError(f"--mix: the first source ({first}) anchors the total and needs a share > 0")
-    return {name: share / total for name, share in shares.items()}
+    return shares

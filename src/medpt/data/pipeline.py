@@ -35,6 +35,7 @@ from medpt.data.assemble import (
     split_report,
     write_split,
 )
+from medpt.data.mixing import rescaled_note
 from medpt.data.packing import Packed
 from medpt.data.parallel import Future, Workers
 from medpt.data.paths import resolve_files
@@ -42,7 +43,7 @@ from medpt.data.reading import ReadTask, read_source
 from medpt.data.records import FileSource
 from medpt.data.report import check_record_accounting, check_sources, format_table
 from medpt.data.shards import JobPlan, Selector, ShardStore, run_jobs
-from medpt.data.sources import SourceFile, data_sources, file_bytes
+from medpt.data.sources import SourceFile, check_distinct, data_sources, file_bytes
 from medpt.data.templates import make_renderer
 from medpt.data.tokenize import load_tokenizer_info, tokenizer_info
 from medpt.errors import MedptError
@@ -51,6 +52,7 @@ from medpt.rundir import DATA_REPORT as REPORT_FILE  # the run directory's file 
 from medpt.rundir import NEAR_DUPLICATES as NEAR_FILE
 from medpt.rundir import REJECTED as REJECTED_FILE
 from medpt.rundir import RunDir
+from medpt.strictjson import dumps
 
 # Data flags that cannot change the prepared blocks, so they stay out of the cache key.
 _NOT_IN_KEY = {
@@ -99,12 +101,16 @@ def prepare_data(
     """Prepare (or reuse) the training and validation blocks; write data_report.json (+ rejected.jsonl)."""
     t0 = time.perf_counter()
     files = data_sources(args, hub_cache_dir)
+    prints = [f.source.fingerprint() for f in files]
+    check_distinct(files, prints)  # the same file (or bytes) twice would be trained on twice
+    if args.mix and (note := rescaled_note(args.mix)):
+        log(note)
     index = screening.contamination_index(args)  # every benchmark file is read and checked before the corpus
     settings = {k: v for k, v in asdict(args).items() if k not in _NOT_IN_KEY}
     settings["benchmark_items"] = screening.items_fingerprint(index)
     key = cache.cache_key(
         {
-            "inputs": [(f.name, f.split, f.source.suffix, f.source.fingerprint()) for f in files],
+            "inputs": [(f.name, f.split, f.source.suffix, fp) for f, fp in zip(files, prints)],
             "tokenizer": tokenizer.fingerprint(),
             "settings": settings,
             "seed": seed,
@@ -224,9 +230,9 @@ def _assemble(entry: Path, store: ShardStore, n_shards: int, g: Any, plan: Any, 
         for name, rows in ((REJECTED_FILE, g.rejected), *lists.items()):
             with open(tmp / name, "w", encoding="utf-8") as f:
                 for item in rows:
-                    f.write(json.dumps(item, ensure_ascii=False) + "\n")
+                    f.write(dumps(item, ensure_ascii=False) + "\n")
         report["cache"] = {"key": key, "path": str(entry), "reused": False}
-        (tmp / REPORT_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+        (tmp / REPORT_FILE).write_text(dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     return report
 
 
@@ -305,7 +311,7 @@ def _finish(
     if output_dir is not None:
         out = make_dir(output_dir)
         with atomic_writer(out / REPORT_FILE) as f:
-            json.dump(report, f, ensure_ascii=False, indent=2)
+            f.write(dumps(report, ensure_ascii=False, indent=2))
         for name in (REJECTED_FILE, NEAR_FILE, CONTAMINATION_FILE):
             listed = entry / name
             if listed.is_file() and listed.stat().st_size:

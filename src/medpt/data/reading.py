@@ -7,7 +7,6 @@ every record that did not become a document, with the reason.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from medpt.data.hygiene import content_hash, in_validation, normalize_text
 from medpt.data.records import FileSource, HubSource
 from medpt.data.templates import Rendered, RenderedBatch, make_renderer
 from medpt.errors import BadRecordError, MedptError
+from medpt.strictjson import dumps
 
 
 @dataclass
@@ -49,7 +49,7 @@ _renderers: dict[str, Callable[[Document], Rendered]] = {}  # per process, by te
 
 
 def _renderer(args: DataArguments) -> Callable[[Document], Rendered]:
-    key = json.dumps([args.template, args.template_format], sort_keys=True)
+    key = dumps([args.template, args.template_format], sort_keys=True)
     if key not in _renderers:
         _renderers[key] = make_renderer(args.template, args.template_format)
     return _renderers[key]

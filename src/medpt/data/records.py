@@ -39,6 +39,7 @@ from typing import Any
 from medpt.args.fields import MAX_RECORD_MB
 from medpt.data.paths import data_suffix
 from medpt.errors import BadRecordError, MedptError
+from medpt.strictjson import dumps
 
 MAX_JSON_DEPTH = 100  # see the module docstring
 # 64 MiB fits a 32-bit C long (csv.field_size_limit takes one; sys.maxsize, the usual idiom, overflows on Windows).
@@ -550,7 +551,7 @@ def _stream_revision(name: str, config: str | None) -> str:
     if folder.is_dir():
         stats = sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
                        for p in folder.rglob("*") if p.is_file())  # fmt: skip
-        return hashlib.sha256(json.dumps([config, stats]).encode()).hexdigest()[:16]
+        return hashlib.sha256(dumps([config, stats]).encode()).hexdigest()[:16]
     try:
         from huggingface_hub import HfApi
 

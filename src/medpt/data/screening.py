@@ -16,7 +16,6 @@ Both are counted in the report's skipped reasons (`near_duplicate`, `contaminate
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 from medpt.args import DataArguments
 from medpt.data.contamination import ContaminationIndex, file_items, read_benchmark_items
 from medpt.data.neardup import near_duplicates
+from medpt.strictjson import dumps
 
 _QUESTION_CHARS = 200  # of a contaminated item's question in contamination.jsonl
 
@@ -47,7 +47,7 @@ def items_fingerprint(index: ContaminationIndex | None) -> str | None:
         return None
     digest = hashlib.sha256()
     for item in index.items:
-        digest.update(json.dumps([item.benchmark, item.parts], ensure_ascii=False).encode())
+        digest.update(dumps([item.benchmark, item.parts], ensure_ascii=False).encode())
     return digest.hexdigest()[:24]
 
 

@@ -39,6 +39,7 @@ from medpt.data.sources import SourceFile
 from medpt.data.templates import RenderedBatch
 from medpt.data.tokenize import CHUNK, ROLE_SAMPLE_EVERY, TokenizerInfo, encode_task
 from medpt.errors import MedptError
+from medpt.strictjson import dumps
 
 TRAIN, HELD_OUT, VALIDATION_FILE = 0, 1, 2  # a kept document's origin: train file, hash-split from one, validation file
 SHARD_PREFIX = "shard-"
@@ -95,7 +96,7 @@ class JobPlan:
         for f, pieces in zip(self.inputs, self.pieces):
             cut = [getattr(p, "byte_range", None) or getattr(p, "rows", None) for p in pieces or []]
             items.append((f.name, f.split, f.source.name, f.source.fingerprint(), cut, self.stream_rows))
-        return hashlib.sha256(json.dumps([items, extra], default=str).encode()).hexdigest()[:16]
+        return hashlib.sha256(dumps([items, extra], default=str).encode()).hexdigest()[:16]
 
     def jobs(self, after: tuple[int, int] | None = None, start: int = 0) -> Iterator[Job]:
         """Jobs in order, from the one after `after` (the last completed job's `where`); `start` numbers the first."""
@@ -249,7 +250,7 @@ class ShardStore:
         if directory.is_dir() and (not marker.is_file() or json.loads(marker.read_text())["plan"] != plan):
             shutil.rmtree(directory)  # another plan (inputs or settings changed): nothing to resume
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(marker, json.dumps({"plan": plan}))
+        atomic_write_text(marker, dumps({"plan": plan}))
 
     def path(self, index: int) -> Path:
         return self.directory / f"{SHARD_PREFIX}{index:06d}"
@@ -271,7 +272,7 @@ class ShardStore:
                 part.astype(np.int32, copy=False).tofile(f)
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array)
-        (tmp / "meta.json").write_text(json.dumps(shard, ensure_ascii=False), encoding="utf-8")
+        (tmp / "meta.json").write_text(dumps(shard, ensure_ascii=False), encoding="utf-8")
         replace(tmp, final)
 
     def meta(self, index: int) -> dict[str, Any]:

@@ -20,7 +20,6 @@ llama.cpp-vs-transformers check for the GGUF targets.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from medpt.errors import MedptError
 from medpt.export import gguf, llamacpp, merged, sglang, vllm
 from medpt.export.plan import AdapterFacts, Job, plan
+from medpt.strictjson import dumps
 
 TARGETS: dict[str, ModuleType] = {"vllm": vllm, "sglang": sglang, "llamacpp": llamacpp, "merged": merged, "gguf": gguf}
 REPORT = "export.json"
@@ -68,7 +68,7 @@ def _write_report(job: Job, target: str, handling: dict, commands: list[str]) ->
         "commands": commands,
         "llama_cpp_check": job.report or None,
     }
-    (job.tmp / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (job.tmp / REPORT).write_text(dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     RunDir(Path(job.tmp)).record([p.name for p in Path(job.tmp).iterdir()], "export")
 
 

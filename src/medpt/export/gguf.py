@@ -7,10 +7,10 @@ once) before anything is written, so llama.cpp never sees a LoRA, DoRA or module
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from medpt.export.plan import MERGED, Handling, Job
+from medpt.strictjson import dumps
 
 ACCEPTS: dict[str, Handling] = {feature: MERGED for feature in ("lora", "rslora", "dora", "modules_to_save")}
 MODELFILE = "Modelfile"
@@ -48,6 +48,6 @@ def modelfile(gguf_file: str, data: Any) -> str:
     (h0, h1), (g0, _) = fmt.wrap["human"], fmt.wrap["gpt"]
     template = f"{h0}{{{{ .Prompt }}}}{h1}{g0}"
     lines = [f"FROM ./{gguf_file}", f'TEMPLATE """{template}"""']
-    lines += [f"PARAMETER stop {json.dumps(stop, ensure_ascii=False)}" for stop in stop_strings(data)]
+    lines += [f"PARAMETER stop {dumps(stop, ensure_ascii=False)}" for stop in stop_strings(data)]
     lines += ["PARAMETER temperature 0.7", "PARAMETER top_p 0.9"]
     return "\n".join(lines) + "\n"

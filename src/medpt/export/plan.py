@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from medpt.errors import MedptError
 from medpt.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from medpt.strictjson import dumps
 
 # The features an engine may refuse or mis-serve. "lora" is every adapter's low-rank update itself.
 FEATURES = ("lora", "rslora", "dora", "modules_to_save")
@@ -120,5 +121,5 @@ def write_peft_adapter(job: Job, alpha: float | None = None) -> Path:
             "rsLoRA trained with"
         )
         config.update(lora_alpha=alpha, use_rslora=False)
-    (target / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (target / ADAPTER_CONFIG).write_text(dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return target

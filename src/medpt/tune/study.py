@@ -33,6 +33,7 @@ from medpt.rundir import (
     claim_dir,
     inputs_of,
 )
+from medpt.strictjson import dumps
 from medpt.tune.objective import PruningCallback, prepared_sets
 from medpt.tune.setup import Setup, check_space_fits, make_setup, trial_config
 
@@ -147,7 +148,7 @@ def _check_study_record(path: Path, config: Config) -> None:
                 f"{record['study_name']!r} in {record['storage']}. Use another --output_dir for another study"
             )
         return
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(path, dumps(record, indent=2) + "\n")
 
 
 # --- the study --------------------------------------------------------------------------------------------------
