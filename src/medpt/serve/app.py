@@ -14,7 +14,6 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable
-from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any
 
@@ -40,17 +39,9 @@ CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, the acces
 BODY_READ = "medpt.body_read"  # set in the ASGI scope once a request's body has been read whole
 
 
-def build_app(serving: Serving, api_key: str | None = None, max_request_mb: float = 4.0) -> Any:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        serving.start()
-        try:
-            yield
-        finally:
-            serving.engine.stop()
-
+def build_app(serving: Serving, api_key: str | None = None, max_request_mb: float = 4.0) -> Lifecycle:
     # No /docs or /redoc: their pages load scripts from a CDN, and this server must work offline.
-    app = FastAPI(title="medpt serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="medpt serve", version=__version__, docs_url=None, redoc_url=None)
     for error in (APIError, RequestValidationError, StarletteHTTPException, ClientDisconnect, Exception):
         app.add_exception_handler(error, openai_error)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(bearer_auth(api_key))])
@@ -88,8 +79,8 @@ def build_app(serving: Serving, api_key: str | None = None, max_request_mb: floa
         return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     app.include_router(v1)
-    app.state.serving, app.state.max_request_bytes = serving, limit
-    return EndCancelled(app)
+    app.state.max_request_bytes = limit
+    return Lifecycle(app, serving)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -197,16 +188,22 @@ def describe(exc: Exception) -> tuple[int, ErrorDetail]:
     return 500, ErrorDetail(message="internal server error (the traceback is in the server log)", type="server_error")
 
 
-class EndCancelled:
-    """The app, ending cancelled requests the way a client can read. Answers in flight when the server stops are
-    ended by medpt within the grace period (medpt.serve.serving.Serving.drain); uvicorn cancels what still runs
-    after its own, longer, timeout, or at a second Ctrl-C, and would log each as "Exception in ASGI application"
-    with a traceback. Here such a request gets a 503 (or, mid-stream, an error event and [DONE]) instead."""
+class Lifecycle:
+    """The ASGI app uvicorn runs: FastAPI's, plus what a server that must stop cleanly needs and FastAPI does badly.
 
-    def __init__(self, app: FastAPI):
-        self.app, self.state = app, app.state
+    1. The lifespan (start and stop the engine) is handled here: FastAPI's logs a traceback when uvicorn cancels it,
+       which it does when a third Ctrl-C exits without the orderly shutdown.
+    2. A request uvicorn cancels (after its own shutdown timeout, or at that third Ctrl-C) would be logged as
+       "Exception in ASGI application" with a traceback; it gets a 503 instead (or, mid-stream, an error event and
+       [DONE]). Answers in flight are normally ended well before, by medpt (medpt.serve.serving.Serving.drain).
+    """
+
+    def __init__(self, app: FastAPI, serving: Serving):
+        self.app, self.serving = app, serving
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await self._lifespan(receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         sent = {"start": False, "end": False, "stream": False}
@@ -226,6 +223,20 @@ class EndCancelled:
             if not sent["end"]:
                 with contextlib.suppress(Exception):
                     await _end_cut(send, sent)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    self.serving.start()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    self.serving.engine.stop()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        except asyncio.CancelledError:  # a forced exit: nothing waits for the shutdown any more
+            return
 
 
 async def _end_cut(send: Any, sent: dict) -> None:

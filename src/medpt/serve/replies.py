@@ -171,7 +171,7 @@ class CompletionReply(Reply):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.offsets = [0] * len(self.jobs)  # per choice: the length of the text streamed so far
+        self.offsets = [0] * len(self.jobs)  # per choice: where the next token's text_offset starts
         self.echoed = [self.echoes is None] * len(self.jobs)
 
     def pieces(self, index: int, delta: Delta) -> list[BaseModel]:
@@ -183,7 +183,7 @@ class CompletionReply(Reply):
         job, text = self.jobs[index], self.echoes[index]
         scored = delta.prompt_logprobs
         logprobs = self.logprobs(job.prompt_ids, scored, 0) if scored is not None else None
-        self.offsets[index] = len(text)
+        self.offsets[index] = sum(len(t) for t in logprobs.tokens) if logprobs is not None else 0
         echo = self._make(self.chunk_type, [CompletionChoice(index=index, text=text, logprobs=logprobs)])
         return [echo, *super().pieces(index, delta)]
 
@@ -191,7 +191,7 @@ class CompletionReply(Reply):
         logprobs = None
         if self.jobs[index].logprobs is not None and not finish:
             logprobs = self.logprobs([e.token for e in delta.logprobs], delta.logprobs, self.offsets[index])
-        self.offsets[index] += len(delta.text)
+            self.offsets[index] += sum(len(t) for t in logprobs.tokens)
         choice = CompletionChoice(index=index, text=delta.text, finish_reason=finish, logprobs=logprobs)
         return self._make(self.chunk_type, [choice])
 
@@ -207,8 +207,9 @@ class CompletionReply(Reply):
                                 logprobs=logprobs)  # fmt: skip
 
     def logprobs(self, ids: list[int], entries: list[TokenLogprob | None], offset: int) -> CompletionLogprobs:
-        """vLLM's shape: each token's text and log-probability, and a map of the token itself and the top N (by
-        text: of two tokens with the same text, the likelier counts)."""
+        """vLLM's shape: each token's text and log-probability, a map of the token itself and the top N (by text:
+        of two tokens with the same text, the likelier counts), and text_offset, the characters of the tokens before
+        it in this choice (special tokens, which the text leaves out, included, as vLLM counts)."""
         tokens = [self.texts(t) for t in ids]
         top: list[dict[str, float] | None] = []
         for entry in entries:

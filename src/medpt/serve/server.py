@@ -26,6 +26,7 @@ def serve(config: Any, log: Any = print) -> int:
     s = config.serve
     try:
         with _sigterm_interrupts():
+            log(f"medpt serve: loading {config.eval.adapter or config.model.model_name_or_path}")
             torch_threads(s.num_threads)
             server = _server(build(config, log), s)
             if not is_loopback(s.host):
@@ -43,13 +44,15 @@ def _server(app: Any, s: Any) -> Any:
     import uvicorn
 
     class Server(uvicorn.Server):
+        signals = 0
+
         def handle_exit(self, sig: int, frame: Any) -> None:
             # uvicorn's own handler also records the signal and raises it again once it has shut down: SIGTERM
             # would then kill the process (exit 143) after a clean stop.
-            if self.should_exit and sig == signal.SIGINT:
-                self.force_exit = True  # a second Ctrl-C: at once
+            self.signals += 1
             self.should_exit = True
-            app.state.serving.drain(s.shutdown_grace_s)
+            self.force_exit = self.signals >= 3  # a third: exit without waiting for anything
+            app.serving.drain(s.shutdown_grace_s if self.signals == 1 else 0)  # a second: end the answers now
 
     timeout = s.shutdown_grace_s + UVICORN_MARGIN_S
     return Server(uvicorn.Config(app, host=s.host, port=s.port, timeout_graceful_shutdown=timeout))

@@ -64,6 +64,7 @@ class Serving:
         self.texts = TokenTexts(self.tokenizer)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.draining = False  # stopping: new requests are refused, answers in flight finish or are ended
+        self._end: asyncio.TimerHandle | None = None  # when the answers in flight will be ended
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -72,14 +73,16 @@ class Serving:
 
     def drain(self, grace_s: float) -> None:
         """Ctrl-C or SIGTERM (called from the signal handler): refuse new requests, let the answers in flight run
-        for `grace_s` seconds, then end them (a stream with an error event and [DONE], a whole answer with 503)."""
+        for `grace_s` seconds, then end them (a stream with an error event and [DONE], a whole answer with 503).
+        Called again, it brings the end forward."""
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._drain, grace_s)
 
     def _drain(self, grace_s: float) -> None:
-        if not self.draining:
-            self.draining = True
-            self.loop.call_later(grace_s, self.engine.end_all)
+        self.draining = True
+        if self._end is not None:
+            self._end.cancel()
+        self._end = self.loop.call_later(grace_s, self.engine.end_all)
 
     def refuse_if_draining(self) -> None:
         if self.draining:
