@@ -262,6 +262,14 @@ def test_bad_requests_get_openai_shaped_errors(server, trained_run, case):
     assert case.needle in reply["error"]["message"], reply["error"]["message"]
 
 
+def test_a_refused_long_prompt_logs_no_tokenizer_warning(server, trained_run, capfd):
+    """transformers warns once per tokenizer that a long sequence "will result in indexing errors": the server
+    refuses such a prompt itself, with the numbers, and must not leave that warning in its log."""
+    server.app.serving.tokenizer.deprecation_warnings.clear()  # "once": forget any earlier warning
+    assert post(server.url + "/v1/completions", {"model": trained_run.name, "prompt": LONG})[0] == 400
+    assert "Token indices sequence length" not in capfd.readouterr().err
+
+
 def test_auth_off_by_default_and_health(server):
     status, models = post(server.url + "/v1/models", b"", method="GET")  # no Authorization header at all
     assert status == 200 and len(models["data"]) == 2
