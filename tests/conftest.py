@@ -78,3 +78,35 @@ def trained_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
             "--save_strategy", "no"]  # fmt: skip
     assert main(argv) == 0
     return out
+
+
+# --- `medpt serve`: one server for every serve test module ------------------------------------------------------------
+@pytest.fixture(scope="session")
+def server(trained_run: Path):
+    """`medpt serve --adapter RUN` in a thread of this process (tests.servers.running_server), so tests can script
+    the model through medpt.generate.extra_logits_processors."""
+    pytest.importorskip("fastapi")
+    from tests.servers import running_server
+
+    with running_server(trained_run) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def reference(trained_run: Path):
+    """The same run loaded by the test itself: what the server answers is compared with what transformers does."""
+    from medpt.adapter import load_variants
+    from medpt.config import load_config
+
+    config = load_config(["--adapter", str(trained_run)], command="serve")
+    return config, load_variants(config, log=lambda *_: None)
+
+
+@pytest.fixture
+def no_eos(monkeypatch: pytest.MonkeyPatch, reference):
+    """Every answer runs to max_tokens (the tiny adapted model would end at once): answers have text to compare."""
+    from medpt import generate
+    from tests.servers import NoEos
+
+    eos = reference[1].tokenizer.eos_token_id
+    monkeypatch.setattr(generate, "extra_logits_processors", lambda: [NoEos(eos)])

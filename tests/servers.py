@@ -1,10 +1,14 @@
 """A real `medpt serve` on 127.0.0.1 (a free port the OS picks), in a thread of the test process, so tests can script
-the model through medpt.generate.extra_logits_processors; and logits processors that script it."""
+the model through medpt.generate.extra_logits_processors; logits processors that script it; and what transformers'
+generate answers, to compare the server's answers with."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor
 
+from medpt import generate
 from medpt.config import load_config
 
 
@@ -58,3 +63,38 @@ class NoEos(LogitsProcessor):
         scores = scores.clone()
         scores[:, self.eos] = -float("inf")
         return scores
+
+
+def generated(model, tokenizer, prompt: str, gen, stops: list[str]) -> str:
+    """transformers' generate on one prompt, as `medpt generate` runs it, and the answer's text exactly as generated:
+    the whole sequence's text after the prompt's (a leading space kept, which decoding the answer alone drops with a
+    sentencepiece tokenizer), up to the first stop string."""
+    enc = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**enc, logits_processor=generate.extra_logits_processors() or None,
+                             **generate.generation_kwargs(gen, tokenizer, stops))  # fmt: skip
+    before = tokenizer.decode(enc["input_ids"][0], skip_special_tokens=True)
+    text = tokenizer.decode(out[0], skip_special_tokens=True)
+    assert text.startswith(before)
+    return generate.before_stop(text[len(before) :], stops)
+
+
+def post(url: str, body: bytes | dict, key: str | None = None, method: str = "POST") -> tuple[int, dict]:
+    """Raw HTTP, as curl sends it: (status, the JSON reply)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(url, data=data if method == "POST" else None, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def saying(tokenizer, text: str) -> list[int]:
+    """The token ids with which a scripted model says exactly `text`: the text's ids without the word-start marker
+    (a lone `▁`) that a sentencepiece-style tokenizer puts before every text it encodes."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if ids and tokenizer.convert_ids_to_tokens(ids[0]) == "▁" and not text.startswith(" "):
+        ids = ids[1:]
+    return ids

@@ -309,6 +309,50 @@ def test_llamacpp_lora_needs_the_rslora_alpha_rescale(adapters, tmp_path):
     assert wrong["relative_logit_diff"] > 10 * F16_TOLERANCE and not wrong["ok"]
 
 
+# --- the base an exported adapter names ------------------------------------------------------------------------------
+def _trained_from_a_relative_path(adapters: dict[str, Path], tmp_path: Path) -> Path:
+    """A run as PEFT writes it when training was given a relative --model_name_or_path (`work/M`): its
+    adapter_config.json records the base as typed; medpt_config.yaml records it absolute."""
+    run = tmp_path / "run"
+    shutil.copytree(adapters["lora"], run)
+    config = json.loads((run / "adapter_config.json").read_text())
+    (run / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "work/M"}))
+    return run
+
+
+@pytest.mark.parametrize("target", ["vllm", "sglang"])
+def test_an_exported_adapter_names_its_base_by_an_absolute_path(adapters, tiny_model_dir, tmp_path, capsys,
+                                                                monkeypatch, target):  # fmt: skip
+    from peft import AutoPeftModelForCausalLM
+
+    run, out = _trained_from_a_relative_path(adapters, tmp_path), tmp_path / "out"
+    assert _export(run, target, out) == 0
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model_dir)
+    printed = capsys.readouterr().out
+    assert f"the adapter's base: {tiny_model_dir} (as trained; --base_model names another)" in printed
+    assert f" {tiny_model_dir} --enable-lora" in printed or f"--model-path {tiny_model_dir} " in printed
+    assert json.loads((out / "export.json").read_text())["base_model"] == str(tiny_model_dir)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # as a user loading the export from another folder (offline: a hub lookup fails)
+    model = AutoPeftModelForCausalLM.from_pretrained(str(out / "adapter"))
+    assert torch.equal(_logits(model.eval()), _logits(_peft(adapters["lora"])))
+
+
+def test_base_model_names_a_base_somewhere_else(adapters, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _export(adapters["lora"], "vllm", out, "--base_model", "/models/deepseek-coder-7b-base") == 0
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "/models/deepseek-coder-7b-base"
+    printed = capsys.readouterr().out
+    assert "the adapter's base: /models/deepseek-coder-7b-base (--base_model)" in printed
+    assert "vllm serve /models/deepseek-coder-7b-base --enable-lora" in printed
+    assert _export(adapters["lora"], "merged", tmp_path / "merged", "--base_model", "org/name") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--base_model names the base of an exported adapter" in err
+
+
 # --- the command line ------------------------------------------------------------------------------------------------
 def test_export_needs_a_target_and_an_output_dir(adapters, tmp_path, capsys):
     assert main(["export", "--adapter", str(adapters["lora"]), "--output_dir", str(tmp_path / "o")]) == 2

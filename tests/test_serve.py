@@ -1,12 +1,11 @@
-"""`medpt serve`: a real server on 127.0.0.1 driven by the official openai client; answers equal `generate`'s."""
+"""`medpt serve`: a real server on 127.0.0.1 driven by the official openai client; answers equal `generate`'s, text
+exactly as generated. (Fields: test_serve_fields; log-probabilities and lm-evaluation-harness: test_serve_logprobs;
+HTTP, limits and disconnects: test_serve_http; stopping: test_serve_shutdown.)"""
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
-import signal
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -19,27 +18,12 @@ pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
 from medpt import generate  # noqa: E402
-from medpt.adapter import load_variants  # noqa: E402
 from medpt.cli import main  # noqa: E402
-from medpt.config import load_config  # noqa: E402
-from medpt.generate import answer, build_prompt, stop_strings  # noqa: E402
-from tests.servers import NoEos, running_server  # noqa: E402
+from medpt.generate import build_prompt, stop_strings  # noqa: E402
+from tests.servers import generated, post, running_server, saying  # noqa: E402
 from tests.test_generate import Script  # noqa: E402
 
 QUESTION = "头痛怎么办"
-
-
-@pytest.fixture(scope="module")
-def server(trained_run):
-    with running_server(trained_run) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def reference(trained_run):
-    """The same run loaded by the test itself: what `medpt generate` answers is what the server must answer."""
-    config = load_config(["--adapter", str(trained_run)], command="serve")
-    return config, load_variants(config, log=lambda *_: None)
 
 
 @pytest.fixture
@@ -47,22 +31,16 @@ def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="not-checked", max_retries=0)
 
 
-@pytest.fixture
-def no_eos(monkeypatch, reference):
-    """Every answer runs to max_tokens (the tiny adapted model would end at once): answers have text to compare."""
-    eos = reference[1].tokenizer.eos_token_id
-    monkeypatch.setattr(generate, "extra_logits_processors", lambda: [NoEos(eos)])
-
-
 def model_ids(trained_run: Path, tiny_model_dir: Path) -> dict[str, str]:
     return {"base": tiny_model_dir.name, "adapted": trained_run.name}
 
 
 def expected(reference, which: str, prompt: str, max_tokens: int, stops: list[str]) -> str:
+    """What transformers' generate answers (greedy), the text exactly as generated."""
     config, variants = reference
     gen = replace(config.generate, max_new_tokens=max_tokens, do_sample=False)
     with variants.use(which) as model:
-        return answer(model, variants.tokenizer, [prompt], gen, stops, seed=0)[0]
+        return generated(model, variants.tokenizer, prompt, gen, stops)
 
 
 def test_models_lists_the_base_and_the_adapter(client, trained_run, tiny_model_dir):
@@ -118,7 +96,7 @@ def test_completion_continues_the_raw_prompt(client, reference, no_eos, trained_
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_a_chat_stops_where_the_model_starts_the_next_turn(client, reference, monkeypatch, trained_run, stream):
     tokenizer = reference[1].tokenizer
-    said = tokenizer("多喝水，注意休息。\n问:我还想问", add_special_tokens=False)["input_ids"]
+    said = saying(tokenizer, "多喝水，注意休息。\n问:我还想问")
     monkeypatch.setattr(generate, "extra_logits_processors", lambda: [Script(said, tokenizer.eos_token_id)])
     messages = [{"role": "user", "content": "感冒了怎么办"}]
     if stream:
@@ -135,7 +113,7 @@ def test_a_chat_stops_where_the_model_starts_the_next_turn(client, reference, mo
 
 def test_stop_strings_of_the_request_and_the_conversation_history(client, reference, monkeypatch, trained_run):
     tokenizer = reference[1].tokenizer
-    said = tokenizer("多喝水，注意休息。", add_special_tokens=False)["input_ids"]
+    said = saying(tokenizer, "多喝水，注意休息。")
     prompts = []
     real_build = generate.build_prompt
     monkeypatch.setattr(generate, "extra_logits_processors", lambda: [Script(said, tokenizer.eos_token_id)])
@@ -170,6 +148,55 @@ def test_a_seed_makes_sampling_reproducible(client, trained_run):
     assert len({sample(7), sample(8), sample(9)}) == 3  # 24 tokens drawn from a broad distribution
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_text_is_sent_exactly_as_generated_whitespace_included(client, reference, monkeypatch, trained_run, endpoint,
+                                                                 stream):  # fmt: skip
+    """Leading and trailing newlines and spaces are part of the answer (a server must not strip them), and a chat
+    still stops before the next turn."""
+    tokenizer = reference[1].tokenizer
+    said = saying(tokenizer, "\n 多喝水 \n\n")
+    monkeypatch.setattr(generate, "extra_logits_processors", lambda: [Script(said, tokenizer.eos_token_id)])
+    ask = {"model": trained_run.name, "max_tokens": len(said), "stream": stream}
+    if endpoint == "completions":
+        reply = client.completions.create(prompt="问:头痛\n答:", **ask)
+        texts = [c.choices[0].text for c in reply] if stream else [reply.choices[0].text]
+    else:
+        reply = client.chat.completions.create(messages=[{"role": "user", "content": "头痛"}], **ask)
+        texts = [c.choices[0].delta.content or "" for c in reply] if stream else [reply.choices[0].message.content]
+    assert "".join(texts) == "\n 多喝水 \n\n"
+
+
+def test_newlines_from_logit_bias_are_kept(client, reference, trained_run):
+    """The issue's case: a bias that makes every token a newline gives newlines, not an empty text."""
+    newline = reference[1].tokenizer.convert_tokens_to_ids("\n")
+    reply = client.completions.create(model=trained_run.name, prompt="问:头痛\n答:", max_tokens=3,
+                                      logit_bias={str(newline): 100})  # fmt: skip
+    assert (reply.choices[0].text, reply.usage.completion_tokens) == ("\n\n\n", 3)
+
+
+def test_a_developer_message_is_the_system_turn(client, reference, monkeypatch, trained_run):
+    tokenizer = reference[1].tokenizer
+    prompts = []
+    real_build = generate.build_prompt
+    monkeypatch.setattr("medpt.serve.serving.build_prompt", lambda *a, **k: prompts.append(real_build(*a, **k))
+                        or prompts[-1])  # fmt: skip
+    monkeypatch.setattr(generate, "extra_logits_processors", lambda: [Script([], tokenizer.eos_token_id)])
+    for role in ("developer", "system"):
+        messages = [{"role": role, "content": "你是医生"}, {"role": "user", "content": "发烧"}]
+        client.chat.completions.create(model=trained_run.name, messages=messages, max_tokens=2)
+    assert prompts == ["系统:你是医生\n问:发烧\n答:"] * 2
+
+
+def test_one_model_by_its_id(client, server, trained_run, tiny_model_dir):
+    card = client.models.retrieve(trained_run.name)
+    assert (card.id, card.model_extra["parent"]) == (trained_run.name, tiny_model_dir.name)
+    assert client.models.retrieve(tiny_model_dir.name).model_extra["root"] == str(tiny_model_dir)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("gpt-4")
+    assert e.value.body["code"] == "model_not_found"
+
+
 # --- bad requests: OpenAI-shaped JSON errors, never a 500 -----------------------------------------------------------
 @dataclass
 class Bad:
@@ -185,39 +212,43 @@ LONG = "头痛发热咳嗽腹泻" * 1500  # 12,000 characters: far more tokens t
 BAD = [
     Bad("unknown model", "/v1/chat/completions", {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]},
         404, "model", "the model 'gpt-4' does not exist"),
-    Bad("malformed JSON", "/v1/chat/completions", b'{"model": "RUN", "messages": [', 422, None, "not valid JSON"),
-    Bad("missing field", "/v1/chat/completions", {"model": "RUN"}, 422, "messages", "messages: Field required"),
-    Bad("missing prompt", "/v1/completions", {"model": "RUN"}, 422, "prompt", "prompt: Field required"),
-    Bad("unsupported field", "/v1/completions", {"model": "RUN", "prompt": "x", "logprobs": 2}, 422, "logprobs",
-        "Extra inputs are not permitted"),
-    Bad("max_tokens below 1", "/v1/completions", {"model": "RUN", "prompt": "x", "max_tokens": 0}, 422,
-        "max_tokens", "greater than or equal to 1"),
-    Bad("n above 1", "/v1/completions", {"model": "RUN", "prompt": "x", "n": 2}, 422, "n", "Input should be 1"),
+    Bad("malformed JSON", "/v1/chat/completions", b'{"model": "RUN", "messages": [', 400, None, "not valid JSON"),
+    Bad("not an object", "/v1/completions", b'["RUN"]', 400, None, "must be a JSON object"),
+    Bad("NaN", "/v1/completions", b'{"model": "RUN", "prompt": "x", "temperature": NaN}', 400, None,
+        "NaN is not a JSON number"),
+    Bad("missing field", "/v1/chat/completions", {"model": "RUN"}, 400, "messages", "messages: Field required"),
+    Bad("missing prompt", "/v1/completions", {"model": "RUN"}, 400, "prompt", "prompt: Field required"),
+    Bad("a field OpenAI does not have", "/v1/completions", {"model": "RUN", "prompt": "x", "max_token": 2}, 400,
+        "max_token", "Extra inputs are not permitted"),
+    Bad("chat max_tokens below 1", "/v1/chat/completions",
+        {"model": "RUN", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400, "max_tokens",
+        "greater than or equal to 1"),
+    Bad("max_tokens 0 without echo", "/v1/completions", {"model": "RUN", "prompt": "x", "max_tokens": 0}, 400,
+        "max_tokens", "max_tokens 0 generates nothing"),
+    Bad("n above 1", "/v1/completions", {"model": "RUN", "prompt": "x", "n": 2}, 400, "n", "does not implement n"),
     Bad("max_tokens too large", "/v1/completions", {"model": "RUN", "prompt": "问", "max_tokens": 5000}, 400,
         "max_tokens", "max_tokens 5,000 is more than the"),
     Bad("prompt too long", "/v1/completions", {"model": "RUN", "prompt": LONG}, 400, "prompt",
-        "the model takes 4,096 positions"),
+        "the prompt is 6,002 tokens; the model takes 4,096 positions in all"),
     Bad("conversation too long", "/v1/chat/completions",
-        {"model": "RUN", "messages": [{"role": "user", "content": LONG}]}, 400, "messages", "positions in all"),
+        {"model": "RUN", "messages": [{"role": "user", "content": LONG}]}, 400, "messages",
+        "the conversation (in the run's template) is 6,0"),
     Bad("assistant last", "/v1/chat/completions", {"model": "RUN", "messages": [{"role": "assistant", "content": "x"}]},
         400, "messages", "ending with a user message"),
+    Bad("a tool message", "/v1/chat/completions",
+        {"model": "RUN", "messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, 400, "messages",
+        "messages.0.role: Input should be"),
+    Bad("an image", "/v1/chat/completions", {"model": "RUN", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:,"}}]}]}, 400, "messages", "of type 'image_url'"),
     Bad("logit_bias beyond the vocabulary", "/v1/completions",
         {"model": "RUN", "prompt": "x", "logit_bias": {"99999": -100}}, 400, "logit_bias", "not in the vocabulary"),
-    Bad("logit_bias above 100", "/v1/completions", {"model": "RUN", "prompt": "x", "logit_bias": {"5": 200}}, 422,
+    Bad("logit_bias above 100", "/v1/completions", {"model": "RUN", "prompt": "x", "logit_bias": {"5": 200}}, 400,
         "logit_bias", "biases from -100 to 100"),
+    Bad("a token id beyond the vocabulary", "/v1/completions", {"model": "RUN", "prompt": [5, 99999]}, 400, "prompt",
+        "token id 99999 is not in the vocabulary"),
+    Bad("an empty list of prompts", "/v1/completions", {"model": "RUN", "prompt": []}, 400, "prompt", "no prompt"),
     Bad("no such route", "/v1/embeddings", {"model": "RUN", "input": "x"}, 404, None, "Not Found"),
 ]  # fmt: skip
-
-
-def post(url: str, body: bytes | dict, key: str | None = None, method: str = "POST") -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    request = urllib.request.Request(url, data=data if method == "POST" else None, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 @pytest.mark.parametrize("case", BAD, ids=[c.name for c in BAD])
@@ -229,6 +260,14 @@ def test_bad_requests_get_openai_shaped_errors(server, trained_run, case):
     assert set(reply) == {"error"} and set(reply["error"]) == {"message", "type", "param", "code"}
     assert reply["error"]["type"] == "invalid_request_error" and reply["error"]["param"] == case.param
     assert case.needle in reply["error"]["message"], reply["error"]["message"]
+
+
+def test_a_refused_long_prompt_logs_no_tokenizer_warning(server, trained_run, capfd):
+    """transformers warns once per tokenizer that a long sequence "will result in indexing errors": the server
+    refuses such a prompt itself, with the numbers, and must not leave that warning in its log."""
+    server.app.serving.tokenizer.deprecation_warnings.clear()  # "once": forget any earlier warning
+    assert post(server.url + "/v1/completions", {"model": trained_run.name, "prompt": LONG})[0] == 400
+    assert "Token indices sequence length" not in capfd.readouterr().err
 
 
 def test_auth_off_by_default_and_health(server):
@@ -251,6 +290,10 @@ def test_api_key_is_required_when_set(trained_run):
                                              max_tokens=3)  # fmt: skip
         assert reply.usage.completion_tokens <= 3
         assert post(running.url + "/health", b"", method="GET")[0] == 200  # health checks need no key
+        # the key is checked before the body is read: a bad or huge body without the key is a 401, not a 400 or 413
+        for body in (b'{"model": "x", "prompt": [', b"x" * (5 * 2**20)):
+            status, reply = post(running.url + "/v1/completions", body)
+            assert status == 401 and reply["error"]["code"] == "invalid_api_key"
 
 
 def test_a_model_without_an_adapter_is_served_alone(tiny_model_dir):
@@ -364,35 +407,6 @@ def test_a_network_host_prints_a_warning(trained_run, monkeypatch, capsys):
     assert "warning: --host 0.0.0.0 is not a loopback address: the API is reachable from the network" in err
     assert main(["serve", "--adapter", str(trained_run)]) == 0
     assert "warning" not in capsys.readouterr().err
-
-
-def test_ctrl_c_lets_the_answer_in_flight_finish_then_exits(trained_run, tiny_model_dir):
-    command = [sys.executable, "-m", "medpt", "serve", "--adapter", str(trained_run), "--port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-    try:
-        url = None
-        for line in process.stdout:
-            if "Uvicorn running on " in line:
-                url = line.split("Uvicorn running on ")[1].split()[0]
-                break
-        assert url, "no startup line"
-        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-        # the random-weight base model rarely ends an answer early: it is still writing when Ctrl-C comes
-        stream = client.completions.create(model=tiny_model_dir.name, prompt="问:头痛\n答:", max_tokens=100,
-                                           stream=True)  # fmt: skip
-        first = next(iter(stream))
-        process.send_signal(signal.SIGINT)  # Ctrl-C while the answer is being written
-        rest = list(stream)
-        finish = (rest or [first])[-1].choices[0].finish_reason
-        assert finish in ("length", "stop")  # the answer ran to its end, not cut by the shutdown
-        output = process.communicate(timeout=60)[0]
-        assert process.returncode == 0, output
-        assert "Traceback" not in output and output.rstrip().endswith("medpt serve: stopped")
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_the_page_is_served_self_contained(server):

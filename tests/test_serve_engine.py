@@ -12,10 +12,9 @@ import torch
 from medpt import generate
 from medpt.adapter import load_variants
 from medpt.config import load_config
-from medpt.generate import answer
 from medpt.serve.engine import Engine, Job
 from medpt.serve.lane import left_pad, stack_caches
-from tests.servers import NoEos
+from tests.servers import NoEos, generated
 
 PROMPTS = ["问:头痛怎么办\n答:", "问:孩子发烧三天了，一直不退，需要去医院吗？\n答:", "问:咳嗽\n答:"]
 
@@ -33,10 +32,10 @@ def no_eos(monkeypatch, variants):
 
 
 def alone(variants, which: str, prompt: str, max_tokens: int) -> str:
-    """What `medpt generate` (transformers' generate) answers for this prompt on its own."""
+    """What `medpt generate` (transformers' generate) answers for this prompt on its own, whitespace kept."""
     config, v = variants
     with v.use(which) as model:
-        return answer(model, v.tokenizer, [prompt], replace(config.generate, max_new_tokens=max_tokens), [], 0)[0]
+        return generated(model, v.tokenizer, prompt, replace(config.generate, max_new_tokens=max_tokens), [])
 
 
 def job(v, prompt: str, which: str, max_tokens: int = 10, temperature: float = 0.0, seed: int | None = None) -> Job:
@@ -58,7 +57,7 @@ def record_batches(engine: Engine) -> list[list[Job]]:
 
 
 async def collect(stream) -> str:
-    return "".join([d.text async for d in stream])
+    return "".join([d.text async for _, d in stream])
 
 
 def run(engine: Engine, coroutine):
@@ -77,7 +76,7 @@ def test_a_mixed_batch_gives_each_row_its_tokens_alone(variants):
     jobs = [job(v, p, which) for p in PROMPTS for which in ("base", "adapted")]
     engine = Engine(v, max_batch_size=len(jobs), batch_wait_ms=5_000)  # waits until all six are there
     batches = record_batches(engine)
-    texts = run(engine, lambda: asyncio.gather(*[collect(engine.submit(j)) for j in jobs]))
+    texts = run(engine, lambda: asyncio.gather(*[collect(engine.submit([j])) for j in jobs]))
     assert texts == [alone(variants, which, p, 10) for p in PROMPTS for which in ("base", "adapted")]
     assert len(engine.lanes) == 1 and batches[0] == jobs  # one prefill of all six: base and adapted rows together
     assert all(b != a for b, a in zip(texts[0::2], texts[1::2]))  # the adapter changes each answer: really mixed
@@ -88,10 +87,10 @@ def first_then_late(engine: Engine, first: Job, late: list[Job], after: int) -> 
 
     async def scenario():
         pieces = []
-        async for delta in engine.submit(first):
+        async for _, delta in engine.submit([first]):
             pieces.append(delta.text)
             if len(pieces) == after:  # the first answer is under way
-                others = asyncio.gather(*[collect(engine.submit(j)) for j in late])
+                others = asyncio.gather(*[collect(engine.submit([j])) for j in late])
         return ["".join(pieces), *(await others)]
 
     return run(engine, scenario)
@@ -126,7 +125,7 @@ def test_a_seeded_sample_does_not_depend_on_its_batch(variants):
 
     def answers(jobs):
         engine = Engine(v, max_batch_size=len(jobs), batch_wait_ms=5_000)
-        return run(engine, lambda: asyncio.gather(*[collect(engine.submit(j)) for j in jobs]))
+        return run(engine, lambda: asyncio.gather(*[collect(engine.submit([j])) for j in jobs]))
 
     alone_text = answers([sampled])[0]
     assert answers([*others, sampled])[-1] == alone_text

@@ -252,11 +252,17 @@ def run_generate(config: Any, log: Callable[[str], None] = print) -> int:
 
 class StopAwareStreamer:
     """Prints generated text as it arrives, holding back any tail that could be the start of a stop string, so
-    `问:` is never shown even when it arrives one token at a time."""
+    `问:` is never shown even when it arrives one token at a time. `strip`: show the answer without its leading and
+    trailing whitespace (the terminal chat); a server sends the text exactly as generated. `after`: tokens the answer
+    is decoded after (and their text cut off again), because a tokenizer may decode the first token of a sequence
+    differently: sentencepiece's Metaspace decoder drops the space of a leading `▁Hello`."""
 
-    def __init__(self, tokenizer: Any, stops: list[str], write: Callable[[str], None], skip_prompt: bool = True):
-        self.tokenizer, self.stops, self.write = tokenizer, stops, write
+    def __init__(self, tokenizer: Any, stops: list[str], write: Callable[[str], None], skip_prompt: bool = True,
+                 strip: bool = True, after: list[int] | None = None):  # fmt: skip
+        self.tokenizer, self.stops, self.write, self.strip = tokenizer, stops, write, strip
         self.ids: list[int] = []
+        self.after = list(after or [])
+        self.cut = len(tokenizer.decode(self.after, skip_special_tokens=True)) if self.after else 0
         self.shown = 0
         self.prompt_seen = not skip_prompt  # generate() first passes the prompt; a server passes new tokens only
         self.stopped = False  # a stop string has appeared: the answer is complete
@@ -266,15 +272,18 @@ class StopAwareStreamer:
             self.prompt_seen = True
             return
         self.ids.extend(value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = self.text()
         self.stopped = any(s in text for s in self.stops)
         self._show(self._safe(text))
 
     def end(self) -> None:
-        self._show(self.final())
+        self._show(before_stop(self.text(), self.stops))
 
     def final(self) -> str:
-        return cut_at_stop(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
+        return cut_at_stop(self.text(), self.stops)
+
+    def text(self) -> str:
+        return self.tokenizer.decode(self.after + self.ids, skip_special_tokens=True)[self.cut :]
 
     def _safe(self, text: str) -> str:
         text = before_stop(text, self.stops)
@@ -283,7 +292,8 @@ class StopAwareStreamer:
         return text.rstrip("\ufffd")  # a character whose bytes have not all arrived yet
 
     def _show(self, text: str) -> None:
-        text = text.strip()  # as in final(): what is streamed is exactly the answer that is kept
+        if self.strip:
+            text = text.strip()  # as in final(): what is streamed is exactly the answer that is kept
         if len(text) > self.shown:
             self.write(text[self.shown :])
             self.shown = len(text)

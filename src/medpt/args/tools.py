@@ -174,6 +174,22 @@ class ServeArguments:
         le=10_000,
         only=_SERVE,
     )
+    max_request_mb: float = _arg(
+        4.0,
+        "Largest request body, in MiB (answered 413 beyond it, before it is parsed): the model's context is far "
+        "smaller, and a huge body would hold memory and a worker thread.",
+        gt=0,
+        le=1024,
+        only=_SERVE,
+    )
+    shutdown_grace_s: float = _arg(
+        10.0,
+        "On Ctrl-C or SIGTERM, how long answers in flight may run on (seconds); the rest are then ended (a stream "
+        "with an error event and [DONE], a whole answer with 503).",
+        ge=0,
+        le=3600,
+        only=_SERVE,
+    )
 
     def __post_init__(self) -> None:
         _check_ranges(self)
@@ -193,6 +209,13 @@ class ExportArguments:
         "f16",
         "GGUF weight type (targets gguf and llamacpp): f16, bf16, q8_0, or the k-quants q4_k_m, q5_k_m, q6_k "
         "(those need llama-cpp-python: pip install 'medpt[llamacpp]').",
+    )
+    base_model: str | None = _arg(
+        None,
+        "The base model the exported adapter names (targets vllm and sglang: base_model_name_or_path and the printed "
+        "command), for a machine where the base lives elsewhere: a hub id or a path there. Default: the base it was "
+        "trained on, as an absolute path (or its hub id).",
+        only=("export",),
     )
 
 

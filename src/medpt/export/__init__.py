@@ -30,12 +30,14 @@ from medpt.export.plan import AdapterFacts, Job, plan
 from medpt.strictjson import dumps
 
 TARGETS: dict[str, ModuleType] = {"vllm": vllm, "sglang": sglang, "llamacpp": llamacpp, "merged": merged, "gguf": gguf}
+NAME_THE_BASE = ("vllm", "sglang")  # the targets that export the adapter alone, naming the base to load it on
 REPORT = "export.json"
 
 
 def run_export(config: Any, log: Any = print) -> int:
     from medpt.adapter import check_variants, lora_run
     from medpt.atomic import atomic_dir
+    from medpt.config import absolute_paths
     from medpt.rundir import check_output, check_replaceable, inputs_of
 
     target = config.export.target
@@ -43,14 +45,18 @@ def run_export(config: Any, log: Any = print) -> int:
         raise MedptError(f"export needs --target ({' | '.join(TARGETS)})")
     if "output_dir" not in config.explicit:
         raise MedptError("export needs --output_dir (a new, empty folder for what the target loads)")
+    if config.export.base_model is not None and target not in NAME_THE_BASE:
+        raise MedptError(f"--base_model names the base of an exported adapter (--target {' or '.join(NAME_THE_BASE)}); "
+                         f"--target {target} writes the base's weights itself")  # fmt: skip
     adapter = lora_run(config.eval.adapter, "export")
     facts = AdapterFacts.read(adapter)
     handling = plan(target, TARGETS[target].ACCEPTS, facts)  # refuses before anything is loaded or written
     out = check_output("output_dir", config.run.output_dir, inputs_of(config))
     check_replaceable(out, "export", config.run.overwrite_output_dir, "an export")
     base_name = check_variants(config, log).base_name
+    named_base = config.export.base_model or absolute_paths(base_name)
     with atomic_dir(out) as tmp:
-        job = Job(config, adapter, facts, base_name, tmp, out, config.export.quant, log)
+        job = Job(config, adapter, facts, base_name, named_base, tmp, out, config.export.quant, log)
         commands = TARGETS[target].write(job)
         _write_report(job, target, handling, commands)
     return _finish(job, target, commands)
@@ -62,7 +68,7 @@ def _write_report(job: Job, target: str, handling: dict, commands: list[str]) ->
     report = {
         "target": target,
         "adapter": str(job.adapter.resolve()),
-        "base_model": job.base_name,
+        "base_model": job.named_base if target in NAME_THE_BASE else job.base_name,
         "features": {f: {"what": job.facts.describe(f), "done": h.action, "why": h.why} for f, h in handling.items()},
         "conversions": job.notes,
         "commands": commands,
@@ -75,6 +81,9 @@ def _write_report(job: Job, target: str, handling: dict, commands: list[str]) ->
 def _finish(job: Job, target: str, commands: list[str]) -> int:
     for note in job.notes:
         job.log(f"converted: {note}")
+    if target in NAME_THE_BASE:
+        how = "--base_model" if job.config.export.base_model else "as trained; --base_model names another"
+        job.log(f"the adapter's base: {job.named_base} ({how})")
     job.log(f"exported for {target}: {job.out}")
     job.log("serve it with:")
     for command in commands:

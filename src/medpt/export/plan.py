@@ -86,7 +86,8 @@ class Job:
     config: Any
     adapter: Path
     facts: AdapterFacts
-    base_name: str
+    base_name: str  # the base as loaded here
+    named_base: str  # the base an exported adapter names: --base_model, else base_name made absolute (or a hub id)
     tmp: Path
     out: Path
     quant: str
@@ -110,7 +111,9 @@ def plan(target: str, accepts: dict[str, Handling], facts: AdapterFacts) -> dict
 
 def write_peft_adapter(job: Job, alpha: float | None = None) -> Path:
     """The adapter as PEFT saved it (config and weights), into job.tmp/adapter; with `alpha`, its config says that
-    alpha and use_rslora false, so an engine that scales by alpha/r applies the update PEFT trained."""
+    alpha and use_rslora false, so an engine that scales by alpha/r applies the update PEFT trained. Its
+    base_model_name_or_path is job.named_base: PEFT records the base as it was typed at training time (a relative
+    `work/M`), which AutoPeftModelForCausalLM.from_pretrained(EXPORT) run from another folder looks for on the hub."""
     target = job.tmp / "adapter"
     target.mkdir()
     shutil.copyfile(job.adapter / ADAPTER_WEIGHTS, target / ADAPTER_WEIGHTS)
@@ -121,5 +124,6 @@ def write_peft_adapter(job: Job, alpha: float | None = None) -> Path:
             "rsLoRA trained with"
         )
         config.update(lora_alpha=alpha, use_rslora=False)
+    config["base_model_name_or_path"] = job.named_base
     (target / ADAPTER_CONFIG).write_text(dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return target

@@ -33,6 +33,6 @@ def write(job: Job) -> list[str]:
     adapter = write_peft_adapter(job, alpha=job.facts.alpha_for_alpha_over_r())
     rank = job.facts.rank
     return [
-        f"python -m sglang.launch_server --model-path {job.base_name} --enable-lora "
+        f"python -m sglang.launch_server --model-path {job.named_base} --enable-lora "
         f"--lora-paths medpt={job.out / adapter.name} --max-lora-rank {rank}"
     ]

@@ -47,5 +47,5 @@ def write(job: Job) -> list[str]:
     rank = max_lora_rank(job.facts.rank)
     write_peft_adapter(job)
     return [
-        f"vllm serve {job.base_name} --enable-lora --lora-modules medpt={job.out / 'adapter'} --max-lora-rank {rank}"
+        f"vllm serve {job.named_base} --enable-lora --lora-modules medpt={job.out / 'adapter'} --max-lora-rank {rank}"
     ]

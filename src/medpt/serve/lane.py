@@ -29,18 +29,21 @@ class Lane:
         self.cache: Any = None  # transformers DynamicCache, [rows, heads, columns, head_dim] per layer
         self.mask: torch.Tensor | None = None  # [rows, columns]: 1 a real token, 0 left padding
 
-    def admit(self, rows: list[Any], prompts: list[list[int]]) -> torch.Tensor:
-        """Prefill new rows (left-padded together) and add them under the running ones; their next-token logits."""
+    def admit(self, rows: list[Any], prompts: list[list[int]], every_position: bool = False) -> torch.Tensor:
+        """Prefill new rows (left-padded together) and add them under the running ones; their next-token logits
+        [rows, vocab], or with `every_position` the logits of every position [rows, columns, vocab] as the model
+        returned them (to score the prompts)."""
         ids, mask = left_pad(prompts, self.pad_id)
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # position 0 is each row's first real token
+        keep = 0 if every_position else 1  # transformers' logits_to_keep: 0 keeps every position
         out = self.forward(rows, input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                           logits_to_keep=1)  # fmt: skip
+                           logits_to_keep=keep)  # fmt: skip
         if self.rows:
             self.cache, self.mask = stack_caches(self.cache, self.mask, out[self.cache_name], mask)
         else:
             self.cache, self.mask = out[self.cache_name], mask
         self.rows += rows
-        return out.logits[:, -1].float()
+        return out.logits if every_position else out.logits[:, -1].float()
 
     def step(self, last_tokens: list[int]) -> torch.Tensor:
         """One decoding step for every row: feed each row's last token; the next-token logits, [rows, vocab]."""

@@ -1,39 +1,80 @@
-"""Load a run, build the engine and the app, and run uvicorn until Ctrl-C (or SIGTERM).
+"""Load a run, build the engine and the app, and run uvicorn until Ctrl-C or SIGTERM.
 
 Model ids are what a user recognises: the base model's folder name (or its hub id) and the run's folder name, e.g.
-`tiny-model` and `run`. Ctrl-C stops accepting connections, lets answers in flight finish (up to
-GRACEFUL_SHUTDOWN_S seconds), then stops the engine; a second Ctrl-C exits at once.
+`tiny-model` and `run`. Ctrl-C or SIGTERM (while the model loads, or while serving) is a normal stop: the server
+stops accepting connections, lets answers in flight finish for up to --shutdown_grace_s seconds, ends the rest (a
+stream with an error event and `data: [DONE]`, a whole answer with 503), stops the engine, prints `medpt serve:
+stopped` and exits 0; a second Ctrl-C exits at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from medpt.serve.serving import ServedModel
 
-GRACEFUL_SHUTDOWN_S = 10
+UVICORN_MARGIN_S = 5  # uvicorn's own shutdown timeout comes this long after medpt's grace period, as a backstop
 
 
 def serve(config: Any, log: Any = print) -> int:
-    import uvicorn
-
     s = config.serve
-    torch_threads(s.num_threads)
-    server = uvicorn.Server(uvicorn.Config(build(config, log), host=s.host, port=s.port,
-                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))  # fmt: skip
-    if not is_loopback(s.host):
-        print(f"medpt: warning: --host {s.host} is not a loopback address: the API is reachable from the network "
-              "(use --api_key, and TLS in front of it)", file=sys.stderr)  # fmt: skip
     try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down gracefully: a normal stop
+        with _sigterm_interrupts():
+            log(f"medpt serve: loading {config.eval.adapter or config.model.model_name_or_path}")
+            torch_threads(s.num_threads)
+            server = _server(build(config, log), s)
+            if not is_loopback(s.host):
+                print(f"medpt: warning: --host {s.host} is not a loopback address: the API is reachable from the "
+                      "network (use --api_key, and TLS in front of it)", file=sys.stderr)  # fmt: skip
+            server.run()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before uvicorn took over the signals (the model was loading)
         pass
     log("medpt serve: stopped")
     return 0
+
+
+def _server(app: Any, s: Any) -> Any:
+    """uvicorn, stopped the medpt way (see the module docstring)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        signals = 0
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # uvicorn's own handler also records the signal and raises it again once it has shut down: SIGTERM
+            # would then kill the process (exit 143) after a clean stop.
+            self.signals += 1
+            self.should_exit = True
+            self.force_exit = self.signals >= 3  # a third: exit without waiting for anything
+            app.serving.drain(s.shutdown_grace_s if self.signals == 1 else 0)  # a second: end the answers now
+
+    timeout = s.shutdown_grace_s + UVICORN_MARGIN_S
+    return Server(uvicorn.Config(app, host=s.host, port=s.port, timeout_graceful_shutdown=timeout))
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM as Ctrl-C until uvicorn installs its handlers (and after it restores them): loading a model is
+    interrupted, and the stop is as clean as Ctrl-C's."""
+
+    def interrupt(sig: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (tests): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build(config: Any, log: Any = print) -> Any:
@@ -51,7 +92,7 @@ def build(config: Any, log: Any = print) -> Any:
     api_key = s.api_key if s.api_key is not None else os.environ.get("MEDPT_API_KEY") or None
     log(f"models: {', '.join(m.id for m in models)}; {s.batching} batching, up to {s.max_batch_size} answers at a "
         f"time; authentication {'on' if api_key else 'off'}; the web page is at /")  # fmt: skip
-    return build_app(serving, api_key)
+    return build_app(serving, api_key, s.max_request_mb)
 
 
 def served_models(base_name: str, adapter: str | None) -> list[ServedModel]:
