@@ -23,11 +23,19 @@ class Command:
     summary: str
     args: type | None = None  # a small command's own flags; None: the shared configuration (medpt.args sections)
     positional: str | None = None  # the flag a leading positional argument fills: `medpt report RUN`
+    dry_run: str | None = None  # "module:function" printing what --dry_run adds after the resolved configuration
 
 
 COMMANDS: dict[str, Command] = {
     "prepare": Command("medpt.prepare:run_prepare", "read, render, tokenize and pack training data; data_report.json"),
-    "train": Command("medpt.train:train", "continued pretraining with LoRA / QLoRA / full fine-tuning"),
+    "train": Command(
+        "medpt.train:train",
+        "continued pretraining with LoRA / QLoRA / full fine-tuning",
+        dry_run="medpt.plan.command:print_dry_run",
+    ),  # fmt: skip
+    "plan": Command(
+        "medpt.plan.command:run_plan", "will it fit? peak memory by part and the largest micro-batch, before loading"
+    ),
     "tune": Command("medpt.tune:run_tune", "hyperparameter search: an Optuna study of short train runs, shareable"),
     "eval": Command(
         "medpt.evaluate:run_eval",
@@ -129,6 +137,8 @@ def _run(name: str, command: Command, argv: list[str]) -> int:
     config = load_config(argv, command=name)
     if dry_run:
         print(config.to_yaml(), end="")
+        if command.dry_run:
+            _target(Command(command.dry_run, ""))(config)
         return 0
     apply_offline(config.model.offline)  # every command that takes a config loads from the hub or a path
     return _target(command)(config)

@@ -57,6 +57,11 @@ def train(config: Config, log: Any = print, callbacks: tuple[Any, ...] = ()) -> 
     out = Path(args.output_dir)
     # 1. What needs nothing loaded: the model's limits (from its config.json), then the paths.
     check_before_loading(config)
+    if config.plan.auto_batch:  # the micro-batch the memory plan says fits, the global batch kept
+        from medpt.plan.auto import pick_batch
+
+        config = pick_batch(config, log)
+        args = training_arguments(config)
     with args.main_process_first(desc="check the output directory"):  # only the main process writes the manifest
         resume = starting_point(config, out, log, claim=args.process_index == 0)
 
@@ -68,9 +73,14 @@ def train(config: Config, log: Any = print, callbacks: tuple[Any, ...] = ()) -> 
 
     # 3. Model and trainer.
     model, tokenizer = build_model(config, args, log)
-    trainer = build_trainer(config, args, model, tokenizer, data, eval_sets)
-    for callback in callbacks:
-        trainer.add_callback(callback)
+
+    def make_trainer(config: Config) -> Any:
+        trainer = build_trainer(config, training_arguments(config), model, tokenizer, data, eval_sets)
+        for callback in callbacks:
+            trainer.add_callback(callback)
+        return trainer
+
+    trainer = make_trainer(config)
 
     log(
         f"training: {len(data.train):,} blocks of {config.data.block_size} tokens, "
@@ -79,15 +89,20 @@ def train(config: Config, log: Any = print, callbacks: tuple[Any, ...] = ()) -> 
     )
     from medpt.trainer import InterruptCallback, NonFiniteLossError
 
-    interrupt = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, InterruptCallback))
     try:
-        result = trainer.train(resume_from_checkpoint=resume)
+        if config.plan.auto_batch:  # an out-of-memory first step is retried once at half the micro-batch
+            from medpt.plan.auto import train_halving_once
+
+            config, trainer, result = train_halving_once(config, trainer, make_trainer, resume, log)
+        else:
+            result = trainer.train(resume_from_checkpoint=resume)
     except NonFiniteLossError as e:
         last = _last_checkpoint(out)
         raise DivergedError(
             f"{e}. Last good checkpoint: {last or 'none yet'}. Try a lower --learning_rate or --max_grad_norm, or "
             "--bf16 false; rerunning the same command resumes from that checkpoint"
         ) from None
+    interrupt = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, InterruptCallback))
     if interrupt.interrupted:
         log(
             f"stopped at step {trainer.state.global_step}; checkpoint saved in {_last_checkpoint(out)}. "
@@ -312,6 +327,9 @@ def finish(config: Config, trainer: Any, result: Any, out: Path, resumed: str | 
         _check_saved(out / ADAPTER_WEIGHTS, config.lora.modules_to_save)
     if config.run.plot and plot_losses(out / METRICS, out / LOSS_CURVE, title=out.name):
         log(f"loss curves: {out / LOSS_CURVE}")
+    from medpt.model_card import write_card
+
+    write_card(out, log=log)  # README.md: what was done (replaces PEFT's empty template)
     summary = {
         k: v for k, v in json.loads((out / "all_results.json").read_text()).items() if "loss" in k or "perp" in k
     }

@@ -28,7 +28,7 @@ class CommandFlags:
 _TEMPLATE = ("template", "template_format")
 COMMAND_FLAGS: dict[str, CommandFlags] = {
     "prepare": CommandFlags(("model", "data", "run")),
-    "train": CommandFlags(("model", "data", "lora", "run"), trainer=True),
+    "train": CommandFlags(("model", "data", "lora", "run", "plan"), trainer=True),
     "tune": CommandFlags(("model", "data", "lora", "run", "tune"), trainer=True),
     "eval": CommandFlags(
         ("model", "data", "eval", "run"), extra=("max_new_tokens",), trainer=("per_device_eval_batch_size",)
@@ -41,6 +41,12 @@ COMMAND_FLAGS: dict[str, CommandFlags] = {
     "serve": CommandFlags(("model", "eval", "generate", "serve"), extra=_TEMPLATE),
     # The template (inherited from the run) shapes the Ollama Modelfile of --target gguf.
     "export": CommandFlags(("model", "eval", "export"), extra=("output_dir", "overwrite_output_dir", *_TEMPLATE)),
+    # The memory plan reads what `train` would do with these flags (a train YAML file works as it is).
+    "plan": CommandFlags(
+        ("model", "lora", "plan"),
+        extra=("block_size", "packing", "bf16", "fp16"),
+        trainer=("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "optim"),
+    ),
 }
 
 # Ranges of the TrainingArguments flags medpt passes through, checked before anything loads (transformers checks
