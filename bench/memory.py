@@ -3,6 +3,7 @@
     PYTHONPATH=src python bench/memory.py                 # plan vs peak RSS of `medpt train`: the docs/memory.md table
     PYTHONPATH=src python bench/memory.py --saved         # per-layer activations vs torch's saved-tensor hooks
     PYTHONPATH=src python bench/memory.py --plan_time     # how long a plan of the 7B config.json takes
+    PYTHONPATH=src python bench/memory.py --seven_b       # the 7B table of docs/memory.md, and published figures
 
 1. Peak RSS: each configuration (tiny model size, block, micro-batch, checkpointing, precision) runs `medpt train`
    for 4 steps in its own process, reading the data from a cache prepared beforehand, and reports its VmHWM (peak
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "src" / "medpt" / "sample_data" / "medical_qa_zh.jsonl"
@@ -220,10 +222,92 @@ def plan_time() -> None:
     print(f"`medpt plan` process (imports included): {time.perf_counter() - t:.2f} s, exit {cli.returncode}")
 
 
+# The 7B table: (label, flags) for LoRA bf16, QLoRA NF4 and full fine-tuning, as `medpt plan` takes them.
+METHODS = [
+    ("LoRA r16, bf16", ["--lora_rank", "16", "--bf16", "true"]),
+    ("QLoRA r16, NF4 + bf16", ["--lora_rank", "16", "--bf16", "true", "--qlora"]),
+    ("full, bf16 weights and AdamW states", ["--use_peft", "false", "--bf16", "true", "--torch_dtype", "bfloat16"]),
+    ("full, fp32 weights + bf16 autocast", ["--use_peft", "false", "--bf16", "true"]),
+]
+CARDS = ["24GB", "32GB", "48GB", "80GB"]
+# Llama 3.1 8B (unsloth's context-length benchmark) and LLaMA 65B (the QLoRA paper): shapes written by hand.
+LLAMA31_8B = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "intermediate_size": 14336, "vocab_size": 128256, "max_position_embeddings": 131072}  # fmt: skip
+LLAMA_65B = {"hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64, "intermediate_size": 22016,
+             "vocab_size": 32000, "max_position_embeddings": 2048}  # fmt: skip
+
+
+def _plan(model: Path, flags: list[str]) -> Any:
+    from medpt.config import load_config
+    from medpt.plan.command import make_plan
+
+    return make_plan(load_config(["--model_name_or_path", str(model), *flags], "plan"))
+
+
+def seven_b_table() -> None:
+    """The 7B shape: largest micro-batch per card (keeping nothing: powers of two up to 64), and the peak at 1."""
+    print("| method | block | checkpointing | peak at micro-batch 1 | " + " | ".join(CARDS) + " |")
+    print("|---|---:|---|---:|" + "---:|" * len(CARDS))
+    for label, method in METHODS:
+        for block in (512, 2048):
+            for ckpt in ("false", "true"):
+                flags = [*method, "--block_size", str(block), "--gradient_checkpointing", ckpt,
+                         "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "64",
+                         "--device_memory", *CARDS]  # fmt: skip
+                plan = _plan(SEVEN_B, flags)
+                key = "on" if ckpt == "true" else "off"
+                cells = [str(f[key].largest_micro_batch or "—") for f in plan.fits]
+                print(f"| {label} | {block} | {key} | {plan.estimate.peak / 2**30:.1f} GiB | {' | '.join(cells)} |")
+
+
+def published() -> None:
+    """The plan beside published figures (see docs/memory.md for what each source measured)."""
+    import shutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, shape in (("llama31-8b", LLAMA31_8B), ("llama-65b", LLAMA_65B)):
+            (Path(tmp) / name).mkdir()
+            (Path(tmp) / name / "config.json").write_text(json.dumps({"model_type": "llama", **shape}))
+        one = ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1", "--device_memory", "80GB"]
+        print("7B, micro-batch 1, block 512, checkpointing on (LLaMA-Factory / Unsloth requirement tables):")
+        for label, method in METHODS:
+            plan = _plan(SEVEN_B, [*method, *one, "--block_size", "512", "--gradient_checkpointing", "true"])
+            print(f"  {label}: {plan.estimate.peak / 2**30:.1f} GiB")
+        print(
+            "Llama 3.1 8B, QLoRA r32 on all linear layers, micro-batch 1: longest block that fits (unsloth's HF+FA2):"
+        )
+        for ckpt in ("true", "false"):
+            cells = []
+            for card in ("12GB", "16GB", "24GB", "48GB", "80GB"):
+                cells.append(f"{card} {_longest_block(Path(tmp) / 'llama31-8b', card, ckpt):,}")
+            print(f"  checkpointing {ckpt}: " + ", ".join(cells))
+        flags = ["--qlora", "--lora_rank", "64", "--bf16", "true", *one, "--block_size", "512",
+                 "--gradient_checkpointing", "true", "--optim", "paged_adamw_32bit"]  # fmt: skip
+        plan = _plan(Path(tmp) / "llama-65b", flags)
+        print(f"LLaMA 65B, QLoRA r64, block 512, micro-batch 1, checkpointing: {plan.estimate.peak / 2**30:.1f} GiB")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _longest_block(model: Path, card: str, ckpt: str) -> int:
+    """Binary search, to 64 tokens, for the longest block whose plan at micro-batch 1 fits the card."""
+    from medpt.args import parse_size
+
+    memory = parse_size(card, "card")
+    low, high = 0, 131072
+    while high - low > 64:
+        mid = (low + high) // 2 // 64 * 64
+        flags = ["--qlora", "--lora_rank", "32", "--lora_dropout", "0", "--bf16", "true", "--block_size", str(mid),
+                 "--per_device_train_batch_size", "1", "--gradient_checkpointing", ckpt,
+                 "--device_memory", card]  # fmt: skip
+        low, high = (mid, high) if _plan(model, flags).estimate.peak <= memory else (low, mid)
+    return low
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saved", action="store_true", help="per-layer activations vs saved-tensor hooks")
     parser.add_argument("--plan_time", action="store_true", help="time a plan of the 7B config.json")
+    parser.add_argument("--seven_b", action="store_true", help="the 7B table and the published comparisons")
     parser.add_argument("--quick", action="store_true", help="only the 5m configurations")
     parser.add_argument("--workdir", default=None, help="where tiny models, the data cache and runs go")
     parser.add_argument("--out", default=None, help="also write the RSS rows as JSON here")
@@ -232,6 +316,9 @@ def main() -> None:
         return saved_table()
     if args.plan_time:
         return plan_time()
+    if args.seven_b:
+        seven_b_table()
+        return published()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="medpt-memory-"))
     configs = [c for c in CONFIGS if not args.quick or c[0] == "5m"]
     rss_table(workdir, configs, args.out)

@@ -32,7 +32,7 @@ COMMANDS: dict[str, Command] = {
         "medpt.train:train",
         "continued pretraining with LoRA / QLoRA / full fine-tuning",
         dry_run="medpt.plan.command:print_dry_run",
-    ),  # fmt: skip
+    ),
     "plan": Command(
         "medpt.plan.command:run_plan", "will it fit? peak memory by part and the largest micro-batch, before loading"
     ),
@@ -106,8 +106,8 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _target(command: Command):
-    module, function = command.target.split(":")
+def _target(target: str):
+    module, function = target.split(":")
     return getattr(importlib.import_module(module), function)
 
 
@@ -126,7 +126,7 @@ def _run(name: str, command: Command, argv: list[str]) -> int:
         if wants_help:
             print(f"usage: medpt {name} [--flag value ...]" + format_help([(name, list(specs_of(command.args, name)))]))
             return 0
-        return _target(command)(parse_small(command.args, argv, name))
+        return _target(command.target)(parse_small(command.args, argv, name))
     if wants_help:
         print(_config_help(name))
         return 0
@@ -138,10 +138,10 @@ def _run(name: str, command: Command, argv: list[str]) -> int:
     if dry_run:
         print(config.to_yaml(), end="")
         if command.dry_run:
-            _target(Command(command.dry_run, ""))(config)
+            _target(command.dry_run)(config)
         return 0
     apply_offline(config.model.offline)  # every command that takes a config loads from the hub or a path
-    return _target(command)(config)
+    return _target(command.target)(config)
 
 
 def _config_help(name: str) -> str:

@@ -7,7 +7,8 @@ the share of a step's memory its allocator keeps beyond what tensors use.
    keeps freed ones; 10% of the memory that comes and goes in a step is assumed until bench/gpu_check.py measures
    max_memory_reserved against max_memory_allocated on a card.
 2. CPU: this machine's available memory (MemAvailable). Fixed overhead: a `medpt train` process before the model
-   is loaded (Python, torch, transformers, peft, datasets, the prepared data), measured by bench/memory.py.
+   is loaded (Python, torch, transformers, peft, datasets, the prepared data) and its first step (thread pools,
+   lazily loaded kernels): the smallest measured run less its planned tensors (bench/memory.py).
    Reserve: glibc keeps freed blocks in its heap; training's pattern of long-lived saved activations between
    short-lived temporaries leaves the heap about twice the step's working memory (bench/memory.py, glibc 2.36).
    Run with MALLOC_MMAP_THRESHOLD_ set (glibc then returns large blocks at once, slower) and the reserve is 0.
@@ -22,7 +23,7 @@ from medpt.args import parse_size
 
 CUDA_CONTEXT_BYTES = 750 << 20
 CUDA_RESERVE = 0.10
-CPU_RUNTIME_BYTES = 560 << 20  # bench/memory.py: a `medpt train` process when load_model is called (torch 2.13, CPU)
+CPU_RUNTIME_BYTES = 560 << 20  # bench/memory.py: the smallest run's peak RSS less its planned tensors (torch 2.13)
 CPU_HEAP_RESERVE = 1.0
 
 
