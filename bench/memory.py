@@ -147,6 +147,8 @@ def saved_table() -> None:
         ("LoRA grouped-query (2 kv heads)", {"kv": 2}, {}),
         ("LoRA eager attention", {"attn": "eager"}, {"attention": "eager"}),
         ("LoRA isolated packing", {"packed": True}, {"packing": "isolated"}),
+        ("QLoRA (NF4, bf16 autocast)", {"qlora": True, "dtype": torch.bfloat16, "autocast": True},
+         {"method": "qlora", "weight_bytes": 2, "autocast": True}),
         ("full fp32", {"lora": False}, {"method": "full"}),
         ("full bf16", {"lora": False, "dtype": torch.bfloat16, "autocast": True},
          {"method": "full", "weight_bytes": 2, "autocast": True}),
@@ -162,13 +164,14 @@ def saved_table() -> None:
         planned = sum(layer_activations(shape, setup).values())
         # Under autocast the 16-bit copies of trained fp32 weights show up per layer here; the plan counts them
         # once, as a static part ("autocast weight copies").
-        if setup.autocast and setup.method == "lora":
+        if setup.autocast and setup.method != "full":
             planned += 2 * shape.lora_params(setup.targets, setup.rank) / shape.layers / (kw["b"] * kw["s"])
         print(f"| {name} | {per_layer:,.0f} | {planned:,.0f} | {planned / per_layer - 1:+.1%} |")
 
 
 def _saved(layers: int, h: int, i: int, heads: int, kv: int, b: int, s: int, dtype=None, autocast=False,
-           lora=True, dropout=0.05, mode="shared", targets=("all",), attn="sdpa", packed=False) -> int:  # fmt: skip
+           lora=True, dropout=0.05, mode="shared", targets=("all",), attn="sdpa", packed=False,
+           qlora=False) -> int:  # fmt: skip
     """Bytes of the distinct storages autograd saves in one forward of a random LLaMA (+ LoRA as medpt sets it up)."""
     import contextlib
 
@@ -183,6 +186,15 @@ def _saved(layers: int, h: int, i: int, heads: int, kv: int, b: int, s: int, dty
                          num_key_value_heads=kv, vocab_size=1000, tie_word_embeddings=False,
                          use_cache=False)  # fmt: skip
     model = LlamaForCausalLM._from_config(config, dtype=dtype or torch.float32, attn_implementation=attn)
+    if qlora:  # quantised as medpt loads it: saved, then read back through bitsandbytes (NF4, double quant)
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                     bnb_4bit_compute_dtype=torch.bfloat16)  # fmt: skip
+            model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16, quantization_config=nf4,
+                                                         device_map={"": "cpu"})  # fmt: skip
     if lora:
         args = LoraArguments(lora_rank=8, lora_alpha=16, lora_dropout=dropout, target_modules=list(targets),
                              lora_dropout_mode=mode)  # fmt: skip

@@ -95,6 +95,7 @@ CASES = [  # (name, how the probe model is built, the Setup that describes it)
     ("LoRA q,v only, no dropout", {"targets": ["q_proj", "v_proj"], "dropout": 0.0},
      {"targets": ("q_proj", "v_proj"), "dropout": 0.0}),
     ("full fine-tuning fp32", {"lora": False}, {"method": "full"}),
+    ("QLoRA, NF4 base", {"qlora": True}, {"method": "qlora", "weight_bytes": 2, "autocast": True}),
 ]  # fmt: skip
 
 
@@ -102,19 +103,23 @@ CASES = [  # (name, how the probe model is built, the Setup that describes it)
 def test_planned_activations_per_layer_equal_what_autograd_saves(name, build, setup):
     """One decoder layer's bytes per token: the tensors autograd saves (each storage once), as 3 layers minus 2."""
     h, i, heads, b, s = 96, 320, 4, 2, 48
+    if build.get("qlora"):
+        pytest.importorskip("bitsandbytes")
     saved = [_saved_bytes(layers, h, i, heads, b, s, **build) for layers in (2, 3)]
     measured = (saved[1] - saved[0]) / (b * s)
     shape = ModelShape(h, 2, heads, heads, h // heads, i, 1000)
     spec = Setup(**{"device": "cpu", "method": "lora", "weight_bytes": 4, "autocast": False, "micro_batch": b,
                     "block": s, **setup})  # fmt: skip
     planned = sum(layer_activations(shape, spec).values())
-    if spec.autocast and spec.method == "lora":  # autocast's weight copies: counted once by the plan, per layer here
+    if spec.autocast and spec.method != "full":  # autocast's weight copies: counted once by the plan, per layer here
         planned += 2 * shape.lora_params(spec.targets, spec.rank) / shape.layers / (b * s)
     assert planned == pytest.approx(measured, rel=1e-9)
 
 
-def _saved_bytes(layers, h, i, heads, b, s, bf16=False, lora=True, mode="shared", targets=("all",), dropout=0.05):
+def _saved_bytes(layers, h, i, heads, b, s, bf16=False, lora=True, mode="shared", targets=("all",), dropout=0.05,
+                 qlora=False):  # fmt: skip
     import contextlib
+    import tempfile
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -125,8 +130,18 @@ def _saved_bytes(layers, h, i, heads, b, s, bf16=False, lora=True, mode="shared"
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=layers, num_attention_heads=heads,
                          vocab_size=1000, tie_word_embeddings=False, use_cache=False)  # fmt: skip
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    dtype = torch.bfloat16 if bf16 or qlora else torch.float32
     model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    if qlora:  # loaded as medpt loads it (medpt.model.load_model): NF4 with double quantisation
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                     bnb_4bit_compute_dtype=torch.bfloat16)  # fmt: skip
+            model = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, quantization_config=nf4,
+                                                         device_map={"": "cpu"})  # fmt: skip
+        bf16 = True
     if lora:
         args = LoraArguments(lora_rank=8, lora_dropout=dropout, target_modules=list(targets), lora_dropout_mode=mode)
         model = add_lora(model, args)

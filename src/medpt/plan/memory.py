@@ -213,27 +213,24 @@ def layer_activations(shape: ModelShape, s: Setup) -> dict[str, float]:
 
 
 def _group_inputs(shape: ModelShape, s: Setup, group: str) -> float:
-    """What the trained matmuls reading one tensor keep of it: the tensor itself, or LoRA's dropped-out copies and
-    their masks, and under autocast the 16-bit copy each matmul makes of an fp32 input."""
+    """What the trained matmuls reading one tensor keep of it: the tensor itself, or LoRA's dropout masks and
+    dropped-out copies; under autocast an fp32 input is cast to 16 bits by each matmul, which keeps its own copy
+    instead (measured, QLoRA included: bench/memory.py --saved)."""
     modules = INPUT_GROUPS[group] if s.method == "full" else tuple(m for m in INPUT_GROUPS[group] if m in s.targets)
     if not modules:
         return 0
     dim = shape.group_dim(group)
     x = {"attn_in": s.residual_bytes, "mlp_in": s.residual_bytes, "o_in": s.act_bytes}.get(group, s.mlp_bytes)
-    if s.autocast and x == 4:  # each 16-bit matmul casts its fp32 input and keeps the copy (not the input)
-        casts = len(modules) * dim * 2
-        kept = 0
-    else:
-        casts = 0
-        # the attention output is the very tensor SDPA keeps (its layout makes the transpose a view)
-        kept = 0 if group == "o_in" else dim * x
+    cast = s.autocast and x == 4
+    casts = len(modules) * dim * 2 if cast else 0
+    copy = 0 if cast else x  # bytes per element of the input (or dropped copy) a matmul keeps
     if s.method == "full" or s.dropout == 0:
-        return kept + casts
+        return (0 if group == "o_in" else dim * copy) + casts  # o_in is the very tensor SDPA keeps
     if s.device == "cpu":
-        # medpt.dropout: the mask is a multiplier in the input's dtype; shared mode: one copy for the whole group
-        copies = 1 if s.dropout_mode == "shared" else len(modules)
-        return copies * dim * 2 * x + casts
-    return len(modules) * dim * (x + 1) + casts  # torch's dropout on a GPU: a copy and a bool mask per adapter
+        # medpt.dropout: the mask is a multiplier in the input's dtype; shared mode: one mask and copy per group
+        masks = 1 if s.dropout_mode == "shared" else len(modules)
+        return masks * dim * (x + copy) + casts
+    return len(modules) * dim * (1 + copy) + casts  # torch's dropout on a GPU: a bool mask and a copy per adapter
 
 
 def with_batch(s: Setup, micro_batch: int, checkpointing: bool | None = None) -> Setup:
