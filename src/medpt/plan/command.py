@@ -130,7 +130,8 @@ def format_plan(plan: Plan) -> str:
         f"memory plan: {plan.model} ({shape.model_type}, {shape.parameters() / 1e9:.2f}B parameters: hidden "
         f"{shape.hidden}, {shape.layers} layers, vocabulary {shape.vocab:,})",
         f"training: {method}{adapter}, {precision}, block {s.block}, micro-batch {s.micro_batch} × accumulation "
-        f"{s.accumulation}, gradient checkpointing {'on' if s.checkpointing else 'off'}, {s.optim}, on {s.device}",
+        f"{s.accumulation}, gradient checkpointing {'on' if s.checkpointing else 'off'}, {s.optim}, on "
+        f"{_DEVICES[s.device]}",
         "",
         f"peak of a step (at the {e.moment}):",
     ]
@@ -144,11 +145,13 @@ def format_plan(plan: Plan) -> str:
               f"{total}:"]  # fmt: skip
     rows = [("memory", "checkpointing off", "checkpointing on")]
     for (label, size), fits in zip(plan.memories, plan.fits):
-        rows.append((f"{label} ({_size(size)})" if _size(size) not in label else label,
-                     _fit_cell(fits["off"]), _fit_cell(fits["on"])))  # fmt: skip
+        rows.append((f"{label} ({_size(size)})", _fit_cell(fits["off"]), _fit_cell(fits["on"])))
     widths = [max(len(r[i]) for r in rows) + 3 for i in range(3)]
     lines += ["  " + "".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
+
+
+_DEVICES = {"cuda": "this machine's GPU", "gpu": "a GPU (--device_memory)", "cpu": "the CPU (host memory)"}
 
 
 def _fit_cell(f: Fit) -> str:

@@ -35,7 +35,7 @@ def memories(device_memory: list[str] | None) -> tuple[str, list[tuple[str, int]
     gpus = visible_gpus()
     if gpus:
         return "cuda", gpus
-    return "cpu", [("this machine (available memory)", available_memory())]
+    return "cpu", [("this machine, available", available_memory())]
 
 
 def visible_gpus() -> list[tuple[str, int]]:

@@ -121,11 +121,12 @@ def _moments(shape: ModelShape, s: Setup, layer: int, kept: int) -> dict[str, di
     """1) the loss, every layer's activations still held; 2) with checkpointing, a layer recomputed in backward;
     3) the end of backward, every gradient written."""
     static = static_parts(shape, s)
-    grads = trained_params(shape, s) * _param_bytes(s)
-    head = shape.vocab * shape.hidden * _param_bytes(s)
+    grads = sum(n * size for n, size in trained_groups(shape, s))
     # Gradients appear as backward runs; a full fine-tune's first is the output head's. With accumulation the
     # previous micro-batches' gradients stay while the next one runs.
-    held = grads if s.accumulation > 1 or s.method != "full" else min(head, grads)
+    held = (
+        grads if s.accumulation > 1 or s.method != "full" else min(shape.vocab * shape.hidden * s.weight_bytes, grads)
+    )
     saved = shape.layers * (kept if s.checkpointing else layer)
     workspace = (3 * shape.intermediate * s.mlp_bytes + 8 * shape.hidden) * s.tokens
     loss = (12 * shape.vocab + 4 * shape.hidden + 4) * s.tokens  # + the final norm's fp32 input and 1/rms
@@ -147,35 +148,30 @@ def _with_overheads(parts: dict[str, int], s: Setup) -> dict[str, int]:
 
 def static_parts(shape: ModelShape, s: Setup) -> dict[str, int]:
     """Weights, trained parameters, optimizer states and autocast's weight copies: the same at every step."""
-    trained = trained_params(shape, s)
+    groups = trained_groups(shape, s)
     states, state_bytes = OPTIMIZER_STATES.get(s.optim, OPTIMIZER_STATES[DEFAULT_OPTIM])
-    parts = {
-        "frozen weights": frozen_weight_bytes(shape, s),
-        "trainable parameters": trained * _param_bytes(s),
-        "optimizer states": trained * states * (state_bytes or _param_bytes(s)),
-    }
-    copies = 0
-    if s.autocast and _param_bytes(s) == 4:  # autocast keeps a 16-bit copy of each fp32 weight it multiplies
-        copies += trained * 2
-    if s.autocast and s.method == "qlora":  # the fp32 output head, cast to 16 bits and kept for backward
+    # autocast keeps a 16-bit copy of each fp32 weight it multiplies; under QLoRA also of the fp32 output head,
+    # cast for the loss and kept for backward
+    copies = sum(n * 2 for n, size in groups if size == 4) if s.autocast else 0
+    if s.autocast and s.method == "qlora":
         copies += shape.vocab * shape.hidden * 2
-    parts["autocast weight copies"] = copies
-    return parts
+    return {
+        "frozen weights": frozen_weight_bytes(shape, s),
+        "trainable parameters": sum(n * size for n, size in groups),
+        "optimizer states": sum(n * states * (state_bytes or size) for n, size in groups),
+        "autocast weight copies": copies,
+    }
 
 
-def trained_params(shape: ModelShape, s: Setup) -> int:
+def trained_groups(shape: ModelShape, s: Setup) -> list[tuple[int, int]]:
+    """(parameters, bytes each) of what is trained: full fine-tuning the weights as loaded; LoRA the adapters in
+    fp32 (PEFT's autocast_adapter_dtype) and --modules_to_save copies in the weights' dtype."""
     if s.method == "full":
-        return shape.parameters()
-    n = shape.lora_params(s.targets, s.rank)
+        return [(shape.parameters(), s.weight_bytes)]
+    adapters = shape.lora_params(s.targets, s.rank)
     if s.dora:  # one magnitude per output feature of every adapted module
-        n += shape.layers * sum(shape.linear(m)[1] for m in s.targets)
-    return n + len(s.modules_to_save) * shape.vocab * shape.hidden
-
-
-def _param_bytes(s: Setup) -> int:
-    """Trained parameters' dtype: PEFT keeps adapters in fp32 (autocast_adapter_dtype); full fine-tuning trains the
-    weights as loaded."""
-    return s.weight_bytes if s.method == "full" else 4
+        adapters += shape.layers * sum(shape.linear(m)[1] for m in s.targets)
+    return [(adapters, 4), (len(s.modules_to_save) * shape.vocab * shape.hidden, s.weight_bytes)]
 
 
 def frozen_weight_bytes(shape: ModelShape, s: Setup) -> int:
