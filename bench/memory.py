@@ -117,6 +117,24 @@ def rss_table(workdir: Path, configs: list[tuple], out: str | None) -> None:
             row["error"] = row["planned"] / row["measured"] - 1
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "parts"}), flush=True)
+    print_rows(rows)
+    if out:
+        Path(out).write_text(json.dumps(rows, indent=2))
+
+
+def replan(workdir: Path, path: str) -> None:
+    """The table again from measured rows (--out of an earlier run), each planned anew by this version's plan."""
+    rows = json.loads(Path(path).read_text())
+    for r in rows:
+        common = flags(workdir / r["size"], r["block"], r["batch"], r["checkpointing"], r["precision"])
+        env = RETURN_BLOCKS if r["allocator"] != "default" else {}
+        planned = json.loads(python(["-m", "medpt", "plan", *common, "--json"], env).stdout)
+        r["planned"], r["parts"] = planned["peak_bytes"], planned["parts"]
+        r["error"] = r["planned"] / r["measured"] - 1
+    print_rows(rows)
+
+
+def print_rows(rows: list[dict]) -> None:
     print("\n| model | block | micro-batch | checkpointing | precision | allocator | planned | measured | error |")
     print("|---|---:|---:|---|---|---|---:|---:|---:|")
     for r in rows:
@@ -128,8 +146,6 @@ def rss_table(workdir: Path, configs: list[tuple], out: str | None) -> None:
     smallest = min((r for r in rows if r["allocator"] != "default"), key=lambda r: r["measured"])
     tensors = smallest["planned"] - smallest["parts"]["fixed overhead"]
     print(f"fixed overhead from the smallest run: {(smallest['measured'] - tensors) / 2**20:,.0f} MiB")
-    if out:
-        Path(out).write_text(json.dumps(rows, indent=2))
 
 
 def saved_table() -> None:
@@ -290,7 +306,7 @@ def published() -> None:
         )
         for ckpt in ("true", "false"):
             cells = []
-            for card in ("12GB", "16GB", "24GB", "48GB", "80GB"):
+            for card in ("12GB", "16GB", "24GB", "40GB", "48GB", "80GB"):
                 cells.append(f"{card} {_longest_block(Path(tmp) / 'llama31-8b', card, ckpt):,}")
             print(f"  checkpointing {ckpt}: " + ", ".join(cells))
         flags = ["--qlora", "--lora_rank", "64", "--bf16", "true", *one, "--block_size", "512",
@@ -323,6 +339,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="only the 5m configurations")
     parser.add_argument("--workdir", default=None, help="where tiny models, the data cache and runs go")
     parser.add_argument("--out", default=None, help="also write the RSS rows as JSON here")
+    parser.add_argument("--replan", default=None, help="rows written by --out: plan them again, measure nothing")
     args = parser.parse_args()
     if args.saved:
         return saved_table()
@@ -332,6 +349,8 @@ def main() -> None:
         seven_b_table()
         return published()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="medpt-memory-"))
+    if args.replan:
+        return replan(workdir, args.replan)
     configs = [c for c in CONFIGS if not args.quick or c[0] == "5m"]
     rss_table(workdir, configs, args.out)
 

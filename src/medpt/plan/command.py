@@ -89,7 +89,6 @@ def setup_of(config: Any, kind: str) -> Setup:
     bf16, fp16 = resolve_precision(config.run.bf16, config.run.fp16, kind)
     method = "full" if not lora.use_peft else "qlora" if lora.qlora or m.load_in_4bit else "lora"
     weights = weight_dtype_name(m.torch_dtype, bf16, fp16, full_finetune=method == "full")
-    fixed, reserve = overheads(kind)
     return Setup(
         device=kind,
         method=method,
@@ -108,8 +107,7 @@ def setup_of(config: Any, kind: str) -> Setup:
         optim=str(t.get("optim") or DEFAULT_OPTIM),
         attention=m.attn_implementation or "sdpa",
         packing=config.data.packing,
-        fixed_bytes=fixed,
-        reserve=reserve,
+        **overheads(kind),
     )
 
 

@@ -9,22 +9,24 @@ the share of a step's memory its allocator keeps beyond what tensors use.
 2. CPU: this machine's available memory (MemAvailable). Fixed overhead: a `medpt train` process before the model
    is loaded (Python, torch, transformers, peft, datasets, the prepared data) and its first step (thread pools,
    lazily loaded kernels): the smallest measured run less its planned tensors (bench/memory.py).
-   Reserve: glibc keeps freed blocks in its heap; training's pattern of long-lived saved activations between
-   short-lived temporaries leaves the heap about twice the step's working memory (bench/memory.py, glibc 2.36).
-   Run with MALLOC_MMAP_THRESHOLD_ set (glibc then returns large blocks at once, slower) and the reserve is 0.
+   Reserve: glibc keeps freed blocks in its heap (medpt.allocator asks it to, for speed), and a step's pattern of
+   long-lived saved activations between short-lived temporaries strands some: measured (bench/memory.py, glibc
+   2.36) as about six layers' worth of saved activations beyond the tensors alive, with or without checkpointing.
+   With MALLOC_MMAP_THRESHOLD_ set glibc returns large blocks at once (slower steps) and the reserve is 0.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from medpt.args import parse_size
 
 CUDA_CONTEXT_BYTES = 750 << 20
 CUDA_RESERVE = 0.10
 CPU_RUNTIME_BYTES = 560 << 20  # bench/memory.py: the smallest run's peak RSS less its planned tensors (torch 2.13)
-CPU_HEAP_RESERVE = 1.0
+CPU_HEAP_LAYERS = 6.0
 
 
 def memories(device_memory: list[str] | None) -> tuple[str, list[tuple[str, int]]]:
@@ -61,8 +63,9 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def overheads(kind: str) -> tuple[int, float]:
-    """(fixed bytes, allocator reserve) of a device kind (see the module docstring)."""
+def overheads(kind: str) -> dict[str, Any]:
+    """The Setup fields of a device kind's fixed overhead and allocator reserve (see the module docstring)."""
     if kind in ("cuda", "gpu"):
-        return CUDA_CONTEXT_BYTES, CUDA_RESERVE
-    return CPU_RUNTIME_BYTES, 0.0 if "MALLOC_MMAP_THRESHOLD_" in os.environ else CPU_HEAP_RESERVE
+        return {"fixed_bytes": CUDA_CONTEXT_BYTES, "reserve": CUDA_RESERVE}
+    returns_blocks = "MALLOC_MMAP_THRESHOLD_" in os.environ
+    return {"fixed_bytes": CPU_RUNTIME_BYTES, "heap_layers": 0.0 if returns_blocks else CPU_HEAP_LAYERS}

@@ -70,7 +70,8 @@ class Setup:
     attention: str = "sdpa"
     packing: str = "concat"
     fixed_bytes: int = 0  # the framework's fixed overhead on this device (see medpt.plan.devices)
-    reserve: float = 0.0  # the allocator's reserve, as a fraction of the memory that comes and goes in a step
+    reserve: float = 0.0  # GPU: the caching allocator's reserve, a fraction of what comes and goes in a step
+    heap_layers: float = 0.0  # CPU: what glibc's heap keeps beyond the tensors, in layers' worth of activations
 
     @property
     def tokens(self) -> int:
@@ -112,7 +113,7 @@ def estimate(shape: ModelShape, s: Setup) -> Estimate:
     """The peak of a training step: the largest of its moments (see the module docstring), by part."""
     layer = round(sum(layer_activations(shape, s).values()) * s.tokens)
     kept = shape.hidden * s.residual_bytes * s.tokens
-    moments = {name: _with_overheads(parts, s) for name, parts in _moments(shape, s, layer, kept).items()}
+    moments = {name: _with_overheads(parts, s, layer) for name, parts in _moments(shape, s, layer, kept).items()}
     moment = max(moments, key=lambda k: sum(moments[k].values()))
     return Estimate(moments[moment], moment, layer, kept)
 
@@ -140,10 +141,11 @@ def _moments(shape: ModelShape, s: Setup, layer: int, kept: int) -> dict[str, di
     return moments
 
 
-def _with_overheads(parts: dict[str, int], s: Setup) -> dict[str, int]:
-    """The framework's fixed overhead, and the allocator's reserve on what comes and goes within a step."""
+def _with_overheads(parts: dict[str, int], s: Setup, layer: int) -> dict[str, int]:
+    """The framework's fixed overhead, and the allocator's reserve (see medpt.plan.devices)."""
     changing = sum(parts[k] for k in ("gradients", "activations", "logits and loss", "backward workspace"))
-    return {**parts, "fixed overhead": s.fixed_bytes, "allocator reserve": round(s.reserve * changing)}
+    reserve = s.reserve * changing + s.heap_layers * layer
+    return {**parts, "fixed overhead": s.fixed_bytes, "allocator reserve": round(reserve)}
 
 
 def static_parts(shape: ModelShape, s: Setup) -> dict[str, int]:
