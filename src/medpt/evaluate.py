@@ -163,7 +163,7 @@ def evaluate_run(config: Any, log: Any = print) -> dict[str, Any]:
     if config.eval.adapter:  # a medpt run's card gets the results (other adapter folders are left alone)
         from medpt.model_card import write_card
 
-        if card := write_card(config.eval.adapter, results, log):
+        if card := write_card(config.eval.adapter, results, table, log):
             log(f"model card with these results: {card}")
     return results
 

@@ -25,9 +25,11 @@ CARD = "README.md"
 GENERAL = ("general", "replay", "wiki", "general_")  # eval sets and benchmarks that measure forgetting
 
 
-def write_card(run: str | Path, evaluation: dict[str, Any] | None = None, log: Any = print) -> Path | None:
-    """Write RUN/README.md (atomically) and return its path. `evaluation` is `medpt eval`'s results; by default
-    RUN/eval's, if any. A folder that is not a medpt run, or a README.md medpt did not write, is left alone."""
+def write_card(run: str | Path, evaluation: dict[str, Any] | None = None, tables: str | None = None,
+               log: Any = print) -> Path | None:  # fmt: skip
+    """Write RUN/README.md (atomically) and return its path. `evaluation` is `medpt eval`'s results and `tables`
+    their Markdown (eval.md); by default RUN/eval's, if any. A folder that is not a medpt run, or a README.md medpt
+    did not write, is left alone."""
     run = Path(run)
     if not (run / CONFIG_FILE).is_file():  # not a medpt run: nothing to describe it from
         return None
@@ -37,7 +39,9 @@ def write_card(run: str | Path, evaluation: dict[str, Any] | None = None, log: A
         return None
     if evaluation is None:
         evaluation = _load(run / EVAL_DIR / "eval_results.json")
-    card = build_card(run, evaluation)
+        md = run / EVAL_DIR / "eval.md"
+        tables = md.read_text(encoding="utf-8") if evaluation and md.is_file() else None
+    card = build_card(run, evaluation, tables)
     # The card belongs to the run (owner "train"); `medpt eval` rewrites it by design, the one file of a run
     # another command replaces.
     manifest.record([CARD], manifest.entries.get(CARD, "train"))
@@ -45,7 +49,7 @@ def write_card(run: str | Path, evaluation: dict[str, Any] | None = None, log: A
     return run / CARD
 
 
-def build_card(run: Path, evaluation: dict[str, Any] | None) -> Any:
+def build_card(run: Path, evaluation: dict[str, Any] | None, tables: str | None = None) -> Any:
     """A huggingface_hub.ModelCard for the run (see the module docstring)."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -67,7 +71,7 @@ def build_card(run: Path, evaluation: dict[str, Any] | None) -> Any:
         model_name=run.name,
         eval_results=eval_results(evaluation) or None,
     )
-    body = "\n".join(_body(run, config, facts, evaluation))
+    body = "\n".join(_body(run, config, facts, evaluation, tables))
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
 
@@ -183,14 +187,15 @@ def _ci(ci: list[float | None] | None, fmt: Any) -> str:
 
 
 # --- the Markdown ----------------------------------------------------------------------------------------------------
-def _body(run: Path, config: Any, facts: dict[str, Any], evaluation: dict[str, Any] | None) -> list[str]:
+def _body(run: Path, config: Any, facts: dict[str, Any], evaluation: dict[str, Any] | None,
+          tables: str | None) -> list[str]:  # fmt: skip
     method = _method(config, facts)
     lines = [f"# {run.name}", "", f"{method} of **{facts['base']}**, trained with medpt "
              f"(continued pretraining on medical text){_data_phrase(facts)}.", ""]  # fmt: skip
     lines += ["## What the run did", "", "| | |", "|---|---|", *_training_rows(config, facts), ""]
     if facts["data"]:
         lines += ["## Data", "", *_data_rows(facts["data"]), ""]
-    lines += ["## Base vs adapted", "", *_results(facts, evaluation), ""]
+    lines += ["## Base vs adapted", "", *_results(evaluation, tables), ""]
     lines += ["## How to use", "", *_usage(run, config, facts), ""]
     lines += ["## Limits", "", *_limits(config, facts, evaluation), ""]
     from medpt import __version__
@@ -289,14 +294,12 @@ def _share(x: float | None) -> str:
     return "" if x is None else f"{x:.1%}"
 
 
-def _results(facts: dict[str, Any], evaluation: dict[str, Any] | None) -> list[str]:
+def _results(evaluation: dict[str, Any] | None, tables: str | None) -> list[str]:
     if not evaluation:
         return ["Not evaluated yet: `medpt eval --adapter RUN` compares the adapted model with its base (perplexity "
                 "on held-out text with 95% confidence intervals, multiple-choice benchmarks) and writes this card "
                 "again with the results."]  # fmt: skip
-    from medpt.evaluate import format_eval
-
-    return [format_eval(evaluation), "", *_forgetting(evaluation)]
+    return [(tables or "The tables: eval/eval.md.").strip(), "", *_forgetting(evaluation)]
 
 
 def _forgetting(evaluation: dict[str, Any]) -> list[str]:

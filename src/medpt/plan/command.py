@@ -125,7 +125,7 @@ def format_plan(plan: Plan) -> str:
     adapter = f" r{s.rank} on {len(s.targets)} module type(s)" if s.method != "full" else ""
     precision = f"weights {'fp32' if s.weight_bytes == 4 else '16-bit'}, {'16-bit autocast' if s.autocast else 'fp32'}"
     lines = [
-        f"memory plan: {plan.model} ({shape.model_type}, {shape.parameters() / 1e9:.2f}B parameters: hidden "
+        f"memory plan: {plan.model} ({shape.model_type}, {_count(shape.parameters())} parameters: hidden "
         f"{shape.hidden}, {shape.layers} layers, vocabulary {shape.vocab:,})",
         f"training: {method}{adapter}, {precision}, block {s.block}, micro-batch {s.micro_batch} × accumulation "
         f"{s.accumulation}, gradient checkpointing {'on' if s.checkpointing else 'off'}, {s.optim}, on "
@@ -156,6 +156,10 @@ def _fit_cell(f: Fit) -> str:
     if not f.largest_micro_batch:
         return "does not fit"
     return f"{f.largest_micro_batch}: {f.micro_batch} × {f.gradient_accumulation_steps} ({_size(f.peak_bytes)})"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def _size(n: int) -> str:

@@ -9,16 +9,17 @@ What a step holds at its peak (T = micro-batch × block tokens; c = bytes of a 1
    fp32; attention keeps q, k, v, its output and the log-sum-exp (SDPA's flash / memory-efficient kernels: no
    block × block matrix); the MLP keeps the gate output, its SiLU and the up output; every LoRA adapter keeps its
    (dropped-out) input and its rank-r middle. Measured against torch's saved-tensor hooks on the CPU
-   (bench/memory.py --saved): exact to the byte for LoRA in fp32 and bf16.
+   (bench/memory.py --saved): exact to the byte for LoRA (fp32, bf16), QLoRA and full fine-tuning.
    With gradient checkpointing a layer keeps only its input, and one layer at a time is recomputed in backward.
 3. The loss over the vocabulary: logits, their fp32 copy, log-softmax, and in backward two fp32 gradients of the
-   same size: 12 bytes × T × vocab at the worst moment, the largest single part of a 7B step at block 2048.
+   same size: 12 bytes × T × vocab at the worst moment, a 7B step's largest part once checkpointing is on.
 4. Backward workspace: the gradients of one layer's MLP and of the residual stream while they are computed.
 5. The framework's fixed overhead (CUDA context, or on a CPU the Python/torch runtime) and the allocator's reserve
    (memory freed by tensors but kept by the allocator: CUDA's caching allocator, glibc's heap).
 
-Peak = static + max(forward/backward: saved activations + loss + workspace, end of backward: all gradients),
-because activations are freed as the gradients they produce are written.
+The peak is the largest of three moments (`_moments`): the loss, every layer's activations still held; with
+checkpointing, a layer recomputed in backward; the end of backward, every gradient written (activations are freed
+as the gradients they produce are written, so the two never add up in full).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from dataclasses import dataclass, field, replace
 
 from medpt.plan.shape import INPUT_GROUPS, LINEAR_MODULES, ModelShape
 
-GiB = 1 << 30
 # NF4 with double quantisation (bitsandbytes, QLoRA): 4 bits per weight, one 8-bit absmax per 64 weights and one
 # fp32 constant per 256 absmax values.
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
