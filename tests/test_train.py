@@ -234,6 +234,10 @@ def test_methods_full_finetune_rslora_dora_and_modules_to_save(tiny_model_dir, t
     full = tmp_path / "full"
     assert _run(tiny_model_dir, full, "--max_steps", "2", "--use_peft", "false") == 0
     assert (full / "model.safetensors").is_file() and not (full / "adapter_config.json").exists()
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(full / "README.md")  # the run's card, no adapter: transformers loads it
+    assert card.data.library_name == "transformers" and "full fine-tuning" in card.text
     lora = tmp_path / "lora"
     extra = ["--max_steps", "2", "--use_rslora", "--use_dora", "--modules_to_save", "embed_tokens,lm_head",
              "--embedding_learning_rate", "1e-4", "--target_modules", "q_proj,v_proj"]  # fmt: skip

@@ -23,11 +23,19 @@ class Command:
     summary: str
     args: type | None = None  # a small command's own flags; None: the shared configuration (medpt.args sections)
     positional: str | None = None  # the flag a leading positional argument fills: `medpt report RUN`
+    dry_run: str | None = None  # "module:function" printing what --dry_run adds after the resolved configuration
 
 
 COMMANDS: dict[str, Command] = {
     "prepare": Command("medpt.prepare:run_prepare", "read, render, tokenize and pack training data; data_report.json"),
-    "train": Command("medpt.train:train", "continued pretraining with LoRA / QLoRA / full fine-tuning"),
+    "train": Command(
+        "medpt.train:train",
+        "continued pretraining with LoRA / QLoRA / full fine-tuning",
+        dry_run="medpt.plan.command:print_dry_run",
+    ),
+    "plan": Command(
+        "medpt.plan.command:run_plan", "will it fit? peak memory by part and the largest micro-batch, before loading"
+    ),
     "tune": Command("medpt.tune:run_tune", "hyperparameter search: an Optuna study of short train runs, shareable"),
     "eval": Command(
         "medpt.evaluate:run_eval",
@@ -102,8 +110,8 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _target(command: Command):
-    module, function = command.target.split(":")
+def _target(target: str):
+    module, function = target.split(":")
     return getattr(importlib.import_module(module), function)
 
 
@@ -122,7 +130,7 @@ def _run(name: str, command: Command, argv: list[str]) -> int:
         if wants_help:
             print(f"usage: medpt {name} [--flag value ...]" + format_help([(name, list(specs_of(command.args, name)))]))
             return 0
-        return _target(command)(parse_small(command.args, argv, name))
+        return _target(command.target)(parse_small(command.args, argv, name))
     if wants_help:
         print(_config_help(name))
         return 0
@@ -133,9 +141,11 @@ def _run(name: str, command: Command, argv: list[str]) -> int:
     config = load_config(argv, command=name)
     if dry_run:
         print(config.to_yaml(), end="")
+        if command.dry_run:
+            _target(command.dry_run)(config)
         return 0
     apply_offline(config.model.offline)  # every command that takes a config loads from the hub or a path
-    return _target(command)(config)
+    return _target(command.target)(config)
 
 
 def _config_help(name: str) -> str:

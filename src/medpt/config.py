@@ -33,6 +33,7 @@ from medpt.args import (  # noqa: F401 - re-exported: the schema is imported fro
     GenerationArguments,
     LoraArguments,
     ModelArguments,
+    PlanArguments,
     RunArguments,
     ServeArguments,
     TuneArguments,
@@ -142,6 +143,7 @@ class Config:
     serve: ServeArguments
     export: ExportArguments
     tune: TuneArguments
+    plan: PlanArguments
     trainer: dict[str, Any] = field(default_factory=dict)
     """TrainingArguments values set explicitly (by YAML or flag); the rest keep transformers' defaults."""
     command: str = ""

@@ -168,6 +168,11 @@ def _evaluate(config: Any, out: Any, checked: Any, log: Any) -> dict[str, Any]:
     atomic_write_text(out / "eval.md", table + "\n")
     log(table)
     log(f"\nresults: {out / 'eval_results.json'}, {out / 'eval.md'}")
+    if config.eval.adapter:  # a medpt run's card gets the results (other adapter folders are left alone)
+        from medpt.model_card import write_card
+
+        if card := write_card(config.eval.adapter, results, table, log):
+            log(f"model card with these results: {card}")
     return results
 
 

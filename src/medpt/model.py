@@ -133,32 +133,39 @@ def device_kind() -> str:
     return "cpu"
 
 
-def resolve_precision(bf16: bool | None, fp16: bool | None) -> tuple[bool, bool]:
+def resolve_precision(bf16: bool | None, fp16: bool | None, kind: str | None = None) -> tuple[bool, bool]:
     """Mixed precision by device unless set: bf16 where it is native (recent GPUs, CPUs with AVX512-BF16/AMX),
-    fp16 on older GPUs, fp32 otherwise."""
-    import torch
-
+    fp16 on older GPUs, fp32 otherwise. `kind` "gpu" is a GPU that is not this machine's (`medpt plan
+    --device_memory 24GB` on a laptop): taken to have bf16, as every one since Ampere has."""
     if bf16 is not None or fp16 is not None:
         bf16, fp16 = bool(bf16), bool(fp16)
         if bf16 and fp16:
             raise MedptError("--bf16 and --fp16 are exclusive: pick one")
         return bf16, fp16
-    kind = device_kind()
+    kind = kind or device_kind()
+    if kind == "gpu":
+        return True, False
     if kind == "cuda":
+        import torch
+
         return (True, False) if torch.cuda.is_bf16_supported() else (False, True)
     return (cpu_has_bf16(), False) if kind == "cpu" else (False, False)
 
 
-def weight_dtype(torch_dtype: str | None, bf16: bool, fp16: bool, full_finetune: bool) -> Any:
+def weight_dtype_name(torch_dtype: str | None, bf16: bool, fp16: bool, full_finetune: bool) -> str:
     """Frozen base weights are stored in the compute dtype (half the memory, no per-step casts); trained weights
     stay fp32 so the optimizer updates are not rounded away. An explicit --torch_dtype wins."""
+    if torch_dtype and torch_dtype != "auto":
+        return torch_dtype
+    if full_finetune:
+        return "float32"
+    return "bfloat16" if bf16 else "float16" if fp16 else "float32"
+
+
+def weight_dtype(torch_dtype: str | None, bf16: bool, fp16: bool, full_finetune: bool) -> Any:
     import torch
 
-    if torch_dtype and torch_dtype != "auto":
-        return getattr(torch, torch_dtype)
-    if full_finetune:
-        return torch.float32
-    return torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
+    return getattr(torch, weight_dtype_name(torch_dtype, bf16, fp16, full_finetune))
 
 
 def load_model(

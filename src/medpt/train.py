@@ -64,6 +64,11 @@ def train(config: Config, log: Any = print, callbacks: tuple[Any, ...] = ()) -> 
     out = Path(args.output_dir)
     # 1. What needs nothing loaded: the model's limits (from its config.json), then the paths.
     check_before_loading(config)
+    if config.plan.auto_batch:  # the micro-batch the memory plan says fits, the global batch kept
+        from medpt.plan.auto import pick_batch
+
+        config = pick_batch(config, log)
+        args = training_arguments(config)
     # 2. One process trains into a folder at a time (the main process of a distributed run holds it for all).
     main = args.process_index == 0
     with holding(out, "train", inputs=inputs_of(config)) if main else contextlib.nullcontext():
@@ -84,9 +89,14 @@ def _train(config: Config, args: Any, out: Path, log: Any, callbacks: tuple[Any,
 
     # 4. Model and trainer.
     model, tokenizer = build_model(config, args, log)
-    trainer = build_trainer(config, args, model, tokenizer, data, eval_sets)
-    for callback in callbacks:
-        trainer.add_callback(callback)
+
+    def make_trainer(config: Config) -> Any:
+        trainer = build_trainer(config, training_arguments(config), model, tokenizer, data, eval_sets)
+        for callback in callbacks:
+            trainer.add_callback(callback)
+        return trainer
+
+    trainer = make_trainer(config)
     if "tensorboard" in (args.report_to or []) and args.process_index == 0:
         make_dir(out / "runs")  # TensorBoard's folder (transformers' default_logdir): recorded before it is written
 
@@ -97,15 +107,22 @@ def _train(config: Config, args: Any, out: Path, log: Any, callbacks: tuple[Any,
     )
     from medpt.trainer import InterruptCallback, NonFiniteLossError
 
-    interrupt = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, InterruptCallback))
     try:
-        result = trainer.train(resume_from_checkpoint=resume)
+        if config.plan.auto_batch:  # an out-of-memory first step is retried once at half the micro-batch
+            from medpt.plan.auto import train_halving_once
+
+            config, trainer, result = train_halving_once(config, trainer, make_trainer, resume, log)
+            if args.process_index == 0:  # the saved configuration is the one that trained (halved or not)
+                describe_run(config, trainer.args, out)
+        else:
+            result = trainer.train(resume_from_checkpoint=resume)
     except NonFiniteLossError as e:
         last = _last_checkpoint(out)
         raise DivergedError(
             f"{e}. Last good checkpoint: {last or 'none yet'}. Try a lower --learning_rate or --max_grad_norm, or "
             "--bf16 false; rerunning the same command resumes from that checkpoint"
         ) from None
+    interrupt = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, InterruptCallback))
     if interrupt.interrupted:
         log(
             f"stopped at step {trainer.state.global_step}; checkpoint saved in {_last_checkpoint(out)}. "
@@ -255,7 +272,7 @@ def describe_run(config: Config, args: Any, out: Path) -> None:
     so a run stopped at any point describes itself (eval, merge, report and the same command read them)."""
     config.save(out)
     _record_base(config, out)
-    atomic_write_text(out / TRAINING_ARGS, args.to_json_string())
+    atomic_write_text(out / TRAINING_ARGS, dumps(args.to_dict(), indent=2))  # to_json_string, but strict JSON
 
 
 def prepare_all(config: Config, out: Path, log: Any) -> tuple[Any, dict[str, Any]]:
@@ -361,6 +378,9 @@ def finish(config: Config, trainer: Any, result: Any, out: Path, resumed: str | 
         _check_saved(out / ADAPTER_WEIGHTS, config.lora.modules_to_save)
     if config.run.plot and plot_losses(out / METRICS, out / LOSS_CURVE, title=out.name):
         log(f"loss curves: {out / LOSS_CURVE}")
+    from medpt.model_card import write_card
+
+    write_card(out, log=log)  # README.md: what was done (replaces PEFT's empty template)
     trainer.save_metrics("all", results, combined=False)
     summary = {k: v for k, v in results.items() if "loss" in k or "perp" in k}
     log(f"done: {out}  {dumps(summary)}")

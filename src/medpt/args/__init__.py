@@ -7,7 +7,7 @@ Flags of `transformers.TrainingArguments` that medpt does not own are schema'd b
 for the common ones are in `TRAINER_RANGES`.
 
 The package: `fields` (how a flag is declared), `training` (model, data, LoRA, run), `tools` (eval, generation,
-serve, export, tune), `commands` (which command takes which flags; the small commands).
+serve, export, tune), `plan` (the memory plan), `commands` (which command takes which flags; the small commands).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from medpt.args.commands import (
     check_trainer_values,
 )
 from medpt.args.fields import MAX_BLOCK_SIZE, TEMPLATES, check_range
+from medpt.args.plan import PlanArguments, parse_size
 from medpt.args.tools import (
     SECTIONS,
     EvalArguments,
@@ -58,12 +59,14 @@ __all__ = [
     "InitTinyArguments",
     "LoraArguments",
     "ModelArguments",
+    "PlanArguments",
     "ReportArguments",
     "RunArguments",
     "ServeArguments",
     "TuneArguments",
     "check_range",
     "check_trainer_values",
+    "parse_size",
     "penalty_of",
     "split_named",
 ]

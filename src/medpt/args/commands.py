@@ -26,9 +26,13 @@ class CommandFlags:
 
 
 _TEMPLATE = ("template", "template_format")
+_MEMORY = ("model_name_or_path", "revision", "cache_dir", "offline", "torch_dtype", "load_in_4bit",
+           "attn_implementation", "block_size", "packing", "use_peft", "target_modules", "lora_rank", "lora_dropout",
+           "lora_dropout_mode", "modules_to_save", "use_dora", "qlora", "bf16", "fp16")  # fmt: skip
+_MEMORY_TRAINER = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "optim")
 COMMAND_FLAGS: dict[str, CommandFlags] = {
     "prepare": CommandFlags(("model", "data", "run")),
-    "train": CommandFlags(("model", "data", "lora", "run"), trainer=True),
+    "train": CommandFlags(("model", "data", "lora", "run", "plan"), trainer=True),
     "tune": CommandFlags(("model", "data", "lora", "run", "tune"), trainer=True),
     "eval": CommandFlags(
         ("model", "data", "eval", "run"), extra=("max_new_tokens",), trainer=("per_device_eval_batch_size",)
@@ -41,6 +45,9 @@ COMMAND_FLAGS: dict[str, CommandFlags] = {
     "serve": CommandFlags(("model", "eval", "generate", "serve"), extra=_TEMPLATE),
     # The template (inherited from the run) shapes the Ollama Modelfile of --target gguf.
     "export": CommandFlags(("model", "eval", "export"), extra=("output_dir", "overwrite_output_dir", *_TEMPLATE)),
+    # The memory plan takes the train flags memory depends on (a train YAML file works as it is: its other keys
+    # are ignored, as in every shared YAML).
+    "plan": CommandFlags(("plan",), extra=_MEMORY, trainer=_MEMORY_TRAINER),
 }
 
 # Ranges of the TrainingArguments flags medpt passes through, checked before anything loads (transformers checks

@@ -12,6 +12,7 @@ from medpt.args.fields import (
     _check_ranges,
     _comma_list,
 )
+from medpt.args.plan import PlanArguments
 from medpt.args.training import DataArguments, LoraArguments, ModelArguments, RunArguments
 from medpt.errors import MedptError
 
@@ -292,4 +293,5 @@ SECTIONS: dict[str, type] = {
     "serve": ServeArguments,
     "export": ExportArguments,
     "tune": TuneArguments,
+    "plan": PlanArguments,
 }
