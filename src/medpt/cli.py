@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from medpt import __version__
 from medpt.args import DemoArguments, DownloadArguments, InitTinyArguments, ReportArguments
+from medpt.args.flags import FlagSpec, closest, format_help, specs_of, split_argv, value_of
 from medpt.errors import MedptError, user_message
-from medpt.flags import FlagSpec, closest, format_help, specs_of, split_argv, value_of
 
 
 @dataclass(frozen=True)
@@ -27,37 +27,49 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "prepare": Command("medpt.prepare:run_prepare", "read, render, tokenize and pack training data; data_report.json"),
+    "prepare": Command(
+        "medpt.data.prepare:run_prepare", "read, render, tokenize and pack training data; data_report.json"
+    ),
     "train": Command(
-        "medpt.train:train",
+        "medpt.train.command:run_train",
         "continued pretraining with LoRA / QLoRA / full fine-tuning",
         dry_run="medpt.plan.command:print_dry_run",
     ),
     "plan": Command(
         "medpt.plan.command:run_plan", "will it fit? peak memory by part and the largest micro-batch, before loading"
     ),
-    "tune": Command("medpt.tune:run_tune", "hyperparameter search: an Optuna study of short train runs, shareable"),
+    "tune": Command(
+        "medpt.tune.study:run_tune", "hyperparameter search: an Optuna study of short train runs, shareable"
+    ),
     "eval": Command(
-        "medpt.evaluate:run_eval",
+        "medpt.eval.command:run_eval",
         "base vs adapted with 95% CIs: perplexity, multiple-choice benchmarks, generated answers",
     ),
     "verify": Command(
-        "medpt.verify:run_verify", "check that an adapter fits its base, learned something, changes outputs"
+        "medpt.eval.verify:run_verify", "check that an adapter fits its base, learned something, changes outputs"
     ),
-    "compare": Command("medpt.generate:run_compare", "base and adapted answers side by side (Markdown, HTML, JSONL)"),
-    "generate": Command("medpt.generate:run_generate", "answer a file of questions (jsonl in, jsonl out)"),
-    "chat": Command("medpt.generate:run_chat", "interactive chat, streamed, in the 问/答 template"),
-    "merge": Command("medpt.merge:run_merge", "fold the adapter into the base and save a standalone model"),
-    "serve": Command("medpt.serve:run_serve", "an OpenAI-compatible API and a before/after web page for a run"),
+    "compare": Command(
+        "medpt.generate.command:run_compare", "base and adapted answers side by side (Markdown, HTML, JSONL)"
+    ),
+    "generate": Command("medpt.generate.command:run_generate", "answer a file of questions (jsonl in, jsonl out)"),
+    "chat": Command("medpt.generate.command:run_chat", "interactive chat, streamed, in the 问/答 template"),
+    "merge": Command("medpt.export.merge:run_merge", "fold the adapter into the base and save a standalone model"),
+    "serve": Command("medpt.serve.command:run_serve", "an OpenAI-compatible API and a before/after web page for a run"),
     "export": Command(
-        "medpt.export:run_export", "the adapter for vLLM, SGLang, llama.cpp or Ollama, checked against their limits"
+        "medpt.export.command:run_export",
+        "the adapter for vLLM, SGLang, llama.cpp or Ollama, checked against their limits",
     ),
-    "report": Command("medpt.report:run_report", "one HTML + Markdown page for a run", ReportArguments, "run_dir"),
+    "report": Command(
+        "medpt.report.command:run_report", "one HTML + Markdown page for a run", ReportArguments, "run_dir"
+    ),
     "init-tiny": Command(
-        "medpt.tiny:run_init_tiny", "build a tiny offline LLaMA-architecture model", InitTinyArguments
+        "medpt.model.init_tiny:run_init_tiny", "build a tiny offline LLaMA-architecture model", InitTinyArguments
     ),
     "download": Command(
-        "medpt.hub:run_download", "fetch a model or dataset (HF_ENDPOINT mirrors)", DownloadArguments, "repo_id"
+        "medpt.model.download:run_download",
+        "fetch a model or dataset (HF_ENDPOINT mirrors)",
+        DownloadArguments,
+        "repo_id",
     ),  # fmt: skip
     "demo": Command(
         "medpt.demo:run_demo", "the whole workflow, offline on a CPU, on the bundled sample", DemoArguments
@@ -134,8 +146,8 @@ def _run(name: str, command: Command, argv: list[str]) -> int:
     if wants_help:
         print(_config_help(name))
         return 0
-    from medpt.config import load_config
-    from medpt.hub import apply_offline
+    from medpt.args.resolve import load_config
+    from medpt.model.hub import apply_offline
 
     dry_run = _pop_flag(argv, "--dry_run")
     config = load_config(argv, command=name)
@@ -150,7 +162,7 @@ def _run(name: str, command: Command, argv: list[str]) -> int:
 
 def _config_help(name: str) -> str:
     from medpt.args import COMMAND_FLAGS
-    from medpt.config import command_specs, trainer_specs
+    from medpt.args.resolve import command_specs, trainer_specs
 
     groups: dict[str, list[FlagSpec]] = {}
     for spec in command_specs(name):

@@ -23,16 +23,17 @@ def run_demo(args: Any, log: Any = print) -> int:
 
 
 def demo(output_dir: str, size: str, log: Any = print) -> int:
-    from medpt.adapter import load_variants
     from medpt.args import InitTinyArguments
-    from medpt.config import load_config
-    from medpt.evaluate import evaluate_run
-    from medpt.generate import compare_answers, read_question_list
-    from medpt.report import write_report
+    from medpt.args.resolve import load_config
+    from medpt.eval.command import evaluate_run
+    from medpt.eval.verify import run_verify
+    from medpt.generate.command import compare_answers
+    from medpt.generate.prompting import read_question_list
+    from medpt.model.adapter import load_variants
+    from medpt.model.init_tiny import run_init_tiny
+    from medpt.report.command import write_report
     from medpt.rundir import COMPARE_DIR, claim_dir
-    from medpt.tiny import run_init_tiny
-    from medpt.train import train
-    from medpt.verify import run_verify
+    from medpt.train.recipe import train
 
     out = Path(output_dir)
     model_dir, run_dir = out / "tiny-model", out / "run"

@@ -304,7 +304,7 @@ def hub_cache(cache_dir: str | None) -> str:
 
 
 def inputs_of(config: Any) -> Inputs:
-    """Everything a command configured by `config` (a medpt.config.Config) reads."""
+    """Everything a command configured by `config` (a medpt.args.resolve.Config) reads."""
     from medpt.data.cache import cache_root
 
     inputs = Inputs()

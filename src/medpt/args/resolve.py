@@ -39,9 +39,9 @@ from medpt.args import (  # noqa: F401 - re-exported: the schema is imported fro
     TuneArguments,
     check_trainer_values,
 )
+from medpt.args.flags import FlagSpec, closest, specs_of, split_argv, value_of
 from medpt.atomic import atomic_write_text
 from medpt.errors import MedptError
-from medpt.flags import FlagSpec, closest, specs_of, split_argv, value_of
 from medpt.rundir import CONFIG_FILE
 
 # Names used by older transformers or by MedicalGPT, mapped to today's flag when the installed version lacks them.

@@ -16,8 +16,8 @@ from medpt.args.fields import (
     _check_ranges,
     _comma_list,
 )
+from medpt.args.flags import closest
 from medpt.errors import MedptError
-from medpt.flags import closest
 
 
 @dataclass

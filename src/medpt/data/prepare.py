@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medpt.data.pipeline import prepare_data
-from medpt.model import check_block_size, model_positions, tokenizer_source
+from medpt.model.loading import check_block_size, model_positions, tokenizer_source
 from medpt.rundir import claim_dir, claim_file, holding, inputs_of
 
 

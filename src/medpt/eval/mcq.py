@@ -19,7 +19,7 @@ Scoring:
 
 Where benchmarks are found (`--mcq_dir DIR`): every folder DIR/medical_mcq_*/ and DIR/general_mcq_*/ holding a
 test.jsonl is a benchmark named after its folder; its dev.jsonl, when present, supplies the few-shot examples.
-Running the benchmarks (rotations, statistics, tables) is medpt.mcq_suite.
+Running the benchmarks (rotations, statistics, tables) is medpt.eval.mcq_suite.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def continuation_logprobs(
     Pairs with the same context and a one-token continuation (the option letters) share one forward pass of the
     context: the logits at its last position score every such continuation, 4x fewer passes for A-D letters.
     Longer continuations of one context (the option texts) share its KV cache: the context runs once, then all its
-    continuations run as one batch on top of the cache (medpt.mcq._with_prefix_cache)."""
+    continuations run as one batch on top of the cache (medpt.eval.mcq._with_prefix_cache)."""
     import torch  # here, not at the top: reading questions (contamination checks, `prepare`) needs no torch
 
     device = next(model.parameters()).device

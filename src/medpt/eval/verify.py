@@ -25,10 +25,10 @@ def run_verify(config: Any, log: Any = print) -> int:
 
     import torch
 
-    from medpt.adapter import base_matches, base_model_name, lora_run, run_tokenizer_dir
     from medpt.atomic import atomic_write_text
-    from medpt.model import load_model, load_tokenizer, model_facts
-    from medpt.modelfiles import check_adapter_fits, check_tokenizer_fits, read_adapter_config
+    from medpt.model.adapter import base_matches, base_model_name, lora_run, run_tokenizer_dir
+    from medpt.model.files import check_adapter_fits, check_tokenizer_fits, read_adapter_config
+    from medpt.model.loading import load_model, load_tokenizer, model_facts
     from medpt.rundir import claim_file
 
     adapter = lora_run(config.eval.adapter, "verify")
@@ -37,7 +37,7 @@ def run_verify(config: Any, log: Any = print) -> int:
     if not weights.is_file():
         raise MedptError(f"{adapter}: no {ADAPTER_WEIGHTS}")
     base_name = base_model_name(config.model.model_name_or_path, adapter)
-    # Files that do not fit each other are errors (medpt.modelfiles); a configured target missing from the base is
+    # Files that do not fit each other are errors (medpt.model.files); a configured target missing from the base is
     # check 3's failure, reported with the others.
     facts = model_facts(config.model, base_name)
     missing = check_adapter_fits(adapter, facts, targets_must_exist=False)

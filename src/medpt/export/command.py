@@ -35,9 +35,9 @@ REPORT = "export.json"
 
 
 def run_export(config: Any, log: Any = print) -> int:
-    from medpt.adapter import check_variants, lora_run
+    from medpt.args.resolve import absolute_paths
     from medpt.atomic import atomic_dir
-    from medpt.config import absolute_paths
+    from medpt.model.adapter import check_variants, lora_run
     from medpt.rundir import check_output, check_replaceable, inputs_of
 
     target = config.export.target

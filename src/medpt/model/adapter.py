@@ -2,7 +2,7 @@
 adapter on it, and the checks that make a number measured with them trustworthy.
 
 Before anything is loaded (`check_variants`, called before any data is prepared), medpt checks that
-1. the base model's, the adapter's and the tokenizer's files are whole and fit each other (medpt.modelfiles: every
+1. the base model's, the adapter's and the tokenizer's files are whole and fit each other (medpt.model.files: every
    damaged or mismatched file is one line naming it, not a traceback from transformers or PEFT),
 2. every tensor of the adapter is finite (a NaN adapter would merge into a NaN model and print nan losses), and
 3. the base is the one the adapter was trained on (the weights fingerprint `medpt train` records); another base of the
@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from medpt.errors import MedptError
-from medpt.hub import resolve_local
-from medpt.model import (
+from medpt.model.files import (
+    ModelFacts,
+    check_adapter_fits,
+    check_tokenizer_fits,
+    read_adapter_config,
+    read_json,
+    weights_fingerprint,
+)
+from medpt.model.hub import resolve_local
+from medpt.model.loading import (
     MODEL_FILES,
     inference_dtype,
     load_model,
@@ -27,14 +35,6 @@ from medpt.model import (
     local_device,
     model_facts,
     tokenizer_source,
-)
-from medpt.modelfiles import (
-    ModelFacts,
-    check_adapter_fits,
-    check_tokenizer_fits,
-    read_adapter_config,
-    read_json,
-    weights_fingerprint,
 )
 from medpt.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_RECORD
 
@@ -104,7 +104,7 @@ def run_tokenizer_dir(model: Any, adapter_dir: Path | None, base_name: str | Non
 
 
 def check_adapter(adapter_dir: Path, facts: ModelFacts) -> None:
-    """Its files fit each other and the base (medpt.modelfiles), and its weights are finite."""
+    """Its files fit each other and the base (medpt.model.files), and its weights are finite."""
     check_adapter_fits(adapter_dir, facts)
     check_adapter_weights(adapter_dir)
 

@@ -40,7 +40,7 @@ def _load(path: Path) -> Any:
 
 
 def gather(run: Path, out: Path) -> dict[str, Any]:
-    from medpt.curves import plot_deltas, plot_forgetting, plot_losses
+    from medpt.report.curves import plot_deltas, plot_forgetting, plot_losses
 
     if not (run / CONFIG_FILE).is_file():
         raise MedptError(f"{run} is not a medpt run (no {CONFIG_FILE})")
@@ -71,7 +71,7 @@ def gather(run: Path, out: Path) -> dict[str, Any]:
 
 def markdown(run: Path, facts: dict[str, Any]) -> str:
     from medpt.data.report import format_table
-    from medpt.evaluate import format_eval
+    from medpt.eval.metrics import format_eval
 
     parts = [f"# medpt run: {run.name}\n", "## Configuration (values that differ from the defaults)\n", "```yaml"]
     parts += facts["config"] + ["```\n"]
@@ -109,7 +109,7 @@ def _kv_md(values: dict[str, Any]) -> str:
 def page(run: Path, facts: dict[str, Any]) -> str:
     """The HTML page: the Markdown's content with real tables, and the curve embedded (no external files)."""
     from medpt.data.report import format_table
-    from medpt.evaluate import format_eval
+    from medpt.eval.metrics import format_eval
 
     esc = html.escape
     body = [f"<h1>medpt run: {esc(run.name)}</h1>"]

@@ -43,8 +43,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from medpt import generate
-from medpt.generate import StopAwareStreamer
+from medpt.generate import prompting
+from medpt.generate.prompting import StopAwareStreamer
 from medpt.serve.lane import Lane
 
 log = logging.getLogger("medpt.serve")
@@ -58,7 +58,7 @@ class Job:
     """One answer to produce: what the HTTP side asks of the engine."""
 
     prompt_ids: list[int]
-    variant: str  # "base" or "adapted" (medpt.adapter.Variants names)
+    variant: str  # "base" or "adapted" (medpt.model.adapter.Variants names)
     max_tokens: int  # 0: score the prompt only
     temperature: float  # 0: greedy
     top_p: float
@@ -349,7 +349,7 @@ def token_logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[To
 def sampler(job: Job) -> tuple[list, torch.Generator | None]:
     """A job's logits processors (test hooks, logit bias, repetition penalty, temperature, top-p) and its random
     generator (seeded by the request, else at random; None when greedy)."""
-    processors = list(generate.extra_logits_processors())
+    processors = list(prompting.extra_logits_processors())
     if job.logit_bias:
         processors.append(SequenceBiasLogitsProcessor({(t,): b for t, b in job.logit_bias.items()}))
     if job.repetition_penalty != 1.0:

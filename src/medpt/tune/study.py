@@ -21,8 +21,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from medpt.args.resolve import Config
 from medpt.atomic import PathLock, atomic_write_text, before_write, owner, owner_dead, remove_stale_leftovers
-from medpt.config import Config
 from medpt.errors import MedptError
 from medpt.rundir import (
     SEARCH_SPACE,
@@ -49,7 +49,7 @@ def run_tune(config: Config, log: Any = print) -> int:
     setup = make_setup(config)
     out = setup.out
     # 1. What needs nothing loaded, for the configuration every trial shares.
-    from medpt.train import check_before_loading
+    from medpt.train.recipe import check_before_loading
 
     shared = trial_config(setup, {}, out)  # the trials' configuration, but the values they draw
     check_space_fits(setup, check_before_loading(shared))
@@ -62,7 +62,7 @@ def run_tune(config: Config, log: Any = print) -> int:
 
 
 def _run_study(optuna: Any, config: Config, setup: Setup, shared: Config, log: Any) -> int:
-    from medpt.train import prepare_all
+    from medpt.train.recipe import prepare_all
 
     out = setup.out
     lock = PathLock(out)
@@ -266,7 +266,7 @@ def run_trial(trial: Any, setup: Setup, lock: PathLock) -> float:
     """The objective: one `medpt train` run with the trial's values, through the same `train` the CLI calls."""
     import optuna
 
-    from medpt.train import DivergedError, prepare_all, train
+    from medpt.train.recipe import DivergedError, prepare_all, train
 
     values = setup.space.suggest(trial, setup.base)
     out = setup.out / TRIALS_DIR / str(trial.number)
