@@ -69,9 +69,9 @@ def test_no_module_imports_the_cli():
 # --- layering: a command module is imported by the CLI only --------------------------------------------------------
 def command_modules() -> set[str]:
     """The modules the command record names as entry points (and --dry_run printers)."""
-    from medpt.cli import COMMANDS
+    from medpt.args.commands import COMMANDS
 
-    targets = [c.target for c in COMMANDS.values()] + [c.dry_run for c in COMMANDS.values() if c.dry_run]
+    targets = [c.entry for c in COMMANDS.values()] + [c.dry_run for c in COMMANDS.values() if c.dry_run]
     return {target.split(":")[0] for target in targets}
 
 

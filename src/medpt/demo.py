@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medpt.args.commands import COMMANDS
 from medpt.samples import SAMPLE_GENERAL, SAMPLE_MCQ, SAMPLE_QA, SAMPLE_QUESTIONS
 
 STEPS = 6
@@ -37,7 +38,7 @@ def demo(output_dir: str, size: str, log: Any = print) -> int:
 
     out = Path(output_dir)
     model_dir, run_dir = out / "tiny-model", out / "run"
-    claim_dir(out, "demo", writes=("tiny-model", "run", "cache", "questions.jsonl"))
+    claim_dir(out, COMMANDS["demo"])
     t0 = time.perf_counter()
 
     def step(n: int, what: str) -> None:
@@ -76,7 +77,7 @@ def demo(output_dir: str, size: str, log: Any = print) -> int:
     compare_flags = ["--adapter", str(run_dir), "--questions", str(_first_questions(out, questions)),
                      "--max_new_tokens", "48"]  # fmt: skip
     compare_config = load_config(compare_flags, command="compare")
-    claim_dir(run_dir / COMPARE_DIR, "compare")
+    claim_dir(run_dir / COMPARE_DIR, COMMANDS["compare"])
     compare_answers(compare_config, load_variants(compare_config, log), read_question_list(compare_config.generate),
                     run_dir / COMPARE_DIR, log=log)  # fmt: skip
 
@@ -97,6 +98,6 @@ def _first_questions(out: Path, lines: list[str]) -> Path:
     from medpt.atomic import atomic_write_text
     from medpt.rundir import claim_file
 
-    path = claim_file(out / "questions.jsonl", "demo", flag="output_dir")
+    path = claim_file(out / "questions.jsonl", COMMANDS["demo"], flag="output_dir")
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

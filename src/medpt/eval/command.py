@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from medpt.args.commands import COMMANDS
 from medpt.errors import MedptError
 from medpt.eval.metrics import block_sums, format_eval, stats_from_sums
 from medpt.strictjson import dumps
@@ -24,13 +25,14 @@ def run_eval(config: Any) -> int:
 def evaluate_run(config: Any, log: Any = print) -> dict[str, Any]:
     """Base vs adapted on the run's held-out split, each --eval_sets entry, the multiple-choice benchmarks and
     generated answers; results (JSON and Markdown) in RUN/eval."""
+    from medpt.args.resolve import inputs_of
     from medpt.model.adapter import check_variants
-    from medpt.rundir import claim_dir, holding, inputs_of
+    from medpt.rundir import claim_dir, holding
 
     checked = check_variants(config, log)  # the model's, adapter's and tokenizer's files, before any data work
     out = config.beside_adapter("eval")
-    with holding(out, "eval", inputs=inputs_of(config)):
-        claim_dir(out, "eval", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
+    with holding(out, COMMANDS["eval"], inputs=inputs_of(config)):
+        claim_dir(out, COMMANDS["eval"], inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
         return _evaluate(config, out, checked, log)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from medpt.args.commands import COMMANDS
 from medpt.errors import MedptError
 from medpt.eval.mcq import Benchmark, Question, benchmark_folder, benchmark_name, find_benchmarks, read_questions
 from medpt.strictjson import dumps
@@ -240,7 +241,7 @@ def run_suite(config: Any, loaded: list[LoadedBenchmark], variants: Any, out: Pa
 
     e = config.eval
     modes = ["letter", "text"] if e.mcq_scoring == "both" else [e.mcq_scoring]
-    claim_dir(out / MCQ_DIR, "eval", writes=[f"{b.name}.predictions.jsonl" for b in loaded])
+    claim_dir(out / MCQ_DIR, COMMANDS["eval"], writes=[f"{b.name}.predictions.jsonl" for b in loaded])
     benchmarks: dict[str, Any] = {}
     rights: dict[str, list[dict[str, np.ndarray]]] = {m: [] for m in modes}  # per mode, per benchmark, per model
     for b in loaded:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from medpt.args.commands import COMMANDS
 from medpt.errors import MedptError
 from medpt.rundir import ADAPTER_WEIGHTS, VERIFY
 from medpt.strictjson import dumps
@@ -44,7 +45,7 @@ def run_verify(config: Any, log: Any = print) -> int:
     tokenizer_dir = run_tokenizer_dir(config.model, adapter, base_name)
     tokenizer = load_tokenizer(str(tokenizer_dir), config.model.trust_remote_code)
     check_tokenizer_fits(tokenizer, tokenizer_dir, facts)
-    claim_file(adapter / VERIFY, "verify", flag="adapter")
+    claim_file(adapter / VERIFY, COMMANDS["verify"], flag="adapter")
     checks: list[dict[str, Any]] = []
 
     def check(name: str, ok: bool, detail: str) -> None:

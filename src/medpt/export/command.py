@@ -24,21 +24,22 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from medpt.args.commands import COMMANDS
 from medpt.errors import MedptError
 from medpt.export import gguf, llamacpp, merged, sglang, vllm
 from medpt.export.plan import AdapterFacts, Job, plan
+from medpt.rundir import EXPORT_INFO
 from medpt.strictjson import dumps
 
 TARGETS: dict[str, ModuleType] = {"vllm": vllm, "sglang": sglang, "llamacpp": llamacpp, "merged": merged, "gguf": gguf}
 NAME_THE_BASE = ("vllm", "sglang")  # the targets that export the adapter alone, naming the base to load it on
-REPORT = "export.json"
 
 
 def run_export(config: Any, log: Any = print) -> int:
-    from medpt.args.resolve import absolute_paths
+    from medpt.args.resolve import absolute_paths, inputs_of
     from medpt.atomic import atomic_dir
     from medpt.model.adapter import check_variants, lora_run
-    from medpt.rundir import check_output, check_replaceable, inputs_of
+    from medpt.rundir import check_output, check_replaceable
 
     target = config.export.target
     if target is None:
@@ -52,7 +53,7 @@ def run_export(config: Any, log: Any = print) -> int:
     facts = AdapterFacts.read(adapter)
     handling = plan(target, TARGETS[target].ACCEPTS, facts)  # refuses before anything is loaded or written
     out = check_output("output_dir", config.run.output_dir, inputs_of(config))
-    check_replaceable(out, "export", config.run.overwrite_output_dir, "an export")
+    check_replaceable(out, COMMANDS["export"], config.run.overwrite_output_dir, "an export")
     base_name = check_variants(config, log).base_name
     named_base = config.export.base_model or absolute_paths(base_name)
     with atomic_dir(out) as tmp:
@@ -74,7 +75,7 @@ def _write_report(job: Job, target: str, handling: dict, commands: list[str]) ->
         "commands": commands,
         "llama_cpp_check": job.report or None,
     }
-    (job.tmp / REPORT).write_text(dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (job.tmp / EXPORT_INFO).write_text(dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     RunDir(Path(job.tmp)).record([p.name for p in Path(job.tmp).iterdir()], "export")
 
 

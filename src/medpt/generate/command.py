@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from medpt.args.commands import COMMANDS
 from medpt.errors import MedptError
 from medpt.generate import prompting
 from medpt.strictjson import dumps
@@ -16,16 +17,17 @@ from medpt.strictjson import dumps
 
 def run_compare(config: Any, log: Callable[[str], None] = print) -> int:
     """`medpt compare`: base and adapted answers side by side (in RUN/compare unless --output_dir)."""
+    from medpt.args.resolve import inputs_of
     from medpt.model.adapter import check_variants, load_variants
-    from medpt.rundir import claim_dir, holding, inputs_of
+    from medpt.rundir import claim_dir, holding
 
     if not config.eval.adapter:
         raise MedptError("compare needs --adapter (a medpt run or a PEFT adapter folder)")
     questions = prompting.read_question_list(config.generate)
     checked = check_variants(config, log)
     out = config.beside_adapter("compare")
-    with holding(out, "compare", inputs=inputs_of(config)):
-        claim_dir(out, "compare", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
+    with holding(out, COMMANDS["compare"], inputs=inputs_of(config)):
+        claim_dir(out, COMMANDS["compare"], inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
         compare_answers(config, load_variants(config, log, checked), questions, out, log)
     return 0
 
@@ -87,14 +89,15 @@ def compare_html(rows: list[dict], settings: str) -> str:
 
 def run_generate(config: Any, log: Callable[[str], None] = print) -> int:
     """`medpt generate`: answers to a file of questions, jsonl out (RUN/answers.jsonl unless --answers_file)."""
+    from medpt.args.resolve import inputs_of
     from medpt.atomic import atomic_writer
     from medpt.model.adapter import check_variants, load_variants
-    from medpt.rundir import ANSWERS, claim_file, inputs_of
+    from medpt.rundir import ANSWERS, claim_file
 
     questions = prompting.read_question_list(config.generate)
     checked = check_variants(config, log)
     target = config.generate.answers_file or config.beside_adapter(ANSWERS)
-    out_file = claim_file(target, "generate", flag="answers_file", inputs=inputs_of(config))
+    out_file = claim_file(target, COMMANDS["generate"], flag="answers_file", inputs=inputs_of(config))
     variants = load_variants(config, log, checked)
     which = "adapted" if variants.adapted is not None else "base"
     prompts = [prompting.build_prompt(q, [], config.data, variants.tokenizer) for q in questions]

@@ -14,14 +14,18 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medpt.args.commands import COMMANDS
 from medpt.errors import MedptError
 from medpt.rundir import (
     COMPARE_DIR,
     CONFIG_FILE,
     DATA_REPORT,
     EVAL_DIR,
+    FORGETTING_CHART,
     LOSS_CURVE,
     METRICS,
+    REPORT_CURVE,
+    REPORT_DELTAS,
     REPORT_HTML,
     REPORT_MD,
     TRIALS_MD,
@@ -29,10 +33,6 @@ from medpt.rundir import (
     TUNE_IMPORTANCE,
     VERIFY,
 )
-
-REPORT_CURVE = "report_loss_curve.png"
-FORGETTING_CHART = "report_forgetting.png"  # medical vs general perplexity during training (named eval sets)
-REPORT_DELTAS = "report_mcq_ci.png"  # Δ accuracy of each benchmark with its 95% CI
 
 
 def _load(path: Path) -> Any:
@@ -228,8 +228,8 @@ def write_report(run: Path, out: Path | None = None, log: Any = print) -> tuple[
     tune = RunDir.open(run).kind == "tune"
     if not tune and not (run / CONFIG_FILE).is_file():  # before anything is written there
         raise MedptError(f"{run} is not a medpt run (no {CONFIG_FILE})")
-    with holding(out, "report"):
-        claim_dir(out, "report", writes=(REPORT_HTML, REPORT_MD, REPORT_CURVE, FORGETTING_CHART, REPORT_DELTAS))
+    with holding(out, COMMANDS["report"]):
+        claim_dir(out, COMMANDS["report"])
         if tune:
             markdown_text, html_text = tune_report(run, out)
         else:

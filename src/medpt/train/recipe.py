@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medpt.args.resolve import RESUME_WORDS, Config
+from medpt.args.commands import COMMANDS
+from medpt.args.resolve import RESUME_WORDS, Config, inputs_of
 from medpt.atomic import atomic_write_text, cut_log, make_dir, read_log, replace, writing_into
 from medpt.errors import MedptError
 from medpt.model.files import ModelFacts, check_adapter_fits, check_checkpoint, check_tokenizer_fits
@@ -45,7 +46,6 @@ from medpt.rundir import (
     checkpoints,
     claim_dir,
     holding,
-    inputs_of,
 )
 from medpt.strictjson import dumps
 from medpt.train.lora import add_lora, speed_up
@@ -71,7 +71,7 @@ def train(config: Config, log: Any = print, callbacks: tuple[Any, ...] = ()) -> 
         args = training_arguments(config)
     # 2. One process trains into a folder at a time (the main process of a distributed run holds it for all).
     main = args.process_index == 0
-    with holding(out, "train", inputs=inputs_of(config)) if main else contextlib.nullcontext():
+    with holding(out, COMMANDS["train"], inputs=inputs_of(config)) if main else contextlib.nullcontext():
         return _train(config, args, out, log, callbacks)
 
 
@@ -221,7 +221,7 @@ def starting_point(config: Config, out: Path, log: Any, claim: bool = True) -> s
     last = str(max(mine, key=_step)) if mine else None
     resume_last = last is not None and (choice == "auto" or (choice == "" and not overwrite))
     if claim:
-        claim_dir(out, "train", inputs=inputs_of(config), overwrite=overwrite and not resume_last)
+        claim_dir(out, COMMANDS["train"], inputs=inputs_of(config), overwrite=overwrite and not resume_last)
         shutil.rmtree(out / STAGING, ignore_errors=True)  # what a stopped save left half-written (held: no writer)
     if choice not in ("", "auto", "no"):
         if not Path(choice).is_dir():

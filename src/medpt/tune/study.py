@@ -21,7 +21,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from medpt.args.resolve import Config
+from medpt.args.commands import COMMANDS
+from medpt.args.resolve import Config, inputs_of
 from medpt.atomic import PathLock, atomic_write_text, before_write, owner, owner_dead, remove_stale_leftovers
 from medpt.errors import MedptError
 from medpt.rundir import (
@@ -31,7 +32,6 @@ from medpt.rundir import (
     TUNE_INFO,
     check_output,
     claim_dir,
-    inputs_of,
 )
 from medpt.strictjson import dumps
 from medpt.tune.objective import PruningCallback, prepared_sets
@@ -109,15 +109,15 @@ def claim_tune_dir(config: Config, setup: Setup) -> PathLock:
     with contextlib.suppress(OSError):
         out.mkdir(parents=True, exist_ok=True)
     if not out.is_dir():
-        claim_dir(out, "tune", inputs=inputs_of(config))  # says why (a file there, permissions) in one line
+        claim_dir(out, COMMANDS["tune"], inputs=inputs_of(config))  # says why (a file there, permissions) in one line
     with PathLock(out):
         if config.run.overwrite_output_dir:
             _refuse_if_in_use(out / TUNE_INFO)
-        claim_dir(out, "tune", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
+        claim_dir(out, COMMANDS["tune"], inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
         _check_study_record(out / TUNE_INFO, config)
         config.save(out)
         atomic_write_text(out / SEARCH_SPACE, f"# {setup.space.source}\n{setup.space.text}")
-        claim_dir(out / TRIALS_DIR, "tune", writes=())
+        claim_dir(out / TRIALS_DIR, COMMANDS["tune"], writes=())
         for trial in (out / TRIALS_DIR).iterdir():  # a killed worker's trial is never continued: tidy it here
             remove_stale_leftovers(trial)
         in_use = PathLock(out / TUNE_INFO, shared=True)
@@ -276,7 +276,7 @@ def run_trial(trial: Any, setup: Setup, lock: PathLock) -> float:
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     log = _prefixed(f"[trial {trial.number}]")
     with lock:  # trials/ is shared: its manifest (and the data cache) take one writer at a time
-        claim_dir(out, "train", inputs=inputs_of(config))
+        claim_dir(out, COMMANDS["train"], inputs=inputs_of(config))
         if setup.prepare_each:
             prepare_all(config, out, log)
     callback = PruningCallback(trial, setup.objective)
