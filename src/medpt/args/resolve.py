@@ -199,6 +199,11 @@ class Config:
         built = {name: SECTIONS[name](**kwargs[name]) for name in SECTIONS}
         return cls(**built, trainer=trainer, command=command, sources=list(sources or []))
 
+    @property
+    def eval_batch_size(self) -> int:
+        """--per_device_eval_batch_size, a TrainingArguments flag eval also takes; 8 is TrainingArguments' default."""
+        return int(self.trainer.get("per_device_eval_batch_size", 8))
+
     def beside_adapter(self, name: str) -> Path:
         """Where eval/compare/generate write: --output_dir if given, else NAME inside the --adapter run, else
         outputs/NAME."""

@@ -22,6 +22,7 @@ import numpy as np
 
 from medpt.errors import BadRecordError, MedptError
 from medpt.eval.textmetrics import METRICS, score_answer
+from medpt.generate.prompting import blockquote
 from medpt.strictjson import dumps
 
 
@@ -80,12 +81,12 @@ def _first_exchange(turns: list[tuple[str, str]]) -> tuple[str, str] | None:
     return None
 
 
-def generate(config: Any, model: Any, tokenizer: Any, questions: list[str]) -> list[str]:
+def greedy_answers(config: Any, model: Any, tokenizer: Any, questions: list[str]) -> list[str]:
     """Greedy answers in the training template, in batches of prompts of similar length (less padding)."""
     from medpt.generate.prompting import answer, build_prompt, stop_strings
 
     prompts = [build_prompt(q, [], config.data, tokenizer) for q in questions]
-    batch = int(config.trainer.get("per_device_eval_batch_size", 8))
+    batch = config.eval_batch_size
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers = [""] * len(prompts)
     stops = stop_strings(config.data)
@@ -104,7 +105,7 @@ def evaluate_answers(config: Any, variants: Any, qas: list[HeldOut], out: Path, 
     answers, scores = {}, {}
     for which in variants.names:
         with variants.use(which) as model:
-            answers[which] = generate(config, model, variants.tokenizer, [q.question for q in qas])
+            answers[which] = greedy_answers(config, model, variants.tokenizer, [q.question for q in qas])
         scores[which] = [score_answer(a, q.reference) for a, q in zip(answers[which], qas)]
         log(f"  generated / {which}: {len(qas)} answers")
     summary: dict[str, Any] = {"answers": len(qas), "max_new_tokens": config.generate.max_new_tokens, "metrics": {}}
@@ -138,15 +139,11 @@ def write_answers(out: Path, qas: list[HeldOut], answers: dict[str, list[str]], 
     atomic_write_text(out / f"{GENERATED}.jsonl", "".join(dumps(r, ensure_ascii=False) + "\n" for r in rows))
     parts = ["# Generated answers vs reference answers\n"]
     for i, r in enumerate(rows, start=1):
-        parts.append(f"## {i}. {r['question']}\n\n({r['where']})\n\n**reference**\n\n> {_quote(r['reference'])}\n")
+        parts.append(f"## {i}. {r['question']}\n\n({r['where']})\n\n**reference**\n\n> {blockquote(r['reference'])}\n")
         for w in answers:
             score = ", ".join(f"{m} {r[w][m]:.1f}" for m in METRICS)
-            parts.append(f"**{w}** ({score})\n\n> {_quote(r[w]['answer'])}\n")
+            parts.append(f"**{w}** ({score})\n\n> {blockquote(r[w]['answer'])}\n")
     atomic_write_text(out / f"{GENERATED}.md", "\n".join(parts))
-
-
-def _quote(text: str) -> str:
-    return (text or "(empty)").replace("\n", "\n> ")
 
 
 def format_answers(summary: dict[str, Any]) -> str:

@@ -103,7 +103,7 @@ def _lm_set(config: Any, variants: Any, name: str, packed: Any, log: Any) -> dic
     bootstrap over blocks) and of the relative change of perplexity, exp(Δ loss) − 1."""
     from medpt.eval.stats import ratio_difference_ci
 
-    batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
+    batch_size = config.eval_batch_size
     result: dict[str, Any] = {}
     blocks = {}
     for which in variants.names:

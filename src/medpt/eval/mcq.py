@@ -230,11 +230,11 @@ def _with_prefix_cache(
     no cache."""
     import torch
 
+    from medpt.model.loading import cache_name
+
     ones = torch.ones((1, len(ctx)), dtype=torch.long, device=device)
     out = model(input_ids=torch.tensor([ctx], device=device), attention_mask=ones, use_cache=True)
-    # transformers 5.2x renamed past_key_values to `cache` (the old name warns): pass it back under the name the
-    # model returned it with
-    name = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
+    name = cache_name(model)
     cache = getattr(out, name, None)
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return None

@@ -262,7 +262,7 @@ def _benchmark(config: Any, b: LoadedBenchmark, variants: Any, modes: list[str],
                log: Any) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:  # fmt: skip
     """One benchmark: scored, its predictions written, summarised; and right/wrong per mode, model and question."""
     e = config.eval
-    batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
+    batch_size = config.eval_batch_size
     asked, scored, seconds = score_benchmark(b, variants, modes, e.circular, batch_size, log)
     predictions = folder / f"{b.name}.predictions.jsonl"
     write_predictions(predictions, b.name, asked.questions, scored, e.circular)

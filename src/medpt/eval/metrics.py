@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from medpt.data.batches import IGNORE_INDEX
 
 
 @dataclass

@@ -104,14 +104,11 @@ def run_verify(config: Any, log: Any = print) -> int:
 def _read_weights(path: Any) -> tuple[list[str], list[str], list[str], int]:
     """(non-finite tensors, LoRA B tensors, all-zero B tensors, parameter count) of the adapter file."""
     import torch
-    from safetensors import SafetensorError, safe_open
 
-    try:
-        with safe_open(str(path), "pt") as f:
-            keys = list(f.keys())
-            tensors = {k: f.get_tensor(k) for k in keys}
-    except SafetensorError as e:
-        raise MedptError(f"{path}: not a readable safetensors file ({e}); copy or train the adapter again") from None
+    from medpt.model.adapter import adapter_tensors
+
+    tensors = adapter_tensors(path)
+    keys = list(tensors)
     nonfinite = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     b_keys = [k for k in keys if "lora_B" in k]
     zero = [k for k in b_keys if tensors[k].abs().max().item() == 0]

@@ -62,14 +62,9 @@ def decoding_note(gen: Any, seed: int) -> str:
 def compare_markdown(rows: list[dict], settings: str) -> str:
     parts = [f"# Base vs adapted answers\n\nDecoding: {settings}.\n"]
     for i, r in enumerate(rows, start=1):
-        parts.append(
-            f"## {i}. {r['question']}\n\n**base**\n\n> {_quote(r['base'])}\n\n**adapted**\n\n> {_quote(r['adapted'])}\n"
-        )
+        base, adapted = prompting.blockquote(r["base"]), prompting.blockquote(r["adapted"])
+        parts.append(f"## {i}. {r['question']}\n\n**base**\n\n> {base}\n\n**adapted**\n\n> {adapted}\n")
     return "\n".join(parts)
-
-
-def _quote(text: str) -> str:
-    return (text or "(empty)").replace("\n", "\n> ")
 
 
 def compare_html(rows: list[dict], settings: str) -> str:

@@ -156,6 +156,11 @@ def questions_in(path: Path) -> list[str]:
     return questions
 
 
+def blockquote(text: str) -> str:
+    """An answer as the body of a Markdown blockquote (`> ` before each line; an empty answer says so)."""
+    return (text or "(empty)").replace("\n", "\n> ")
+
+
 class StopAwareStreamer:
     """Prints generated text as it arrives, holding back any tail that could be the start of a stop string, so
     `问:` is never shown even when it arrives one token at a time. `strip`: show the answer without its leading and

@@ -109,26 +109,31 @@ def check_adapter(adapter_dir: Path, facts: ModelFacts) -> None:
     check_adapter_weights(adapter_dir)
 
 
-def check_adapter_weights(adapter_dir: Path) -> None:
-    """Readable and finite, or a one-line error naming the file (reads every tensor: adapters are small)."""
-    import torch
+def adapter_tensors(path: Path) -> dict[str, Any]:
+    """Every tensor of an adapter's safetensors file (adapters are small), or a one-line error naming the file."""
     from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
+    except SafetensorError as e:
+        raise MedptError(f"{path}: not a readable safetensors file ({e}); copy or train the adapter again") from None
+
+
+def check_adapter_weights(adapter_dir: Path) -> None:
+    """Readable and finite, or a one-line error naming the file."""
+    import torch
 
     path = adapter_dir / ADAPTER_WEIGHTS
     if not path.is_file():
         raise MedptError(f"{adapter_dir}: no {ADAPTER_WEIGHTS}; was the training run finished?")
-    try:
-        with safe_open(str(path), "pt") as f:
-            for key in f.keys():
-                tensor = f.get_tensor(key)
-                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    bad = int((~torch.isfinite(tensor)).sum())
-                    raise MedptError(
-                        f"{path}: tensor {key} holds {bad:,} NaN/inf value(s); the adapter is broken (training "
-                        "diverged?). Retrain it, or use an earlier checkpoint"
-                    )
-    except SafetensorError as e:
-        raise MedptError(f"{path}: not a readable safetensors file ({e}); copy or train the adapter again") from None
+    for key, tensor in adapter_tensors(path).items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise MedptError(
+                f"{path}: tensor {key} holds {bad:,} NaN/inf value(s); the adapter is broken (training diverged?). "
+                "Retrain it, or use an earlier checkpoint"
+            )
 
 
 def base_matches(model: Any, adapter_dir: Path, base_name: str) -> tuple[bool | None, str]:

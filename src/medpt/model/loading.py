@@ -293,6 +293,15 @@ def inference_dtype(torch_dtype: str | None) -> Any:
     return torch.bfloat16 if bf16 else torch.float32
 
 
+def cache_name(model: Any) -> str:
+    """The KV cache's argument (and output) name: transformers 5.2x renamed `past_key_values` to `cache` (the old
+    name warns)."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(inner).forward).parameters else "past_key_values"
+
+
 def trainable_summary(model: Any) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())

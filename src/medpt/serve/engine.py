@@ -45,6 +45,7 @@ from transformers import (
 
 from medpt.generate import prompting
 from medpt.generate.prompting import StopAwareStreamer
+from medpt.model.loading import cache_name
 from medpt.serve.lane import Lane
 
 log = logging.getLogger("medpt.serve")
@@ -176,7 +177,7 @@ class Engine:
         self._thread: threading.Thread | None = None
 
     def _lanes(self, variants: Any) -> dict[str, Lane]:
-        pad, cache = self.tokenizer.pad_token_id, _cache_name(variants.base)
+        pad, cache = self.tokenizer.pad_token_id, cache_name(variants.base)
         if variants.peft and _can_mix(variants.adapted):
             return {"*": Lane(_mixed_forward(variants), pad, cache)}
         return {name: Lane(_forward_with(variants, name), pad, cache) for name in variants.names}
@@ -364,14 +365,6 @@ def sampler(job: Job) -> tuple[list, torch.Generator | None]:
 def _can_mix(model: Any) -> bool:
     """PEFT's mixed-batch inference covers plain LoRA; it refuses DoRA."""
     return not any(getattr(c, "use_dora", False) for c in model.peft_config.values())
-
-
-def _cache_name(model: Any) -> str:
-    """transformers 5.2x renamed the KV cache argument (and output) `past_key_values` to `cache`."""
-    import inspect
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(inner).forward).parameters else "past_key_values"
 
 
 def _mixed_forward(variants: Any) -> Any:

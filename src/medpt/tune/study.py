@@ -3,7 +3,7 @@
 Reads top to bottom: checks that need nothing loaded → claim the output folder → prepare the data once → open the
 study → run trials until the study holds --n_trials → wait for the other workers' last trials → write the summary.
 
-The storage is the only state the workers share (STYLE.md): processes pointed at the same storage run one study,
+The storage is the only state the workers share: processes pointed at the same storage run one study,
 each trial's number comes from it, and a rerun continues it. Processes that share an --output_dir (the default
 SQLite storage lives there) also share a lock on that folder, which serialises what must not race: claiming the
 folder, creating the SQLite tables, preparing data into medpt's cache, and counting the trials before asking for
