@@ -149,8 +149,8 @@ def command_specs(command: str) -> list[FlagSpec]:
 
 def _not_this_command(command: str, spec: FlagSpec) -> MedptError:
     users = [c for c, cmd in COMMANDS.items() if cmd.sections and takes(c, spec)]
-    if "train" in users:  # `medpt tune` takes every train flag (it runs train); naming train is enough
-        users = [c for c in users if c != "tune"]
+    if "train" in users:  # tune runs train, plan plans it: naming train is enough
+        users = [c for c in users if c not in ("tune", "plan")]
     owner = "/".join(users) if users else "no command's"
     return MedptError(
         f"--{spec.name} is {_a(owner)} {owner} flag, not {_a(command)} {command} flag; see `medpt {command} --help`"
