@@ -36,11 +36,11 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from medpt.data.pipeline import read_texts
-    from medpt.evaluate import lm_stats
-    from medpt.mcq import pick_shots, read_questions, score_questions
-    from medpt.model import load_tokenizer
+    from medpt.eval.mcq import pick_shots, read_questions, score_questions
+    from medpt.eval.metrics import lm_stats
+    from medpt.model.init_tiny import init_tiny
+    from medpt.model.loading import load_tokenizer
     from medpt.samples import SAMPLE_MCQ, SAMPLE_QA
-    from medpt.tiny import init_tiny
 
     mcq_file = SHARED / "medical_mcq_cmmlu" / "test.jsonl"
     questions = read_questions([str(mcq_file if mcq_file.is_file() else SAMPLE_MCQ)])
@@ -57,7 +57,7 @@ def main() -> None:
             init_tiny(model_dir, size, read_texts([corpus]))
         tokenizer = load_tokenizer(str(model_dir))
         packed = prepared_blocks(model_dir, eval_file, seed=0)
-        from medpt.model import resolve_precision
+        from medpt.model.loading import resolve_precision
 
         names = args.dtypes or (["bfloat16", "float32"] if resolve_precision(None, None)[0] else ["float32"])
         for dtype in (getattr(torch, n) for n in names):

@@ -66,8 +66,8 @@ def run_config(shape: dict, device: str, batch: int, ckpt: bool, steps: int, blo
     from medpt.args import LoraArguments
     from medpt.data.batches import Collator, PackedDataset
     from medpt.data.packing import pack
-    from medpt.lora import add_lora, speed_up
-    from medpt.trainer import MedptTrainer
+    from medpt.train.lora import add_lora, speed_up
+    from medpt.train.trainer import MedptTrainer
 
     if device == "cuda":
         torch.cuda.empty_cache()

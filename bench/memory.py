@@ -52,15 +52,15 @@ RETURN_BLOCKS = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 # Runs medpt.cli.main in this process and prints the resident memory when the model starts loading and at the end.
 _WRAPPER = """
 import json, sys
-import medpt.train
+import medpt.train.recipe
 def status():
     return {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("Vm")}
 seen = {}
-load = medpt.train.load_model
+load = medpt.train.recipe.load_model
 def measured_load(*a, **k):
     seen["at_load"] = status()["VmRSS"]
     return load(*a, **k)
-medpt.train.load_model = measured_load
+medpt.train.recipe.load_model = measured_load
 from medpt.cli import main
 rc = main(sys.argv[1:])
 print("MEMORY " + json.dumps({**seen, "peak": status()["VmHWM"], "rc": rc}))
@@ -195,7 +195,7 @@ def _saved(layers: int, h: int, i: int, heads: int, kv: int, b: int, s: int, dty
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from medpt.args import LoraArguments
-    from medpt.lora import add_lora, speed_up
+    from medpt.train.lora import add_lora, speed_up
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=layers, num_attention_heads=heads,
@@ -234,8 +234,8 @@ def _saved(layers: int, h: int, i: int, heads: int, kv: int, b: int, s: int, dty
 
 
 def plan_time() -> None:
-    from medpt.config import load_config
-    from medpt.plan.command import make_plan
+    from medpt.args.resolve import load_config
+    from medpt.plan.planner import make_plan
 
     config = load_config(["--model_name_or_path", str(SEVEN_B), "--device_memory", "24GB", "32GB", "48GB", "80GB"],
                          "plan")  # fmt: skip
@@ -266,8 +266,8 @@ LLAMA_65B = {"hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads"
 
 
 def _plan(model: Path, flags: list[str]) -> Any:
-    from medpt.config import load_config
-    from medpt.plan.command import make_plan
+    from medpt.args.resolve import load_config
+    from medpt.plan.planner import make_plan
 
     return make_plan(load_config(["--model_name_or_path", str(model), *flags], "plan"))
 

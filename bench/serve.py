@@ -4,8 +4,9 @@
     python bench/serve.py [--adapter RUN] [--clients 1 4 8 16] [--batching continuous dynamic] [--max_tokens 64]
                           [--llamacpp_gguf model.gguf]
 
-Without --adapter it builds the tiny 25m model (`medpt.tiny.init_tiny`) and a short LoRA run on the bundled sample in
---work_dir, once. Every client sends --requests_per_client streaming /v1/completions requests one after another:
+Without --adapter it builds the tiny 25m model (`medpt.model.init_tiny.init_tiny`) and a short LoRA run on the bundled
+sample in --work_dir, once. Every client sends --requests_per_client streaming /v1/completions requests one after
+another:
 the bundled comparison questions in the training template (问:{q}\\n答:), greedy, --max_tokens tokens each (the
 special tokens, end-of-text among them, are banned with logit_bias: every answer has the same length on every server,
 and every token is text the client sees). tokens/s is all
@@ -69,8 +70,8 @@ def tiny_run(work: Path) -> Path:
     """The tiny 25m model and a 20-step LoRA run on the bundled sample, built once."""
     from medpt.cli import main as medpt
     from medpt.data.pipeline import read_texts
+    from medpt.model.init_tiny import init_tiny
     from medpt.samples import SAMPLE_QA
-    from medpt.tiny import init_tiny
 
     model, run = work / "tiny-25m", work / "run"
     if not (model / "medpt_tiny.json").is_file():
@@ -86,7 +87,7 @@ def tiny_run(work: Path) -> Path:
 
 def workload(run: Path) -> tuple[list[int], list[str], str]:
     """The prompts (the bundled questions in the training template), the special token ids, the adapter's id."""
-    from medpt.model import load_tokenizer
+    from medpt.model.loading import load_tokenizer
     from medpt.samples import SAMPLE_QUESTIONS
 
     lines = Path(SAMPLE_QUESTIONS).read_text(encoding="utf-8").splitlines()

@@ -86,7 +86,7 @@ def main() -> None:
                         "is native: AVX512-BF16/AMX; elsewhere a bf16 GEMM runs ~100x slower than fp32)")  # fmt: skip
     args = parser.parse_args()
     if args.precision == "auto":
-        from medpt.model import resolve_precision
+        from medpt.model.loading import resolve_precision
 
         args.precision = "bfloat16" if resolve_precision(None, None)[0] else "float32"
     prec = args.precision

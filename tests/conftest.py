@@ -26,7 +26,7 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small BPE tokenizer trained on the bundled sample (adds BOS, has EOS, no pad: like deepseek-coder's)."""
     from medpt.data.pipeline import read_texts
-    from medpt.tiny import train_tokenizer
+    from medpt.model.init_tiny import train_tokenizer
 
     directory = tmp_path_factory.mktemp("tokenizer")
     train_tokenizer(read_texts([str(SAMPLE_QA)]), 1024).save_pretrained(directory)
@@ -35,7 +35,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir: Path):
-    from medpt.model import load_tokenizer
+    from medpt.model.loading import load_tokenizer
 
     return load_tokenizer(str(tokenizer_dir))
 
@@ -44,7 +44,7 @@ def tokenizer(tokenizer_dir: Path):
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 5m tiny model as `medpt init-tiny` builds it (random weights, saved with save_pretrained)."""
     from medpt.data.pipeline import read_texts
-    from medpt.tiny import init_tiny
+    from medpt.model.init_tiny import init_tiny
 
     directory = tmp_path_factory.mktemp("tiny") / "model"
     init_tiny(directory, "5m", read_texts([str(SAMPLE_QA)]), seed=0)
@@ -84,7 +84,7 @@ def trained_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="session")
 def server(trained_run: Path):
     """`medpt serve --adapter RUN` in a thread of this process (tests.servers.running_server), so tests can script
-    the model through medpt.generate.extra_logits_processors."""
+    the model through medpt.generate.prompting.extra_logits_processors."""
     pytest.importorskip("fastapi")
     from tests.servers import running_server
 
@@ -95,8 +95,8 @@ def server(trained_run: Path):
 @pytest.fixture(scope="session")
 def reference(trained_run: Path):
     """The same run loaded by the test itself: what the server answers is compared with what transformers does."""
-    from medpt.adapter import load_variants
-    from medpt.config import load_config
+    from medpt.args.resolve import load_config
+    from medpt.model.adapter import load_variants
 
     config = load_config(["--adapter", str(trained_run)], command="serve")
     return config, load_variants(config, log=lambda *_: None)

@@ -1,6 +1,6 @@
 """A real `medpt serve` on 127.0.0.1 (a free port the OS picks), in a thread of the test process, so tests can script
-the model through medpt.generate.extra_logits_processors; logits processors that script it; and what transformers'
-generate answers, to compare the server's answers with."""
+the model through medpt.generate.prompting.extra_logits_processors; logits processors that script it; and what
+transformers' generate answers, to compare the server's answers with."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor
 
-from medpt import generate
-from medpt.config import load_config
+from medpt.args.resolve import load_config
+from medpt.generate import prompting
 
 
 @dataclass
@@ -71,12 +71,12 @@ def generated(model, tokenizer, prompt: str, gen, stops: list[str]) -> str:
     sentencepiece tokenizer), up to the first stop string."""
     enc = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**enc, logits_processor=generate.extra_logits_processors() or None,
-                             **generate.generation_kwargs(gen, tokenizer, stops))  # fmt: skip
+        out = model.generate(**enc, logits_processor=prompting.extra_logits_processors() or None,
+                             **prompting.generation_kwargs(gen, tokenizer, stops))  # fmt: skip
     before = tokenizer.decode(enc["input_ids"][0], skip_special_tokens=True)
     text = tokenizer.decode(out[0], skip_special_tokens=True)
     assert text.startswith(before)
-    return generate.before_stop(text[len(before) :], stops)
+    return prompting.before_stop(text[len(before) :], stops)
 
 
 def post(url: str, body: bytes | dict, key: str | None = None, method: str = "POST") -> tuple[int, dict]:

@@ -6,11 +6,11 @@ import pytest
 
 pytest.importorskip("sacrebleu")
 
-from medpt.answer_eval import HeldOut, read_pairs  # noqa: E402
 from medpt.args import DataArguments  # noqa: E402
 from medpt.cli import main  # noqa: E402
 from medpt.data.hygiene import in_validation  # noqa: E402
-from medpt.textmetrics import METRICS, score_answer  # noqa: E402
+from medpt.eval.answers import HeldOut, read_pairs  # noqa: E402
+from medpt.eval.textmetrics import METRICS, score_answer  # noqa: E402
 from tests.conftest import conv, write_jsonl  # noqa: E402
 
 

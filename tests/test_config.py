@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medpt.args.resolve import CONFIG_FILE, load_config, load_saved
 from medpt.cli import main
-from medpt.config import CONFIG_FILE, load_config, load_saved
 from medpt.errors import MedptError
 
 # The reference run's command line, verbatim (with `medpt train` in place of `python pretraining.py`).

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from medpt.args import LoraArguments
-from medpt.dropout import FastDropout, install
-from medpt.lora import add_lora
+from medpt.train.dropout import FastDropout, install
+from medpt.train.lora import add_lora
 
 
 def _model(tiny_model_dir, dropout: float, dtype=torch.float32):

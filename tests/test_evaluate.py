@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medpt.cli import main
-from medpt.evaluate import TokenStats, stats_from_sums, token_sums
+from medpt.eval.metrics import TokenStats, stats_from_sums, token_sums
 from medpt.samples import SAMPLE_GENERAL
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medpt.cli import main
-from medpt.export import TARGETS
+from medpt.export.command import TARGETS
 from medpt.export.plan import FEATURES
 from medpt.samples import SAMPLE_QA
 

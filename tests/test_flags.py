@@ -4,8 +4,8 @@ from typing import Literal
 
 import pytest
 
+from medpt.args.flags import FlagSpec, convert, split_argv
 from medpt.errors import MedptError
-from medpt.flags import FlagSpec, convert, split_argv
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_split_argv_rejects_stray_values_and_missing_values():
 
 def test_a_bool_that_also_takes_words_reads_the_word():
     """`--dedup near` (Literal["none", "exact", "near"] | bool): the word is the value; a bare flag is still true."""
-    from medpt.config import load_config
+    from medpt.args.resolve import load_config
 
     config = load_config(["--train_file_dir", "x.jsonl", "--dedup", "near", "--model_name_or_path", "m"], "prepare")
     assert config.data.dedup == "near"

@@ -6,10 +6,10 @@ import json
 import torch
 from transformers import LogitsProcessor
 
-from medpt import generate
+from medpt.args.resolve import DataArguments
 from medpt.cli import main
-from medpt.config import DataArguments
-from medpt.generate import StopAwareStreamer, build_prompt, cut_at_stop, stop_strings
+from medpt.generate import prompting
+from medpt.generate.prompting import StopAwareStreamer, build_prompt, cut_at_stop, stop_strings
 
 
 def test_prompt_and_stops_follow_the_template(tokenizer):
@@ -56,19 +56,19 @@ class Script(LogitsProcessor):
 
 
 def test_chat_stops_at_the_next_question_and_keeps_history(trained_run, monkeypatch):
-    from medpt.model import load_tokenizer
+    from medpt.model.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(trained_run))  # the run's own tokenizer: the ids must mean the same tokens
     said = tokenizer("多喝水，注意休息。\n问:我还想问", add_special_tokens=False)["input_ids"]
     prompts = []
-    real_build = generate.build_prompt
+    real_build = prompting.build_prompt
 
     def recording_build(question, history, data, tok):
         prompts.append(real_build(question, history, data, tok))
         return prompts[-1]
 
-    monkeypatch.setattr(generate, "extra_logits_processors", lambda: [Script(said, tokenizer.eos_token_id)])
-    monkeypatch.setattr(generate, "build_prompt", recording_build)
+    monkeypatch.setattr(prompting, "extra_logits_processors", lambda: [Script(said, tokenizer.eos_token_id)])
+    monkeypatch.setattr(prompting, "build_prompt", recording_build)
     stdin = io.StringIO("感冒了怎么办\n/adapter off\n还有呢\n/reset\n/help\n/quit\n")
     stdout = io.StringIO()
     monkeypatch.setattr("sys.stdin", stdin)

@@ -3,7 +3,7 @@ for each command that loads it.
 
 Each row copies the tiny model (or the trained run) into tmp_path, damages one file, runs the real command and
 expects exactly one `medpt: error:` line naming the file, no traceback, no data prepared, and the damaged folder
-byte-identical afterwards. The checks run before any weight is loaded (medpt.modelfiles), so a row costs a fraction
+byte-identical afterwards. The checks run before any weight is loaded (medpt.model.files), so a row costs a fraction
 of a second. A few rows are harmless changes (unknown keys): those commands succeed.
 """
 
@@ -81,7 +81,7 @@ def shard_index(d: Path) -> None:
 
 def bigger_tokenizer(d: Path) -> None:
     """Another model's tokenizer in the folder: 100 more tokens than the tiny model's 6,208 embeddings."""
-    from medpt.model import load_tokenizer
+    from medpt.model.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(d))
     tokenizer.add_tokens([f"<其他模型{i}>" for i in range(6300 - len(tokenizer))])

@@ -64,3 +64,45 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 def test_no_module_imports_the_cli():
     users = [m for m, deps in import_graph().items() if "medpt.cli" in deps and m != "medpt.__main__"]
     assert users == []
+
+
+# --- layering: a command module is imported by the CLI only --------------------------------------------------------
+def command_modules() -> set[str]:
+    """The modules the command record names as entry points (and --dry_run printers)."""
+    from medpt.args.commands import COMMANDS
+
+    targets = [c.entry for c in COMMANDS.values()] + [c.dry_run for c in COMMANDS.values() if c.dry_run]
+    return {target.split(":")[0] for target in targets}
+
+
+# `medpt demo` is the whole workflow, one command after another: it is the one command that runs others (as a user
+# would), so it may import their command modules. Nothing imports the demo but the CLI.
+COMPOSERS = {"medpt.cli", "medpt.demo"}
+
+
+def test_the_command_modules_are_modules_of_the_package():
+    graph = import_graph()
+    assert command_modules() <= set(graph)
+
+
+def test_no_library_module_imports_a_command_module():
+    commands = command_modules()
+    users = {m: sorted(deps & commands) for m, deps in import_graph().items() if deps & commands and m not in COMPOSERS}
+    assert users == {}
+
+
+def test_the_layering_check_finds_a_planted_import(tmp_path):
+    graph = import_graph()
+    graph["medpt.train.trainer"].add("medpt.eval.command")
+    commands = command_modules()
+    assert {m for m, deps in graph.items() if deps & commands and m not in COMPOSERS} == {"medpt.train.trainer"}
+
+
+def test_every_module_outside_the_plumbing_lives_in_a_command_family_package():
+    top = {m for m in import_graph() if m.count(".") == 1 and not (SRC / m.split(".")[1]).is_dir()}
+    assert top == {f"medpt.{name}" for name in TOP_LEVEL}
+
+
+# The top level holds the CLI, the demo and the plumbing every family uses: errors, the crash-safe writer (atomic,
+# faults: its fault-injection hook, strictjson: the one JSON writer), the run directory and the bundled samples.
+TOP_LEVEL = ("__main__", "cli", "demo", "errors", "atomic", "faults", "strictjson", "rundir", "samples")

@@ -4,8 +4,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from medpt.args import LoraArguments
-from medpt.dropout import FastDropout
-from medpt.lora import add_lora, speed_up
+from medpt.train.dropout import FastDropout
+from medpt.train.lora import add_lora, speed_up
 
 
 def test_fast_dropout_is_inverted_dropout_with_the_right_rate_and_gradient():

@@ -9,7 +9,7 @@ import torch
 
 from medpt.cli import main
 from medpt.errors import MedptError
-from medpt.mcq import (
+from medpt.eval.mcq import (
     Question,
     build_prompt,
     continuation_logprobs,
@@ -107,7 +107,7 @@ def test_prefix_cache_gives_the_predictions_of_full_passes(tiny):
 def tiny(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from medpt.model import load_tokenizer
+    from medpt.model.loading import load_tokenizer
 
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), load_tokenizer(str(tiny_model_dir))
 
@@ -193,7 +193,7 @@ def test_a_prompt_longer_than_the_model_is_cut_from_the_left(tiny):
     q = _synthetic(1, seed=9)[0]
     shots = [_synthetic(400, seed=10)]  # a prompt far beyond the tiny model's positions
     logged = []
-    from medpt.mcq import option_logprobs
+    from medpt.eval.mcq import option_logprobs
 
     out = option_logprobs(model, tokenizer, [q], shots, ["letter"], 4, log=logged.append)
     assert "cut from the left" in logged[0] and len(out["letter"][0]) == 4

@@ -12,11 +12,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from medpt.args.resolve import load_config
 from medpt.cli import main
-from medpt.config import load_config
-from medpt.curves import plot_deltas
-from medpt.mcq import Question, build_prompt, read_questions
-from medpt.mcq_suite import chance, load_benchmarks, rotations, run_suite, summarize_mode
+from medpt.eval.mcq import Question, build_prompt, read_questions
+from medpt.eval.mcq_suite import chance, load_benchmarks, rotations, run_suite, summarize_mode
+from medpt.report.curves import plot_deltas
 from tests.conftest import write_jsonl
 from tests.test_mcq import Rigged
 from tests.test_mcq_suite import Pair
@@ -197,7 +197,7 @@ def test_a_model_that_always_answers_a_is_flagged_and_scores_zero_under_circular
 def test_the_position_bias_flag_allows_for_the_option_count(counts, share, flagged):
     import numpy as np
 
-    from medpt.mcq_suite import LoadedBenchmark
+    from medpt.eval.mcq_suite import LoadedBenchmark
 
     questions = _mixed(counts)
     a = round(share * len(questions))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medpt.errors import MedptError
-from medpt.mcq import read_questions
+from medpt.eval.mcq import read_questions
 from tests.conftest import write_jsonl
 
 OPTIONS = 'expected an object of options {"A": "...", "B": "...", ...}'

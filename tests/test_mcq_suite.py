@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from medpt.config import load_config
+from medpt.args.resolve import load_config
 from medpt.errors import MedptError
-from medpt.mcq import Question, build_prompt, split_ids
-from medpt.mcq_suite import chance, format_suite, load_benchmarks, rotations, run_suite
+from medpt.eval.mcq import Question, build_prompt, split_ids
+from medpt.eval.mcq_suite import chance, format_suite, load_benchmarks, rotations, run_suite
 from tests.conftest import write_jsonl
 from tests.test_mcq import Rigged, _synthetic
 
@@ -30,7 +30,7 @@ class AlwaysLetter(torch.nn.Module):
 
 
 class Pair:
-    """The two models `medpt eval` compares, as medpt.adapter.Variants presents them."""
+    """The two models `medpt eval` compares, as medpt.model.adapter.Variants presents them."""
 
     names = ["base", "adapted"]
 
@@ -46,7 +46,7 @@ class Pair:
 def tiny(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from medpt.model import load_tokenizer
+    from medpt.model.loading import load_tokenizer
 
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), load_tokenizer(str(tiny_model_dir))
 

@@ -5,7 +5,7 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from medpt.model import TokenizerSource
+from medpt.model.loading import TokenizerSource
 
 
 def test_tiny_model_loads_offline_with_auto_classes(tiny_model_dir):

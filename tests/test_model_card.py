@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from medpt.cli import main
-from medpt.model_card import write_card
+from medpt.report.card import write_card
 from medpt.rundir import RunDir
 from medpt.samples import SAMPLE_GENERAL
 

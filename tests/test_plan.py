@@ -125,14 +125,14 @@ def _saved_bytes(layers, h, i, heads, b, s, bf16=False, lora=True, mode="shared"
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from medpt.args import LoraArguments
-    from medpt.lora import add_lora, speed_up
+    from medpt.train.lora import add_lora, speed_up
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=layers, num_attention_heads=heads,
                          vocab_size=1000, tie_word_embeddings=False, use_cache=False)  # fmt: skip
     dtype = torch.bfloat16 if bf16 or qlora else torch.float32
     model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
-    if qlora:  # loaded as medpt loads it (medpt.model.load_model): NF4 with double quantisation
+    if qlora:  # loaded as medpt loads it (medpt.model.loading.load_model): NF4 with double quantisation
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -334,7 +334,7 @@ def test_an_out_of_memory_first_step_halves_the_micro_batch_once_and_says_so(tin
                                                                              capsys):  # fmt: skip
     import torch
 
-    from medpt.trainer import MedptTrainer
+    from medpt.train.trainer import MedptTrainer
 
     original = MedptTrainer.training_step
 
@@ -358,7 +358,7 @@ def test_an_out_of_memory_first_step_halves_the_micro_batch_once_and_says_so(tin
 def test_a_second_out_of_memory_is_one_line_and_not_retried_again(tiny_model_dir, tmp_path, monkeypatch, capsys):
     import torch
 
-    from medpt.trainer import MedptTrainer
+    from medpt.train.trainer import MedptTrainer
 
     calls = []
 

@@ -228,7 +228,7 @@ def test_a_flag_the_command_would_ignore_is_an_error(command, flag, value, owner
 
 
 def test_yaml_files_may_be_shared_between_commands(tmp_path):
-    from medpt.config import load_config
+    from medpt.args.resolve import load_config
 
     shared = tmp_path / "shared.yaml"
     shared.write_text("lora_rank: 4\nmax_new_tokens: 5\nblock_size: 64\n")
@@ -327,7 +327,7 @@ def test_a_broken_adapter_is_refused(command, how, needle, trained_run, tmp_path
 @pytest.mark.parametrize("command", ["eval", "merge"])
 def test_eval_and_merge_check_the_base_like_verify(command, trained_run, tmp_path, capsys):
     from medpt.data.pipeline import read_texts
-    from medpt.tiny import init_tiny
+    from medpt.model.init_tiny import init_tiny
 
     other = tmp_path / "other-base"
     init_tiny(other, "5m", read_texts([str(SAMPLE_QA)]), seed=123)  # same shape, other weights
@@ -440,9 +440,9 @@ def test_resume_from_checkpoint_none_starts_over(tiny_model_dir, tmp_path, capsy
 
 
 def test_eval_sets_do_not_retokenize_the_training_corpus(trained_run):
-    from medpt.config import load_config
+    from medpt.args.resolve import load_config
     from medpt.data.pipeline import prepare_data
-    from medpt.model import tokenizer_source
+    from medpt.model.loading import tokenizer_source
 
     config = load_config(["--adapter", str(trained_run), "--eval_sets", f"general={SAMPLE_GENERAL}"], command="eval")
     logged: list[str] = []

@@ -17,9 +17,9 @@ import pytest
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
-from medpt import generate  # noqa: E402
 from medpt.cli import main  # noqa: E402
-from medpt.generate import build_prompt, stop_strings  # noqa: E402
+from medpt.generate import prompting  # noqa: E402
+from medpt.generate.prompting import build_prompt, stop_strings  # noqa: E402
 from tests.servers import generated, post, running_server, saying  # noqa: E402
 from tests.test_generate import Script  # noqa: E402
 
@@ -97,7 +97,7 @@ def test_completion_continues_the_raw_prompt(client, reference, no_eos, trained_
 def test_a_chat_stops_where_the_model_starts_the_next_turn(client, reference, monkeypatch, trained_run, stream):
     tokenizer = reference[1].tokenizer
     said = saying(tokenizer, "多喝水，注意休息。\n问:我还想问")
-    monkeypatch.setattr(generate, "extra_logits_processors", lambda: [Script(said, tokenizer.eos_token_id)])
+    monkeypatch.setattr(prompting, "extra_logits_processors", lambda: [Script(said, tokenizer.eos_token_id)])
     messages = [{"role": "user", "content": "感冒了怎么办"}]
     if stream:
         chunks = list(client.chat.completions.create(model=trained_run.name, messages=messages, max_tokens=40,
@@ -115,8 +115,8 @@ def test_stop_strings_of_the_request_and_the_conversation_history(client, refere
     tokenizer = reference[1].tokenizer
     said = saying(tokenizer, "多喝水，注意休息。")
     prompts = []
-    real_build = generate.build_prompt
-    monkeypatch.setattr(generate, "extra_logits_processors", lambda: [Script(said, tokenizer.eos_token_id)])
+    real_build = prompting.build_prompt
+    monkeypatch.setattr(prompting, "extra_logits_processors", lambda: [Script(said, tokenizer.eos_token_id)])
     monkeypatch.setattr("medpt.serve.serving.build_prompt", lambda *a, **k: prompts.append(real_build(*a, **k))
                         or prompts[-1])  # fmt: skip
     messages = [{"role": "system", "content": "你是医生"}, {"role": "user", "content": "发烧"},
@@ -156,7 +156,7 @@ def test_text_is_sent_exactly_as_generated_whitespace_included(client, reference
     still stops before the next turn."""
     tokenizer = reference[1].tokenizer
     said = saying(tokenizer, "\n 多喝水 \n\n")
-    monkeypatch.setattr(generate, "extra_logits_processors", lambda: [Script(said, tokenizer.eos_token_id)])
+    monkeypatch.setattr(prompting, "extra_logits_processors", lambda: [Script(said, tokenizer.eos_token_id)])
     ask = {"model": trained_run.name, "max_tokens": len(said), "stream": stream}
     if endpoint == "completions":
         reply = client.completions.create(prompt="问:头痛\n答:", **ask)
@@ -178,10 +178,10 @@ def test_newlines_from_logit_bias_are_kept(client, reference, trained_run):
 def test_a_developer_message_is_the_system_turn(client, reference, monkeypatch, trained_run):
     tokenizer = reference[1].tokenizer
     prompts = []
-    real_build = generate.build_prompt
+    real_build = prompting.build_prompt
     monkeypatch.setattr("medpt.serve.serving.build_prompt", lambda *a, **k: prompts.append(real_build(*a, **k))
                         or prompts[-1])  # fmt: skip
-    monkeypatch.setattr(generate, "extra_logits_processors", lambda: [Script([], tokenizer.eos_token_id)])
+    monkeypatch.setattr(prompting, "extra_logits_processors", lambda: [Script([], tokenizer.eos_token_id)])
     for role in ("developer", "system"):
         messages = [{"role": role, "content": "你是医生"}, {"role": "user", "content": "发烧"}]
         client.chat.completions.create(model=trained_run.name, messages=messages, max_tokens=2)

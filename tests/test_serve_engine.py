@@ -9,9 +9,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from medpt import generate
-from medpt.adapter import load_variants
-from medpt.config import load_config
+from medpt.args.resolve import load_config
+from medpt.generate import prompting
+from medpt.model.adapter import load_variants
 from medpt.serve.engine import Engine, Job
 from medpt.serve.lane import left_pad, stack_caches
 from tests.servers import NoEos, generated
@@ -28,7 +28,7 @@ def variants(trained_run):
 @pytest.fixture(autouse=True)
 def no_eos(monkeypatch, variants):
     eos = variants[1].tokenizer.eos_token_id
-    monkeypatch.setattr(generate, "extra_logits_processors", lambda: [NoEos(eos)])
+    monkeypatch.setattr(prompting, "extra_logits_processors", lambda: [NoEos(eos)])
 
 
 def alone(variants, which: str, prompt: str, max_tokens: int) -> str:

@@ -147,8 +147,8 @@ def test_chat_logprobs_and_top_logprobs(client, reference, tiny_model_dir, strea
 
 
 # --- lm-evaluation-harness ------------------------------------------------------------------------------------------
-# The task as an lm-evaluation-harness user writes it: medpt eval's zero-shot prompt (medpt.mcq), the option letters
-# as the continuations, right after the cue.
+# The task as an lm-evaluation-harness user writes it: medpt eval's zero-shot prompt (medpt.eval.mcq), the option
+# letters as the continuations, right after the cue.
 DOC_TO_TEXT = ("以下是医学考试的单项选择题，请选出正确答案。\n\n{{question}}\n"
                "{% for letter, text in choices.items() %}{{letter}}. {{text}}\n{% endfor %}答案：")  # fmt: skip
 

@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
-from medpt import generate  # noqa: E402
-from medpt.model import load_tokenizer  # noqa: E402
+from medpt.generate import prompting  # noqa: E402
+from medpt.model.loading import load_tokenizer  # noqa: E402
 from tests.servers import NoEos, running_server  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -37,7 +37,7 @@ DONE = """() => [...document.querySelectorAll('.stats')]
 
 def test_the_page_streams_both_answers_side_by_side(trained_run, tiny_model_dir, tmp_path, monkeypatch):
     eos = load_tokenizer(str(trained_run)).eos_token_id
-    monkeypatch.setattr(generate, "extra_logits_processors", lambda: [NoEos(eos)])  # answers of max_tokens tokens
+    monkeypatch.setattr(prompting, "extra_logits_processors", lambda: [NoEos(eos)])  # answers of max_tokens tokens
     with running_server(trained_run) as server, sync_api.sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True,

@@ -76,7 +76,7 @@ def assert_clean_stop(process: subprocess.Popen, output: str) -> None:
 @pytest.fixture
 def eos_banned(trained_run) -> dict:
     """logit_bias that bans the end of text: an answer runs to max_tokens (the server is another process)."""
-    from medpt.model import load_tokenizer
+    from medpt.model.loading import load_tokenizer
 
     return {str(load_tokenizer(str(trained_run)).eos_token_id): -100}
 

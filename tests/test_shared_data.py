@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from medpt.config import DataArguments
+from medpt.args.resolve import DataArguments
 from medpt.data.pipeline import prepare_data
-from medpt.mcq import read_questions
-from medpt.model import TokenizerSource
+from medpt.eval.mcq import read_questions
+from medpt.model.loading import TokenizerSource
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is not available")

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from medpt.stats import mcnemar_exact, mean_difference_ci, ratio_difference_ci
+from medpt.eval.stats import mcnemar_exact, mean_difference_ci, ratio_difference_ci
 
 R = 4000  # resamples: enough that a tail holding ≥ 3.7% of the mass is always hit
 

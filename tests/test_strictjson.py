@@ -148,7 +148,7 @@ def test_a_training_run_with_non_finite_metrics_writes_strict_json(tiny_model_di
     checkpoint), metrics.jsonl, eval_results.json and all_results.json hold null there."""
     from transformers import Trainer
 
-    from medpt.trainer import MedptTrainer
+    from medpt.train.trainer import MedptTrainer
 
     evaluate = MedptTrainer.evaluate
 

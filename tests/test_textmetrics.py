@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("sacrebleu")
 
 from medpt.errors import MedptError  # noqa: E402
-from medpt.textmetrics import lcs_length, rouge_l, sacrebleu_metrics, score_answer  # noqa: E402
+from medpt.eval.textmetrics import lcs_length, rouge_l, sacrebleu_metrics, score_answer  # noqa: E402
 
 
 def _lcs_table(a: str, b: str) -> int:

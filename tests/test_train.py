@@ -86,7 +86,7 @@ def test_stock_peft_loads_the_adapter_and_it_changes_the_logits(tiny_model_dir, 
 
 
 def test_resume_after_a_crash_logs_the_same_losses(tiny_model_dir, tmp_path, monkeypatch):
-    from medpt.trainer import MedptTrainer
+    from medpt.train.trainer import MedptTrainer
 
     straight = tmp_path / "straight"
     assert _run(tiny_model_dir, straight, "--save_steps", "3") == 0
@@ -305,8 +305,8 @@ def test_the_shipped_tiny_cpu_config_trains(tiny_model_dir, tmp_path):
 
 
 def test_gradient_checkpointing_flag_reaches_the_trainer_non_reentrant_without_a_deprecation_warning(recwarn):
-    from medpt.config import load_config
-    from medpt.train import training_arguments
+    from medpt.args.resolve import load_config
+    from medpt.train.recipe import training_arguments
 
     args = training_arguments(load_config(["--output_dir", "x", "--gradient_checkpointing", "true"], "train"))
     assert args.gradient_checkpointing is True

@@ -51,7 +51,7 @@ def _one_line_error(capsys: pytest.CaptureFixture, *fragments: str) -> str:
 
 # --- the search space --------------------------------------------------------------------------------------------
 def _base() -> dict:
-    from medpt.config import Config
+    from medpt.args.resolve import Config
 
     flat = Config.from_values({"max_steps": 4}, command="train").to_flat()
     return {k: v for k, v in flat.items() if k not in ("n_trials",)}
@@ -173,7 +173,7 @@ def test_without_optuna_tune_says_what_to_install(tiny_model_dir, tmp_path, caps
 
 
 def test_overwrite_is_refused_while_another_process_works_on_the_study(tiny_model_dir, tmp_path, capsys):
-    from medpt.config import load_config
+    from medpt.args.resolve import load_config
     from medpt.tune.study import claim_tune_dir, make_setup
 
     out = tmp_path / "tune"
@@ -189,7 +189,7 @@ def test_overwrite_is_refused_while_another_process_works_on_the_study(tiny_mode
 
 
 def test_a_mistake_found_by_a_trial_fails_it_in_one_line_and_it_does_not_count(tiny_model_dir, tmp_path, capsys):
-    from medpt.config import load_config
+    from medpt.args.resolve import load_config
     from medpt.tune.study import claim_tune_dir, make_setup
 
     out = tmp_path / "tune"
@@ -307,7 +307,7 @@ def test_rerunning_continues_the_study_and_one_folder_holds_one_study(two_worker
 
 
 def test_best_yaml_runs_as_medpt_train_and_round_trips(two_workers, capsys):
-    from medpt.config import load_config
+    from medpt.args.resolve import load_config
 
     out = two_workers["out"]
     best_yaml = out / "best.yaml"

@@ -29,8 +29,8 @@ def test_verify_fails_on_an_all_zero_adapter(trained_run, tmp_path, capsys):
 
 def test_verify_fails_on_a_wrong_base(trained_run, tmp_path, capsys):
     from medpt.data.pipeline import read_texts
+    from medpt.model.init_tiny import init_tiny
     from medpt.samples import SAMPLE_QA
-    from medpt.tiny import init_tiny
 
     other = tmp_path / "other-base"
     init_tiny(other, "5m", read_texts([str(SAMPLE_QA)]), seed=123)  # same shape, other weights

@@ -1,4 +1,4 @@
-"""The `medpt` command: a table of subcommands, argument parsing, and dispatch. Nothing else lives here.
+"""The `medpt` command: argument parsing and dispatch, both read from the command record (medpt.args.commands).
 
 Every command takes --help (generated from the schema in medpt.args). Commands that take the shared configuration
 also take --dry_run (print the resolved configuration, load nothing, exit) and YAML files before their flags.
@@ -9,60 +9,11 @@ from __future__ import annotations
 
 import importlib
 import sys
-from dataclasses import dataclass
 
 from medpt import __version__
-from medpt.args import DemoArguments, DownloadArguments, InitTinyArguments, ReportArguments
+from medpt.args.commands import COMMANDS, Command
+from medpt.args.flags import FlagSpec, closest, format_help, specs_of, split_argv, value_of
 from medpt.errors import MedptError, user_message
-from medpt.flags import FlagSpec, closest, format_help, specs_of, split_argv, value_of
-
-
-@dataclass(frozen=True)
-class Command:
-    target: str  # "module:function"; the function takes a Config (args is None) or an instance of `args`
-    summary: str
-    args: type | None = None  # a small command's own flags; None: the shared configuration (medpt.args sections)
-    positional: str | None = None  # the flag a leading positional argument fills: `medpt report RUN`
-    dry_run: str | None = None  # "module:function" printing what --dry_run adds after the resolved configuration
-
-
-COMMANDS: dict[str, Command] = {
-    "prepare": Command("medpt.prepare:run_prepare", "read, render, tokenize and pack training data; data_report.json"),
-    "train": Command(
-        "medpt.train:train",
-        "continued pretraining with LoRA / QLoRA / full fine-tuning",
-        dry_run="medpt.plan.command:print_dry_run",
-    ),
-    "plan": Command(
-        "medpt.plan.command:run_plan", "will it fit? peak memory by part and the largest micro-batch, before loading"
-    ),
-    "tune": Command("medpt.tune:run_tune", "hyperparameter search: an Optuna study of short train runs, shareable"),
-    "eval": Command(
-        "medpt.evaluate:run_eval",
-        "base vs adapted with 95% CIs: perplexity, multiple-choice benchmarks, generated answers",
-    ),
-    "verify": Command(
-        "medpt.verify:run_verify", "check that an adapter fits its base, learned something, changes outputs"
-    ),
-    "compare": Command("medpt.generate:run_compare", "base and adapted answers side by side (Markdown, HTML, JSONL)"),
-    "generate": Command("medpt.generate:run_generate", "answer a file of questions (jsonl in, jsonl out)"),
-    "chat": Command("medpt.generate:run_chat", "interactive chat, streamed, in the 问/答 template"),
-    "merge": Command("medpt.merge:run_merge", "fold the adapter into the base and save a standalone model"),
-    "serve": Command("medpt.serve:run_serve", "an OpenAI-compatible API and a before/after web page for a run"),
-    "export": Command(
-        "medpt.export:run_export", "the adapter for vLLM, SGLang, llama.cpp or Ollama, checked against their limits"
-    ),
-    "report": Command("medpt.report:run_report", "one HTML + Markdown page for a run", ReportArguments, "run_dir"),
-    "init-tiny": Command(
-        "medpt.tiny:run_init_tiny", "build a tiny offline LLaMA-architecture model", InitTinyArguments
-    ),
-    "download": Command(
-        "medpt.hub:run_download", "fetch a model or dataset (HF_ENDPOINT mirrors)", DownloadArguments, "repo_id"
-    ),  # fmt: skip
-    "demo": Command(
-        "medpt.demo:run_demo", "the whole workflow, offline on a CPU, on the bundled sample", DemoArguments
-    ),
-}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,12 +81,12 @@ def _run(name: str, command: Command, argv: list[str]) -> int:
         if wants_help:
             print(f"usage: medpt {name} [--flag value ...]" + format_help([(name, list(specs_of(command.args, name)))]))
             return 0
-        return _target(command.target)(parse_small(command.args, argv, name))
+        return _target(command.entry)(parse_small(command.args, argv, name))
     if wants_help:
         print(_config_help(name))
         return 0
-    from medpt.config import load_config
-    from medpt.hub import apply_offline
+    from medpt.args.resolve import load_config
+    from medpt.model.hub import apply_offline
 
     dry_run = _pop_flag(argv, "--dry_run")
     config = load_config(argv, command=name)
@@ -145,18 +96,17 @@ def _run(name: str, command: Command, argv: list[str]) -> int:
             _target(command.dry_run)(config)
         return 0
     apply_offline(config.model.offline)  # every command that takes a config loads from the hub or a path
-    return _target(command.target)(config)
+    return _target(command.entry)(config)
 
 
 def _config_help(name: str) -> str:
-    from medpt.args import COMMAND_FLAGS
-    from medpt.config import command_specs, trainer_specs
+    from medpt.args.resolve import command_specs, trainer_specs
 
     groups: dict[str, list[FlagSpec]] = {}
     for spec in command_specs(name):
         groups.setdefault(spec.section, []).append(spec)
     sections = list(groups.items())
-    trainer = COMMAND_FLAGS[name].trainer
+    trainer = COMMANDS[name].trainer
     if trainer is True:
         sections.append(("trainer (transformers.TrainingArguments)", list(trainer_specs().values())))
     elif trainer:

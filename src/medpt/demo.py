@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medpt.args.commands import COMMANDS
 from medpt.samples import SAMPLE_GENERAL, SAMPLE_MCQ, SAMPLE_QA, SAMPLE_QUESTIONS
 
 STEPS = 6
@@ -23,20 +24,21 @@ def run_demo(args: Any, log: Any = print) -> int:
 
 
 def demo(output_dir: str, size: str, log: Any = print) -> int:
-    from medpt.adapter import load_variants
     from medpt.args import InitTinyArguments
-    from medpt.config import load_config
-    from medpt.evaluate import evaluate_run
-    from medpt.generate import compare_answers, read_question_list
-    from medpt.report import write_report
+    from medpt.args.resolve import load_config
+    from medpt.eval.command import evaluate_run
+    from medpt.eval.verify import run_verify
+    from medpt.generate.command import compare_answers
+    from medpt.generate.prompting import read_question_list
+    from medpt.model.adapter import load_variants
+    from medpt.model.init_tiny import run_init_tiny
+    from medpt.report.command import write_report
     from medpt.rundir import COMPARE_DIR, claim_dir
-    from medpt.tiny import run_init_tiny
-    from medpt.train import train
-    from medpt.verify import run_verify
+    from medpt.train.recipe import train
 
     out = Path(output_dir)
     model_dir, run_dir = out / "tiny-model", out / "run"
-    claim_dir(out, "demo", writes=("tiny-model", "run", "cache", "questions.jsonl"))
+    claim_dir(out, COMMANDS["demo"])
     t0 = time.perf_counter()
 
     def step(n: int, what: str) -> None:
@@ -75,7 +77,7 @@ def demo(output_dir: str, size: str, log: Any = print) -> int:
     compare_flags = ["--adapter", str(run_dir), "--questions", str(_first_questions(out, questions)),
                      "--max_new_tokens", "48"]  # fmt: skip
     compare_config = load_config(compare_flags, command="compare")
-    claim_dir(run_dir / COMPARE_DIR, "compare")
+    claim_dir(run_dir / COMPARE_DIR, COMMANDS["compare"])
     compare_answers(compare_config, load_variants(compare_config, log), read_question_list(compare_config.generate),
                     run_dir / COMPARE_DIR, log=log)  # fmt: skip
 
@@ -94,8 +96,7 @@ def demo(output_dir: str, size: str, log: Any = print) -> int:
 
 def _first_questions(out: Path, lines: list[str]) -> Path:
     from medpt.atomic import atomic_write_text
-    from medpt.rundir import claim_file
 
-    path = claim_file(out / "questions.jsonl", "demo", flag="output_dir")
+    path = out / "questions.jsonl"  # one of the names the demo's record writes: claim_dir checked it is medpt's
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -33,7 +33,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from medpt import __version__, atomic
 from medpt.atomic import atomic_write_text, is_leftover
@@ -62,6 +62,10 @@ MCQ_DIR = "mcq"  # inside EVAL_DIR: NAME.predictions.jsonl per benchmark, kept w
 COMPARE_DIR = "compare"
 ANSWERS = "answers.jsonl"
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
+REPORT_CURVE = "report_loss_curve.png"
+FORGETTING_CHART = "report_forgetting.png"  # medical vs general perplexity during training (named eval sets)
+REPORT_DELTAS = "report_mcq_ci.png"  # Δ accuracy of each benchmark with its 95% CI
+EXPORT_INFO = "export.json"  # what `medpt export` did with each feature of the adapter, and the commands
 STAGING = ".staging"  # checkpoints and final files are written here, then renamed into place
 CHECKPOINT_PREFIX = "checkpoint-"
 TINY_INFO = "medpt_tiny.json"
@@ -74,55 +78,26 @@ TRIALS_DIR = "trials"  # trials/<number>: a `medpt train` run each
 BEST_CONFIG = "best.yaml"  # runs as `medpt train DIR/best.yaml`
 TRIALS_CSV, TRIALS_MD = "trials.csv", "trials.md"
 TUNE_HISTORY, TUNE_IMPORTANCE = "tune_history.png", "tune_importance.png"
+# transformers' Trainer: its results, its state (in a run and in each checkpoint) and its pickled arguments.
+TRAIN_RESULTS, EVAL_RESULTS, ALL_RESULTS = "train_results.json", "eval_results.json", "all_results.json"
+TRAINER_STATE, TRAINER_ARGS_BIN = "trainer_state.json", "training_args.bin"
+EVAL_MD = "eval.md"  # inside EVAL_DIR, beside EVAL_RESULTS
+COMPARE_JSONL, COMPARE_MD, COMPARE_HTML = "compare.jsonl", "compare.md", "compare.html"  # inside COMPARE_DIR
 
-# What each command writes at the top of its output folder: claim_dir refuses a folder where one of these (or a name
-# matching a pattern: checkpoint-*) exists and medpt did not write it. Each name is recorded when it is written.
-TRAINER_FILES = (
-    "train_results.json", "eval_results.json", "all_results.json", "trainer_state.json", "training_args.bin",
-    "runs", "README.md",
-)  # fmt: skip
-WRITES: dict[str, tuple[str, ...]] = {
-    "prepare": (CONFIG_FILE, DATA_REPORT, REJECTED, CONTAMINATION, NEAR_DUPLICATES),
-    "train": (
-        CONFIG_FILE,
-        DATA_REPORT,
-        REJECTED,
-        CONTAMINATION,
-        NEAR_DUPLICATES,
-        METRICS,
-        BASE_RECORD,
-        LOSS_CURVE,
-        TRAINING_ARGS,
-        EVAL_SETS_DIR,
-        STAGING,
-        *TRAINER_FILES,
-    ),  # fmt: skip
-    "eval": ("eval_results.json", "eval.md", MCQ_DIR, f"{GENERATED}.jsonl", f"{GENERATED}.md", "contamination.jsonl"),
-    "compare": ("compare.jsonl", "compare.md", "compare.html"),
-    "report": (REPORT_HTML, REPORT_MD),
-    "tune": (
-        CONFIG_FILE,
-        DATA_REPORT,
-        REJECTED,
-        CONTAMINATION,
-        NEAR_DUPLICATES,
-        EVAL_SETS_DIR,
-        TUNE_INFO,
-        SEARCH_SPACE,
-        STUDY_DB,
-        *(STUDY_DB + side for side in ("-journal", "-wal", "-shm")),
-        TRIALS_DIR,
-        BEST_CONFIG,
-        TRIALS_CSV,
-        TRIALS_MD,
-        TUNE_HISTORY,
-        TUNE_IMPORTANCE,
-    ),
-}
-PATTERNS: dict[str, tuple[str, ...]] = {"train": (f"{CHECKPOINT_PREFIX}*",)}
-# Whose files a command may replace besides its own: training into a folder `medpt prepare` wrote writes a newer
-# config and data report there. Nothing replaces a training run's files but --overwrite_output_dir.
-REPLACES: dict[str, tuple[str, ...]] = {"train": ("prepare",)}
+# What Trainer writes at the top of a run besides medpt's files (what each command writes is its record's `writes`,
+# medpt.args.commands).
+TRAINER_FILES = (TRAIN_RESULTS, EVAL_RESULTS, ALL_RESULTS, TRAINER_STATE, TRAINER_ARGS_BIN, "runs", "README.md")
+
+
+class Writer(Protocol):
+    """What the rules below need of a command (its record in medpt.args.commands): its name (recorded in the
+    manifest), the top-level names it writes, the names it creates later (checkpoint-*), and whose files it may
+    replace besides its own."""
+
+    name: str
+    writes: tuple[str, ...]
+    patterns: tuple[str, ...]
+    replaces: tuple[str, ...]
 
 
 # --- the manifest -------------------------------------------------------------------------------------------------
@@ -303,44 +278,10 @@ def hub_cache(cache_dir: str | None) -> str:
     return os.path.join(home, "hub")
 
 
-def inputs_of(config: Any) -> Inputs:
-    """Everything a command configured by `config` (a medpt.config.Config) reads."""
-    from medpt.data.cache import cache_root
-
-    inputs = Inputs()
-    data, model = config.data, config.model
-    inputs.add_all("training data", data.train_file_dir)
-    inputs.add_all("validation data", data.validation_file_dir)
-    for item in data.eval_sets or []:
-        name, _, path = item.partition("=")
-        inputs.add(f"eval set {name!r}", path)
-    inputs.add("dataset folder", data.dataset_name)
-    inputs.add("base model", model.model_name_or_path)
-    inputs.add("tokenizer", model.tokenizer_name_or_path)
-    inputs.add("hub cache", hub_cache(model.cache_dir), even_if_missing=True)
-    inputs.add("data cache", cache_root(data.data_cache_dir), even_if_missing=True)
-    inputs.add("adapter to continue (--peft_path)", config.lora.peft_path)
-    inputs.add_all("multiple-choice file", config.eval.mcq_file)
-    for item in config.eval.mcq or []:
-        name, _, path = item.partition("=")
-        inputs.add(f"benchmark {name!r}", path)
-    inputs.add("benchmark folder (--mcq_dir)", config.eval.mcq_dir)
-    inputs.add_all("questions file (--generate_file)", config.eval.generate_file)
-    inputs.add_all("benchmark (--check_contamination)", data.check_contamination)
-    inputs.add("few-shot file", config.eval.fewshot_file)
-    inputs.add("questions file", config.generate.questions)
-    resume = config.run.resume_from_checkpoint
-    if resume and resume.lower() not in ("auto", "no", "none", "false", "null"):
-        inputs.add("checkpoint to resume from", resume)
-    if config.eval.adapter:
-        inputs.adapter = Path(config.eval.adapter)
-    return inputs
-
-
 # --- claiming an output ---------------------------------------------------------------------------------------------
 # Folders (and single files) this process claimed, with the command writing them: medpt.atomic reports every write,
 # and `_record_write` records its name in the manifest of the claimed folder it lands in, right before it is written.
-_claims: dict[Path, tuple[str, bool]] = {}  # resolved path -> (command, is a single file)
+_claims: dict[Path, tuple[Writer, bool]] = {}  # resolved path -> (command, is a single file)
 
 
 def forget_claims() -> None:
@@ -354,14 +295,14 @@ def _record_write(path: Path) -> None:
     path = path.parent.resolve() / path.name
     claim = _claims.get(path)
     if claim is not None and claim[1]:
-        RunDir.open(path.parent).record([path.name], claim[0])
+        RunDir.open(path.parent).record([path.name], claim[0].name)
         return
     for folder in path.parents:
         claim = _claims.get(folder)
         if claim is not None and not claim[1]:
             name = path.relative_to(folder).parts[0]
             if name != MANIFEST and not is_leftover(name):
-                RunDir.open(folder).record([name], claim[0])
+                RunDir.open(folder).record([name], claim[0].name)
             return
 
 
@@ -370,24 +311,23 @@ atomic.observe_writes(_record_write)
 
 def claim_dir(
     path: str | os.PathLike,
-    command: str,
+    command: Writer,
     *,
     flag: str = "output_dir",
     inputs: Inputs | None = None,
     overwrite: bool = False,
     writes: Iterable[str] | None = None,
-    patterns: Iterable[str] | None = None,
 ) -> RunDir:
     """Make `path` this command's output folder, or refuse before anything is written.
 
-    `writes` are the top-level names the command may write and `patterns` the names it creates later (checkpoint-*):
-    one that exists and that medpt did not write is refused. Nothing is recorded here: each name is, when written.
+    A name the command writes (`command.writes`) or creates later (`command.patterns`, checkpoint-*) that exists and
+    that medpt did not write is refused. `writes` replaces the record's names for a sub-folder whose names depend on
+    the data (RUN/eval/mcq/NAME.predictions.jsonl). Nothing is recorded here: each name is, when written.
     With `overwrite`, medpt's own earlier entries are removed first."""
     out = check_output(flag, path, inputs or Inputs())
     if out.exists() and not out.is_dir():
         raise MedptError(f"--{flag} {path} is a file, not a folder: pass a folder path")
-    writes = tuple(WRITES.get(command, ()) if writes is None else writes)
-    patterns = tuple(PATTERNS.get(command, ()) if patterns is None else patterns)
+    writes, patterns = command.writes if writes is None else tuple(writes), command.patterns
     run = RunDir.open(out)
     foreign = run.foreign()
     if foreign and not run.is_medpt:
@@ -405,16 +345,16 @@ def claim_dir(
     if overwrite and run.owned():
         removed = run.remove_owned()
         print(f"--overwrite: removed medpt's earlier output in {path}: {_names(removed)}")
-    allowed = (None, command, *REPLACES.get(command, ()))
+    allowed = (None, command.name, *command.replaces)
     foreign_to_command = [n for n in writes if run.entries.get(n) not in allowed and (out / n).exists()]
     if foreign_to_command:
         owner = run.entries[foreign_to_command[0]]
         raise MedptError(
             f"--{flag} {path}: {_names(foreign_to_command)} belong{'s' if len(foreign_to_command) == 1 else ''} to "
-            f"`medpt {owner}`, which `medpt {command}` does not replace; pass --overwrite_output_dir to replace that "
-            "output as a whole, or choose another --" + flag
+            f"`medpt {owner}`, which `medpt {command.name}` does not replace; pass --overwrite_output_dir to replace "
+            "that output as a whole, or choose another --" + flag
         )
-    _create(out, command, flag)
+    _create(out, command.name, flag)
     for folder in (out, out.parent):  # the parent too: a killed run's temporaries of RUN/eval's manifest entry
         atomic.remove_stale_leftovers(folder)
     _claims[out] = (command, False)
@@ -423,13 +363,13 @@ def claim_dir(
 
 @contextlib.contextmanager
 def holding(
-    path: str | os.PathLike, command: str, *, flag: str = "output_dir", inputs: Inputs | None = None
+    path: str | os.PathLike, command: Writer, *, flag: str = "output_dir", inputs: Inputs | None = None
 ) -> Iterator[Path]:
     """Hold the output folder (created if needed) while the command writes it; refuse in one line while another
     process holds it: two `medpt train` into one folder would log every step twice and save the same files at once.
     Take it before claim_dir, whose --overwrite removes files. The lock dies with its process (atomic.PathLock)."""
     out = check_output(flag, path, inputs or Inputs())
-    _create(out, command, flag)
+    _create(out, command.name, flag)
     lock = atomic.PathLock(out)
     if not lock.acquire(wait=False):
         raise MedptError(
@@ -451,18 +391,18 @@ def _create(out: Path, command: str, flag: str) -> None:
     _make_dir(out, flag)
 
 
-def check_replaceable(out: Path, command: str, overwrite: bool, what: str) -> None:
+def check_replaceable(out: Path, command: Writer, overwrite: bool, what: str) -> None:
     """For the commands that write their output folder as a whole, in one rename (merge, export, init-tiny): the
     folder must be new or empty, or, with --overwrite, hold that command's earlier output and nothing else."""
     existing = RunDir.open(out)
-    if existing.present() and not (overwrite and existing.kind == command and not existing.foreign()):
+    if existing.present() and not (overwrite and existing.kind == command.name and not existing.foreign()):
         raise MedptError(
             f"{out} exists and is not empty; pass --overwrite to replace {what} medpt wrote there (the folder must "
             "hold nothing else), or choose another --output_dir"
         )
 
 
-def claim_file(path: str | os.PathLike, command: str, *, flag: str, inputs: Inputs | None = None) -> Path:
+def claim_file(path: str | os.PathLike, command: Writer, *, flag: str, inputs: Inputs | None = None) -> Path:
     """A single output file: replaced only if medpt wrote it (per its folder's manifest), and never one of the files
     a command of this process writes in the folder it claimed (`--dump_text RUN/data_report.json`)."""
     out = check_output(flag, path, inputs or Inputs(), is_file=True)
@@ -475,12 +415,12 @@ def claim_file(path: str | os.PathLike, command: str, *, flag: str, inputs: Inpu
             f"--{flag} {path} exists and medpt did not write it; medpt does not replace your files. Choose another "
             "path, or move it away"
         )
-    if owner not in (None, command):
-        raise MedptError(f"--{flag} {path} belongs to `medpt {owner}`; `medpt {command}` does not replace it")
+    if owner not in (None, command.name):
+        raise MedptError(f"--{flag} {path} belongs to `medpt {owner}`; `medpt {command.name}` does not replace it")
     folder = _claims.get(out.parent)
     if folder is not None and not folder[1] and _written_by(folder[0], out.name):
         raise MedptError(
-            f"--{flag} {path}: `medpt {folder[0]}` writes its own {out.name} in {out.parent}; choose another name"
+            f"--{flag} {path}: `medpt {folder[0].name}` writes its own {out.name} in {out.parent}; choose another name"
         )
     _make_dir(out.parent, flag)
     atomic.remove_stale_leftovers(out.parent)
@@ -488,8 +428,8 @@ def claim_file(path: str | os.PathLike, command: str, *, flag: str, inputs: Inpu
     return out
 
 
-def _written_by(command: str, name: str) -> bool:
-    return name in WRITES.get(command, ()) or any(fnmatch.fnmatch(name, p) for p in PATTERNS.get(command, ()))
+def _written_by(command: Writer, name: str) -> bool:
+    return name in command.writes or any(fnmatch.fnmatch(name, p) for p in command.patterns)
 
 
 def _register_in_parent(out: Path, command: str) -> None:

@@ -8,11 +8,11 @@ import re
 import numpy as np
 import pytest
 
-from medpt.config import DataArguments, load_config
+from medpt.args.resolve import DataArguments, load_config
 from medpt.data.mixing import gather, interleave, parse_shares, plan_mix
 from medpt.data.pipeline import prepare_data
 from medpt.errors import MedptError
-from medpt.model import TokenizerSource
+from medpt.model.loading import TokenizerSource
 from medpt.samples import SAMPLE_GENERAL, SAMPLE_QA
 from tests.conftest import write_jsonl
 

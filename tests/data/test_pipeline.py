@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medpt.config import DataArguments
+from medpt.args.resolve import DataArguments
 from medpt.data import pipeline
 from medpt.data.pipeline import prepare_data
 from medpt.errors import MedptError
-from medpt.model import TokenizerSource
+from medpt.model.loading import TokenizerSource
 from medpt.samples import SAMPLE_QA
 from tests.conftest import conv, write_jsonl
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medpt.config import DataArguments
+from medpt.args.resolve import DataArguments
 from medpt.data.pipeline import prepare_data
 from medpt.errors import MedptError
-from medpt.model import TokenizerSource
+from medpt.model.loading import TokenizerSource
 from tests.conftest import conv, write_jsonl
 
 BENCH_QUESTION = "患者男性四十五岁反复上腹部疼痛三年伴反酸嗳气最可能的诊断是什么"  # 31 CJK characters

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medpt.config import DataArguments
+from medpt.args.resolve import DataArguments
 from medpt.data.pipeline import prepare_data
-from medpt.model import TokenizerSource
+from medpt.model.loading import TokenizerSource
 from tests.conftest import conv, write_jsonl
 
 

@@ -38,11 +38,11 @@ def _preload() -> None:
 
     import medpt.cli  # noqa: F401
     import medpt.data.pipeline  # noqa: F401
-    import medpt.evaluate  # noqa: F401
-    import medpt.export  # noqa: F401
-    import medpt.merge  # noqa: F401
-    import medpt.train  # noqa: F401
-    import medpt.trainer  # noqa: F401
+    import medpt.eval.command  # noqa: F401
+    import medpt.export.command  # noqa: F401
+    import medpt.export.merging  # noqa: F401
+    import medpt.train.recipe  # noqa: F401
+    import medpt.train.trainer  # noqa: F401
     import medpt.tune.study  # noqa: F401
 
     torch.set_num_threads(1)

@@ -7,15 +7,16 @@ Flags of `transformers.TrainingArguments` that medpt does not own are schema'd b
 for the common ones are in `TRAINER_RANGES`.
 
 The package: `fields` (how a flag is declared), `training` (model, data, LoRA, run), `tools` (eval, generation,
-serve, export, tune), `plan` (the memory plan), `commands` (which command takes which flags; the small commands).
+serve, export, tune), `plan` (the memory plan), `commands` (the command record: each command's entry point, flags and
+run-directory writes; the small commands' flags).
 """
 
 from __future__ import annotations
 
 from medpt.args.commands import (
-    COMMAND_FLAGS,
+    COMMANDS,
     TRAINER_RANGES,
-    CommandFlags,
+    Command,
     DemoArguments,
     DownloadArguments,
     InitTinyArguments,
@@ -43,13 +44,13 @@ from medpt.args.training import (
 )
 
 __all__ = [
-    "COMMAND_FLAGS",
+    "COMMANDS",
     "MAX_BLOCK_SIZE",
     "RESUME_WORDS",
     "SECTIONS",
     "TEMPLATES",
     "TRAINER_RANGES",
-    "CommandFlags",
+    "Command",
     "DataArguments",
     "DemoArguments",
     "DownloadArguments",

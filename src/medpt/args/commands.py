@@ -1,10 +1,17 @@
-"""Which command takes which flags, the TrainingArguments ranges medpt checks, and the small commands."""
+"""The command record: one entry per `medpt` command, the one place that says what a command is.
+
+Each entry names its entry point ("module:function", imported only when the command runs), the flag sections it
+takes (or its own small dataclass), and what it writes at the top of its output folder (rundir's names), so that the
+CLI's dispatch and --help, the flags a command accepts, and the run-directory rules (which files a command may write
+or replace) all read the same record. Also here: the TrainingArguments ranges medpt checks, and the small commands'
+own flags."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from medpt import rundir as rd
 from medpt.args.fields import (
     _arg,
     _check_ranges,
@@ -12,43 +19,6 @@ from medpt.args.fields import (
 )
 from medpt.errors import MedptError
 from medpt.samples import SAMPLE_QA
-
-
-# --- which command takes which flags ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CommandFlags:
-    sections: tuple[str, ...]
-    extra: tuple[str, ...] = ()  # single flags from sections the command does not take whole
-    trainer: bool | tuple[str, ...] = ()  # True: every TrainingArguments flag; else the ones listed
-
-    def takes_section(self, section: str) -> bool:
-        return section in self.sections
-
-
-_TEMPLATE = ("template", "template_format")
-_MEMORY = ("model_name_or_path", "revision", "cache_dir", "offline", "torch_dtype", "load_in_4bit",
-           "attn_implementation", "block_size", "packing", "use_peft", "target_modules", "lora_rank", "lora_dropout",
-           "lora_dropout_mode", "modules_to_save", "use_dora", "qlora", "bf16", "fp16")  # fmt: skip
-_MEMORY_TRAINER = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "optim")
-COMMAND_FLAGS: dict[str, CommandFlags] = {
-    "prepare": CommandFlags(("model", "data", "run")),
-    "train": CommandFlags(("model", "data", "lora", "run", "plan"), trainer=True),
-    "tune": CommandFlags(("model", "data", "lora", "run", "tune"), trainer=True),
-    "eval": CommandFlags(
-        ("model", "data", "eval", "run"), extra=("max_new_tokens",), trainer=("per_device_eval_batch_size",)
-    ),
-    "verify": CommandFlags(("model", "eval")),
-    "compare": CommandFlags(("model", "eval", "generate", "run"), extra=_TEMPLATE),
-    "generate": CommandFlags(("model", "eval", "generate"), extra=(*_TEMPLATE, "seed")),
-    "chat": CommandFlags(("model", "eval", "generate"), extra=(*_TEMPLATE, "seed")),
-    "merge": CommandFlags(("model", "eval", "run")),
-    "serve": CommandFlags(("model", "eval", "generate", "serve"), extra=_TEMPLATE),
-    # The template (inherited from the run) shapes the Ollama Modelfile of --target gguf.
-    "export": CommandFlags(("model", "eval", "export"), extra=("output_dir", "overwrite_output_dir", *_TEMPLATE)),
-    # The memory plan takes the train flags memory depends on (a train YAML file works as it is: its other keys
-    # are ignored, as in every shared YAML).
-    "plan": CommandFlags(("plan",), extra=_MEMORY, trainer=_MEMORY_TRAINER),
-}
 
 # Ranges of the TrainingArguments flags medpt passes through, checked before anything loads (transformers checks
 # some of them only when training starts, after data preparation and model loading; some, never).
@@ -122,3 +92,84 @@ class DownloadArguments:
 class ReportArguments:
     run_dir: str = _arg("", "The medpt run to report on.", path=True)
     output_dir: str | None = _arg(None, "Where report.html/.md go (default: the run).", path=True)
+
+
+# --- the record --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str  # one line of `medpt --help`
+    entry: str  # "module:function"; the function takes a Config (args is None) or an instance of `args`
+    sections: tuple[str, ...] = ()  # the shared configuration's sections it takes (medpt.args.SECTIONS)
+    extra: tuple[str, ...] = ()  # single flags from sections the command does not take whole
+    trainer: bool | tuple[str, ...] = ()  # True: every TrainingArguments flag; else the ones listed
+    args: type | None = None  # a small command's own flags; None: the shared configuration (`sections`)
+    positional: str | None = None  # the flag a leading positional argument fills: `medpt report RUN`
+    dry_run: str | None = None  # "module:function" printing what --dry_run adds after the resolved configuration
+    writes: tuple[str, ...] = ()  # top-level names it writes in its output folder (rundir's names)
+    patterns: tuple[str, ...] = ()  # names it creates later (checkpoint-*)
+    replaces: tuple[str, ...] = ()  # whose files it may replace besides its own
+
+    def takes_section(self, section: str) -> bool:
+        return section in self.sections
+
+
+_TEMPLATE = ("template", "template_format")
+_MEMORY = ("model_name_or_path", "revision", "cache_dir", "offline", "torch_dtype", "load_in_4bit",
+           "attn_implementation", "block_size", "packing", "use_peft", "target_modules", "lora_rank", "lora_dropout",
+           "lora_dropout_mode", "modules_to_save", "use_dora", "qlora", "bf16", "fp16")  # fmt: skip
+_MEMORY_TRAINER = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "optim")
+_PREPARED = (rd.CONFIG_FILE, rd.DATA_REPORT, rd.REJECTED, rd.CONTAMINATION, rd.NEAR_DUPLICATES)
+_TRAINED = (*_PREPARED, rd.METRICS, rd.BASE_RECORD, rd.LOSS_CURVE, rd.TRAINING_ARGS, rd.EVAL_SETS_DIR, rd.STAGING,
+            *rd.TRAINER_FILES)  # fmt: skip
+_STUDY = (*_PREPARED, rd.EVAL_SETS_DIR, rd.TUNE_INFO, rd.SEARCH_SPACE, rd.STUDY_DB,
+          *(rd.STUDY_DB + side for side in ("-journal", "-wal", "-shm")), rd.TRIALS_DIR, rd.BEST_CONFIG, rd.TRIALS_CSV,
+          rd.TRIALS_MD, rd.TUNE_HISTORY, rd.TUNE_IMPORTANCE)  # fmt: skip
+_EVALUATED = (rd.EVAL_RESULTS, rd.EVAL_MD, rd.MCQ_DIR, f"{rd.GENERATED}.jsonl", f"{rd.GENERATED}.md", rd.CONTAMINATION)
+_REPORTED = (rd.REPORT_HTML, rd.REPORT_MD, rd.REPORT_CURVE, rd.FORGETTING_CHART, rd.REPORT_DELTAS)
+_DEMO = ("tiny-model", "run", "cache", "questions.jsonl")  # the demo's own layout of its --output_dir
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("prepare", "read, render, tokenize and pack training data; data_report.json",
+            "medpt.data.prepare:run_prepare", ("model", "data", "run"), writes=_PREPARED),
+    Command("train", "continued pretraining with LoRA / QLoRA / full fine-tuning", "medpt.train.command:run_train",
+            ("model", "data", "lora", "run", "plan"), trainer=True, dry_run="medpt.plan.command:print_dry_run",
+            writes=_TRAINED, patterns=(f"{rd.CHECKPOINT_PREFIX}*",),
+            # training into a folder `medpt prepare` wrote writes a newer config and data report there; nothing
+            # replaces a training run's files but --overwrite_output_dir
+            replaces=("prepare",)),
+    # The memory plan takes the train flags memory depends on (a train YAML file works as it is: its other keys are
+    # ignored, as in every shared YAML).
+    Command("plan", "will it fit? peak memory by part and the largest micro-batch, before loading",
+            "medpt.plan.command:run_plan", ("plan",), extra=_MEMORY, trainer=_MEMORY_TRAINER),
+    Command("tune", "hyperparameter search: an Optuna study of short train runs, shareable",
+            "medpt.tune.study:run_tune", ("model", "data", "lora", "run", "tune"), trainer=True, writes=_STUDY),
+    Command("eval", "base vs adapted with 95% CIs: perplexity, multiple-choice benchmarks, generated answers",
+            "medpt.eval.command:run_eval", ("model", "data", "eval", "run"), extra=("max_new_tokens",),
+            trainer=("per_device_eval_batch_size",), writes=_EVALUATED),
+    Command("verify", "check that an adapter fits its base, learned something, changes outputs",
+            "medpt.eval.verify:run_verify", ("model", "eval")),
+    Command("compare", "base and adapted answers side by side (Markdown, HTML, JSONL)",
+            "medpt.generate.command:run_compare", ("model", "eval", "generate", "run"), extra=_TEMPLATE,
+            writes=(rd.COMPARE_JSONL, rd.COMPARE_MD, rd.COMPARE_HTML)),
+    Command("generate", "answer a file of questions (jsonl in, jsonl out)", "medpt.generate.command:run_generate",
+            ("model", "eval", "generate"), extra=(*_TEMPLATE, "seed")),
+    Command("chat", "interactive chat, streamed, in the 问/答 template", "medpt.generate.command:run_chat",
+            ("model", "eval", "generate"), extra=(*_TEMPLATE, "seed")),
+    Command("merge", "fold the adapter into the base and save a standalone model", "medpt.export.merge:run_merge",
+            ("model", "eval", "run")),
+    Command("serve", "an OpenAI-compatible API and a before/after web page for a run", "medpt.serve.command:run_serve",
+            ("model", "eval", "generate", "serve"), extra=_TEMPLATE),
+    # The template (inherited from the run) shapes the Ollama Modelfile of --target gguf.
+    Command("export", "the adapter for vLLM, SGLang, llama.cpp or Ollama, checked against their limits",
+            "medpt.export.command:run_export", ("model", "eval", "export"),
+            extra=("output_dir", "overwrite_output_dir", *_TEMPLATE)),
+    Command("report", "one HTML + Markdown page for a run", "medpt.report.command:run_report", args=ReportArguments,
+            positional="run_dir", writes=_REPORTED),
+    Command("init-tiny", "build a tiny offline LLaMA-architecture model", "medpt.model.init_tiny:run_init_tiny",
+            args=InitTinyArguments),
+    Command("download", "fetch a model or dataset (HF_ENDPOINT mirrors)", "medpt.model.download:run_download",
+            args=DownloadArguments, positional="repo_id"),
+    Command("demo", "the whole workflow, offline on a CPU, on the bundled sample", "medpt.demo:run_demo",
+            args=DemoArguments, writes=_DEMO),
+)}  # fmt: skip

@@ -27,11 +27,12 @@ def _arg(
     le: float | None = None,
     lt: float | None = None,
     only: tuple[str, ...] | None = None,
-    path: bool = False,
+    path: bool | str = False,
     secret: bool = False,
 ) -> Any:
-    """A field with its help, range (ge/gt/le/lt), the commands that use it (`only`), whether it holds paths, and
-    whether it is a secret (never printed: --dry_run shows it as set or not)."""
+    """A field with its help, range (ge/gt/le/lt), the commands that use it (`only`), whether it holds paths (a
+    string: the path is an input the command reads, and says what it is; no output may be, hold or sit inside it),
+    and whether it is a secret (never printed: --dry_run shows it as set or not)."""
     meta = {"help": help, "range": (ge, gt, le, lt), "only": only, "path": path, "secret": secret}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)

@@ -24,7 +24,7 @@ class EvalArguments:
     adapter: str | None = _arg(
         None,
         "A medpt run (or any PEFT adapter folder): its saved config supplies the base model and data settings.",
-        path=True,
+        path="adapter",
     )
     allow_base_mismatch: bool = _arg(
         False,
@@ -35,24 +35,27 @@ class EvalArguments:
         None,
         'Multiple-choice benchmarks, NAME=FILE (file, folder or glob of jsonl: {"question", "choices": '
         '{"A": ...}, "answer", "subject"}); few-shot examples from a dev.jsonl beside FILE when present.',
-        path=True,
+        path="benchmark {name!r}",
         only=_EVAL,
     )
     mcq_dir: str | None = _arg(
         None,
         "A folder of benchmarks: every DIR/medical_mcq_*/ and DIR/general_mcq_*/ holding a test.jsonl is one, named "
         "after its folder, with few-shot examples from its dev.jsonl when present.",
-        path=True,
+        path="benchmark folder (--mcq_dir)",
         only=_EVAL,
     )
     mcq_file: list[str] | None = _arg(
         None,
         "Multiple-choice questions as one benchmark (named after the file, or its folder for test.jsonl).",
-        path=True,
+        path="multiple-choice file",
         only=_EVAL,
     )
     fewshot_file: str | None = _arg(
-        None, "Solved questions (same shape) to show before each question, for every benchmark.", path=True, only=_EVAL
+        None,
+        "Solved questions (same shape) to show before each question, for every benchmark.",
+        path="few-shot file",
+        only=_EVAL,
     )
     num_fewshot: int = _arg(
         0, "How many solved questions to show (same subject first; from --fewshot_file, else each benchmark's "
@@ -88,7 +91,7 @@ class EvalArguments:
         None,
         "Where --generate_eval takes its questions and reference answers (conversation records: the first question "
         "and the answer to it); default: the run's validation data.",
-        path=True,
+        path="questions file (--generate_file)",
         only=_EVAL,
     )
 
@@ -115,7 +118,7 @@ class GenerationArguments:
     questions: str | None = _arg(
         None,
         'A file of questions: jsonl {"question": ...} or one per line (.txt).',
-        path=True,
+        path="questions file",
         only=("compare", "generate"),
     )
     answers_file: str | None = _arg(

@@ -16,18 +16,18 @@ from medpt.args.fields import (
     _check_ranges,
     _comma_list,
 )
+from medpt.args.flags import closest
 from medpt.errors import MedptError
-from medpt.flags import closest
 
 
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = _arg(
-        None, "Base model: a hub id (deepseek-ai/deepseek-coder-7b-base-v1.5) or a local directory.", path=True
+        None, "Base model: a hub id (deepseek-ai/deepseek-coder-7b-base-v1.5) or a local directory.", path="base model"
     )
-    tokenizer_name_or_path: str | None = _arg(None, "Tokenizer, when it is not the model's own.", path=True)
+    tokenizer_name_or_path: str | None = _arg(None, "Tokenizer, when it is not the model's own.", path="tokenizer")
     cache_dir: str | None = _arg(
-        None, "Cache for hub downloads (models and datasets); default $HF_HOME/hub.", path=True
+        None, "Cache for hub downloads (models and datasets); default $HF_HOME/hub.", path="hub cache"
     )
     revision: str | None = _arg(None, "Hub revision (branch, tag or commit) of the model and tokenizer.")
     trust_remote_code: bool = _arg(False, "Run Python code shipped with a hub model. Off unless you trust it.")
@@ -58,7 +58,9 @@ def split_named(item: str) -> tuple[str, str]:
 @dataclass
 class DataArguments:
     dataset_name: list[str] | None = _arg(
-        None, "Hub dataset ids (or local dataset folders) read with datasets; NAME=ID names a source.", path=True
+        None,
+        "Hub dataset ids (or local dataset folders) read with datasets; NAME=ID names a source.",
+        path="dataset folder",
     )
     dataset_config_name: str | None = _arg(None, "Configuration (subset) name of --dataset_name.")
     streaming: bool = _arg(
@@ -70,13 +72,13 @@ class DataArguments:
         None,
         "Training files, folders or globs (.jsonl .json .parquet .csv .txt, optionally .gz); NAME=PATH names a source "
         "(medical=data/qa general=wiki/), each with its own format detection.",
-        path=True,
+        path="training data",
     )
     validation_file_dir: list[str] | None = _arg(
         None,
         "Validation files, folders or globs (NAME=PATH for a named source); without them a stable hash split of "
         "each source's training data is used.",
-        path=True,
+        path="validation data",
     )
     mix: list[str] | None = _arg(
         None,
@@ -120,7 +122,7 @@ class DataArguments:
         "Benchmarks to check the training documents against (multiple-choice files, eval sets, or folders laid out "
         "as for --mcq_dir); the eval sets are always checked. Items sharing a --contamination_ngram with a training "
         "document are listed in contamination.jsonl.",
-        path=True,
+        path="benchmark (--check_contamination)",
         only=_PREPARING,
     )
     contamination_ngram: int = _arg(
@@ -178,13 +180,13 @@ class DataArguments:
         None, "Also write the rendered documents to this jsonl file ({'text': ...}).", path=True, only=("prepare",)
     )
     data_cache_dir: str | None = _arg(
-        None, "Where prepared blocks are cached; default $MEDPT_CACHE or ~/.cache/medpt.", path=True
+        None, "Where prepared blocks are cached; default $MEDPT_CACHE or ~/.cache/medpt.", path="data cache"
     )
     overwrite_cache: bool = _arg(False, "Prepare again even when a cached result exists.")
     eval_sets: list[str] | None = _arg(
         None,
         "Extra named eval sets, NAME=PATH (files, folders or globs): each reported as eval_NAME_loss etc.",
-        path=True,
+        path="eval set {name!r}",
     )
 
     def __post_init__(self) -> None:
@@ -292,7 +294,9 @@ class LoraArguments:
     modules_to_save: list[str] | None = _arg(
         None, "Modules trained in full and saved with the adapter (embed_tokens,lm_head)."
     )
-    peft_path: str | None = _arg(None, "Continue training this existing adapter.", path=True)
+    peft_path: str | None = _arg(
+        None, "Continue training this existing adapter.", path="adapter to continue (--peft_path)"
+    )
     use_rslora: bool = _arg(False, "Rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r.")
     use_dora: bool = _arg(False, "DoRA: weight-decomposed LoRA (magnitude and direction trained separately).")
     qlora: bool = _arg(False, "QLoRA: LoRA on a 4-bit NF4 base model (same as --load_in_4bit with LoRA).")
@@ -348,7 +352,7 @@ class RunArguments:
         "",
         "auto: continue from the latest complete checkpoint in --output_dir; a path: from that one; no (or none): "
         "start over. Default: auto, unless --overwrite_output_dir.",
-        path=True,
+        path="checkpoint to resume from",
         only=("train",),  # each trial of `medpt tune` starts fresh in its own folder
     )
     bf16: bool | None = _arg(

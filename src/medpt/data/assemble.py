@@ -116,7 +116,7 @@ def _add_counts(records: dict[str, Any], meta: dict[str, Any]) -> None:
 
 
 def records_block(records: dict[str, Any], n_train: int, n_val: int, not_sampled: dict[str, int]) -> dict[str, Any]:
-    """The report's "records" block of one source (the same shape as before sharding)."""
+    """The report's "records" block of one source."""
     skipped = records["skipped"]
     return {
         "read": records["read"],

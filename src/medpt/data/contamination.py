@@ -242,16 +242,16 @@ def _chunks(documents: Iterable[str]) -> Iterator[list[str]]:
 
 # --- benchmark items from files ---------------------------------------------------------------------------------
 def items_from_questions(benchmark: str, questions: list[Any]) -> list[Item]:
-    """Items of multiple-choice questions (medpt.mcq.Question): the question, then each option."""
+    """Items of multiple-choice questions (medpt.eval.mcq.Question): the question, then each option."""
     return [Item(benchmark, q.where, (q.question, *q.choices.values())) for q in questions]
 
 
 def read_benchmark_items(paths: list[str], flag: str = "check_contamination") -> list[Item]:
-    """The items of each FILE or DIR: a file is one benchmark (named as medpt.mcq.benchmark_name says); a folder
+    """The items of each FILE or DIR: a file is one benchmark (named as medpt.eval.mcq.benchmark_name says); a folder
     holding test.jsonl is one benchmark (its test.jsonl), and any other folder is searched like `--mcq_dir`.
     Multiple-choice files give question + options; other record shapes (an eval set of ShareGPT, text, ...) give
     each record's first question (or its text), whose answers would match on stock phrases."""
-    from medpt.mcq import Benchmark, benchmark_folder, benchmark_name, find_benchmarks
+    from medpt.eval.mcq import Benchmark, benchmark_folder, benchmark_name, find_benchmarks
 
     items: list[Item] = []
     for path in paths:
@@ -270,7 +270,7 @@ def file_items(name: str, files: list[str], flag: str) -> list[Item]:
     from medpt.data.formats import detect_format, to_document
     from medpt.data.paths import resolve_files
     from medpt.data.records import FileSource
-    from medpt.mcq import read_questions
+    from medpt.eval.mcq import read_questions
 
     items: list[Item] = []
     for path in resolve_files(files, flag):

@@ -6,7 +6,7 @@ ends) and skips entries whose name starts with "." *below* the folder (the folde
 holding its manifest: a run, an eval, the data cache), so earlier outputs are never read back as data, and naming such
 a folder as the data is an error. A file reached twice (a symbolic or hard link, a `**` glob through a link loop,
 overlapping patterns) is read once. A broken or looping link given directly is one line. `~` is expanded before any
-of this, when the flag is read (medpt.flags.value_of).
+of this, when the flag is read (medpt.args.flags.value_of).
 """
 
 from __future__ import annotations

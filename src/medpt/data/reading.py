@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from medpt.config import DataArguments
+from medpt.args.resolve import DataArguments
 from medpt.data.formats import Document, detect_format, to_document
 from medpt.data.hygiene import content_hash, in_validation, normalize_text
 from medpt.data.records import FileSource, HubSource

@@ -5,9 +5,10 @@ at any point resumes from its completed shards.
 1. Jobs: every input file cut into slices of about --shard_mb (.jsonl at line ends; other formats one job per file;
    hub datasets in row batches), in input order, the validation files first (their documents must be known before a
    training document identical to one of them can be dropped).
-2. Workers read and render a job's records; in this process, in job order, exact duplicates are dropped (16-byte
-   hashes per source, a few dozen bytes per document) and each document is assigned to its split; the kept documents
-   go back to the workers to be tokenized while the next jobs are read. At most a few jobs are in flight.
+2. Workers read and render a job's records; in this process, in job order, exact duplicates are dropped (the first
+   8 bytes of each document's 16-byte blake2b digest, kept per source in a sorted array: 8 bytes a document) and
+   each document is assigned to its split; the kept documents go back to the workers to be tokenized while the next
+   jobs are read. At most a few jobs are in flight.
 3. Each job becomes a shard folder under the cache's `.KEY.partial/`: its kept documents' tokens, lengths, split and
    hashes, and its counts; written to a temporary folder, then renamed, so a shard folder is complete or absent.
    A rerun replays the completed shards' hashes and counts and continues with the first missing one: the same result
@@ -172,7 +173,7 @@ def hash64(digests: list[bytes]) -> np.ndarray:
 
 
 class Selector:
-    """Per source: exact dedup (training files and validation files separately, as before sharding), the split,
+    """Per source: exact dedup (training files and validation files separately), the split,
     the removal of training documents identical to one of the source's validation files, and the contamination
     check of the training documents (dropped with `decontaminate`)."""
 

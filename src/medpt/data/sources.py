@@ -1,7 +1,7 @@
 """Which files (or hub datasets) make up each named data source and split.
 
 `--train_file_dir medical=data/qa general=wiki/` gives two sources, each read with its own format detection;
-plain paths make one unnamed source (""), as before sources had names. Validation files belong to the source they
+plain paths make one unnamed source (""). Validation files belong to the source they
 name; a hub dataset's own validation split belongs to its source unless validation files for it are given. A file
 reached twice (by two paths, links or copies) is refused (check_distinct).
 """

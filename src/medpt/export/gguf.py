@@ -19,11 +19,11 @@ MODELFILE = "Modelfile"
 def write(job: Job) -> list[str]:
     import torch
 
-    from medpt.adapter import run_tokenizer_dir
     from medpt.export.gguf_writer import check_convertible, gguf_name, write_gguf
+    from medpt.export.merging import merge_adapter
     from medpt.export.probe import verify
-    from medpt.merge import merge_adapter
-    from medpt.model import model_config
+    from medpt.model.adapter import run_tokenizer_dir
+    from medpt.model.loading import model_config
 
     check_convertible(
         model_config(job.config.model, job.base_name), run_tokenizer_dir(job.config.model, job.adapter, job.base_name)
@@ -42,7 +42,7 @@ def write(job: Job) -> list[str]:
 def modelfile(gguf_file: str, data: Any) -> str:
     """An Ollama Modelfile that asks questions the way the run was trained (问:{q}\\n答:) and stops where the model
     starts the next turn, as `medpt generate` does."""
-    from medpt.generate import role_format, stop_strings
+    from medpt.generate.prompting import role_format, stop_strings
 
     fmt = role_format(data.template, data.template_format)
     (h0, h1), (g0, _) = fmt.wrap["human"], fmt.wrap["gpt"]

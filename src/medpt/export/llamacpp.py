@@ -29,10 +29,10 @@ BASE_FILE, ADAPTER_FILE = "base-{quant}.gguf", "adapter-f32.gguf"
 def write(job: Job) -> list[str]:
     import torch
 
-    from medpt.adapter import run_tokenizer_dir
     from medpt.export.gguf_writer import check_convertible, write_gguf, write_lora_gguf
     from medpt.export.probe import verify_lora
-    from medpt.model import load_model, load_tokenizer, model_config
+    from medpt.model.adapter import run_tokenizer_dir
+    from medpt.model.loading import load_model, load_tokenizer, model_config
 
     m = job.config.model
     tokenizer_dir = run_tokenizer_dir(m, job.adapter, job.base_name)

@@ -11,7 +11,7 @@ ACCEPTS: dict[str, Handling] = {feature: MERGED for feature in ("lora", "rslora"
 
 
 def write(job: Job) -> list[str]:
-    from medpt.merge import merge_adapter, save_merged
+    from medpt.export.merging import merge_adapter, save_merged
 
     merged = merge_adapter(job.config, job.adapter, job.out, job.log)
     save_merged(merged, job.tmp, "export")

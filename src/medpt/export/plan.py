@@ -40,7 +40,7 @@ class AdapterFacts:
 
     @classmethod
     def read(cls, adapter_dir: Path) -> AdapterFacts:
-        from medpt.modelfiles import read_adapter_config
+        from medpt.model.files import read_adapter_config
 
         path = adapter_dir / ADAPTER_CONFIG
         raw = read_adapter_config(adapter_dir)

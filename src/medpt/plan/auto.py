@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from medpt.errors import MedptError
-from medpt.plan.command import make_plan
 from medpt.plan.memory import estimate, keeping_global, largest_fit, with_batch
+from medpt.plan.planner import make_plan
 
 BATCH, ACCUMULATION = "per_device_train_batch_size", "gradient_accumulation_steps"
 

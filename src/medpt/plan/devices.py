@@ -9,7 +9,7 @@ the share of a step's memory its allocator keeps beyond what tensors use.
 2. CPU: this machine's available memory (MemAvailable). Fixed overhead: a `medpt train` process before the model
    is loaded (Python, torch, transformers, peft, datasets, the prepared data) and its first step (thread pools,
    lazily loaded kernels): the smallest measured run less its planned tensors (bench/memory.py).
-   Reserve: glibc keeps freed blocks in its heap (medpt.allocator asks it to, for speed), and a step's pattern of
+   Reserve: glibc keeps freed blocks in its heap (medpt.train.allocator asks it to, for speed), and a step's pattern of
    long-lived saved activations between short-lived temporaries strands some: measured (bench/memory.py, glibc
    2.36) as about six layers' worth of saved activations beyond the tensors alive, with or without checkpointing.
    With MALLOC_MMAP_THRESHOLD_ set glibc returns large blocks at once (slower steps) and the reserve is 0.

@@ -225,7 +225,7 @@ def _group_inputs(shape: ModelShape, s: Setup, group: str) -> float:
     if s.method == "full" or s.dropout == 0:
         return (0 if group == "o_in" else dim * copy) + casts  # o_in is the very tensor SDPA keeps
     if s.device == "cpu":
-        # medpt.dropout: the mask is a multiplier in the input's dtype; shared mode: one mask and copy per group
+        # medpt.train.dropout: the mask is a multiplier in the input's dtype; shared mode: one mask and copy per group
         masks = 1 if s.dropout_mode == "shared" else len(modules)
         return masks * dim * (x + copy) + casts
     return len(modules) * dim * (1 + copy) + casts  # torch's dropout on a GPU: a bool mask and a copy per adapter

@@ -43,8 +43,9 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from medpt import generate
-from medpt.generate import StopAwareStreamer
+from medpt.generate import prompting
+from medpt.generate.prompting import StopAwareStreamer
+from medpt.model.loading import cache_name
 from medpt.serve.lane import Lane
 
 log = logging.getLogger("medpt.serve")
@@ -58,7 +59,7 @@ class Job:
     """One answer to produce: what the HTTP side asks of the engine."""
 
     prompt_ids: list[int]
-    variant: str  # "base" or "adapted" (medpt.adapter.Variants names)
+    variant: str  # "base" or "adapted" (medpt.model.adapter.Variants names)
     max_tokens: int  # 0: score the prompt only
     temperature: float  # 0: greedy
     top_p: float
@@ -176,7 +177,7 @@ class Engine:
         self._thread: threading.Thread | None = None
 
     def _lanes(self, variants: Any) -> dict[str, Lane]:
-        pad, cache = self.tokenizer.pad_token_id, _cache_name(variants.base)
+        pad, cache = self.tokenizer.pad_token_id, cache_name(variants.base)
         if variants.peft and _can_mix(variants.adapted):
             return {"*": Lane(_mixed_forward(variants), pad, cache)}
         return {name: Lane(_forward_with(variants, name), pad, cache) for name in variants.names}
@@ -349,7 +350,7 @@ def token_logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[To
 def sampler(job: Job) -> tuple[list, torch.Generator | None]:
     """A job's logits processors (test hooks, logit bias, repetition penalty, temperature, top-p) and its random
     generator (seeded by the request, else at random; None when greedy)."""
-    processors = list(generate.extra_logits_processors())
+    processors = list(prompting.extra_logits_processors())
     if job.logit_bias:
         processors.append(SequenceBiasLogitsProcessor({(t,): b for t, b in job.logit_bias.items()}))
     if job.repetition_penalty != 1.0:
@@ -364,14 +365,6 @@ def sampler(job: Job) -> tuple[list, torch.Generator | None]:
 def _can_mix(model: Any) -> bool:
     """PEFT's mixed-batch inference covers plain LoRA; it refuses DoRA."""
     return not any(getattr(c, "use_dora", False) for c in model.peft_config.values())
-
-
-def _cache_name(model: Any) -> str:
-    """transformers 5.2x renamed the KV cache argument (and output) `past_key_values` to `cache`."""
-    import inspect
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(inner).forward).parameters else "past_key_values"
 
 
 def _mixed_forward(variants: Any) -> Any:

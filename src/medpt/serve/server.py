@@ -79,7 +79,7 @@ def _sigterm_interrupts():
 
 def build(config: Any, log: Any = print) -> Any:
     """The app for a configuration: the run loaded, its engine, its model ids and limits."""
-    from medpt.adapter import load_variants
+    from medpt.model.adapter import load_variants
     from medpt.serve.app import build_app
     from medpt.serve.engine import Engine
     from medpt.serve.serving import Serving

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from medpt.generate import build_prompt, stop_strings
+from medpt.generate.prompting import build_prompt, stop_strings
 from medpt.serve.engine import SHUTTING_DOWN, Engine, Job
 from medpt.serve.protocol import (
     APIError,

@@ -5,7 +5,3 @@
 - study.py: the command, the shared study, the workers and the objective (one `medpt train` run per trial);
 - summary.py: the trials table, best.yaml and the plots.
 """
-
-from medpt.tune.study import run_tune
-
-__all__ = ["run_tune"]

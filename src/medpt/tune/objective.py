@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from medpt.config import Config
+from medpt.args.resolve import Config
 from medpt.errors import MedptError
 
 
@@ -70,13 +70,13 @@ def configured_sets(config: Config) -> list[str]:
 
 
 def prepared_sets(data: Any, eval_sets: dict[str, Any]) -> set[str]:
-    """The sets that got blocks (medpt.train.prepare_all's result)."""
+    """The sets that got blocks (medpt.train.recipe.prepare_all's result)."""
     unnamed = {"loss"} if data.validation is not None and not data.validation_sets else set()
     return unnamed | set(data.validation_sets) | set(eval_sets)
 
 
 def metric_key(name: str, metrics: dict[str, float]) -> str:
-    # With --eval_sets beside one unnamed source, medpt.train names that source's held-out set "valid".
+    # With --eval_sets beside one unnamed source, medpt.train.recipe names that source's held-out set "valid".
     if name == "loss":
         return "eval_loss" if "eval_valid_loss" not in metrics else "eval_valid_loss"
     return f"eval_{name}_loss"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medpt.args import TuneArguments
-from medpt.config import Config
+from medpt.args.resolve import Config
 from medpt.errors import MedptError
 from medpt.tune.objective import Objective
 from medpt.tune.space import SearchSpace, load_space
@@ -49,8 +49,8 @@ def make_setup(config: Config) -> Setup:
 def check_space_fits(setup: Setup, facts: Any) -> None:
     """Every value the space may draw fits the model too (a block_size within its positions, target modules it
     has): the schema's ranges cannot know the model, and trial 0 would fail on such a value after the data is
-    prepared. `facts`: the model's (medpt.modelfiles.ModelFacts), from the checks every trial shares."""
-    from medpt.train import check_fits_model
+    prepared. `facts`: the model's (medpt.model.files.ModelFacts), from the checks every trial shares."""
+    from medpt.train.recipe import check_fits_model
 
     for dim in setup.space.dimensions:
         for value in dim.candidates(setup.base):

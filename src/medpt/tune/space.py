@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from medpt.config import Config, lookup, takes
+from medpt.args.flags import FlagSpec, convert
+from medpt.args.resolve import Config, lookup, takes
 from medpt.errors import MedptError
-from medpt.flags import FlagSpec, convert
 
 # The default: the knobs that matter most for LoRA continued pretraining, over ranges that hold for 7B models and
 # the tiny ones alike. alpha follows the rank (the update is scaled by alpha / r, so a free alpha would make the

@@ -3,7 +3,7 @@
 Reads top to bottom: checks that need nothing loaded → claim the output folder → prepare the data once → open the
 study → run trials until the study holds --n_trials → wait for the other workers' last trials → write the summary.
 
-The storage is the only state the workers share (STYLE.md): processes pointed at the same storage run one study,
+The storage is the only state the workers share: processes pointed at the same storage run one study,
 each trial's number comes from it, and a rerun continues it. Processes that share an --output_dir (the default
 SQLite storage lives there) also share a lock on that folder, which serialises what must not race: claiming the
 folder, creating the SQLite tables, preparing data into medpt's cache, and counting the trials before asking for
@@ -21,8 +21,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from medpt.args.commands import COMMANDS
+from medpt.args.resolve import Config, inputs_of
 from medpt.atomic import PathLock, atomic_write_text, before_write, owner, owner_dead, remove_stale_leftovers
-from medpt.config import Config
 from medpt.errors import MedptError
 from medpt.rundir import (
     SEARCH_SPACE,
@@ -31,7 +32,6 @@ from medpt.rundir import (
     TUNE_INFO,
     check_output,
     claim_dir,
-    inputs_of,
 )
 from medpt.strictjson import dumps
 from medpt.tune.objective import PruningCallback, prepared_sets
@@ -49,7 +49,7 @@ def run_tune(config: Config, log: Any = print) -> int:
     setup = make_setup(config)
     out = setup.out
     # 1. What needs nothing loaded, for the configuration every trial shares.
-    from medpt.train import check_before_loading
+    from medpt.train.recipe import check_before_loading
 
     shared = trial_config(setup, {}, out)  # the trials' configuration, but the values they draw
     check_space_fits(setup, check_before_loading(shared))
@@ -62,7 +62,7 @@ def run_tune(config: Config, log: Any = print) -> int:
 
 
 def _run_study(optuna: Any, config: Config, setup: Setup, shared: Config, log: Any) -> int:
-    from medpt.train import prepare_all
+    from medpt.train.recipe import prepare_all
 
     out = setup.out
     lock = PathLock(out)
@@ -109,15 +109,15 @@ def claim_tune_dir(config: Config, setup: Setup) -> PathLock:
     with contextlib.suppress(OSError):
         out.mkdir(parents=True, exist_ok=True)
     if not out.is_dir():
-        claim_dir(out, "tune", inputs=inputs_of(config))  # says why (a file there, permissions) in one line
+        claim_dir(out, COMMANDS["tune"], inputs=inputs_of(config))  # says why (a file there, permissions) in one line
     with PathLock(out):
         if config.run.overwrite_output_dir:
             _refuse_if_in_use(out / TUNE_INFO)
-        claim_dir(out, "tune", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
+        claim_dir(out, COMMANDS["tune"], inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
         _check_study_record(out / TUNE_INFO, config)
         config.save(out)
         atomic_write_text(out / SEARCH_SPACE, f"# {setup.space.source}\n{setup.space.text}")
-        claim_dir(out / TRIALS_DIR, "tune", writes=())
+        claim_dir(out / TRIALS_DIR, COMMANDS["tune"], writes=())
         for trial in (out / TRIALS_DIR).iterdir():  # a killed worker's trial is never continued: tidy it here
             remove_stale_leftovers(trial)
         in_use = PathLock(out / TUNE_INFO, shared=True)
@@ -266,7 +266,7 @@ def run_trial(trial: Any, setup: Setup, lock: PathLock) -> float:
     """The objective: one `medpt train` run with the trial's values, through the same `train` the CLI calls."""
     import optuna
 
-    from medpt.train import DivergedError, prepare_all, train
+    from medpt.train.recipe import DivergedError, prepare_all, train
 
     values = setup.space.suggest(trial, setup.base)
     out = setup.out / TRIALS_DIR / str(trial.number)
@@ -276,7 +276,7 @@ def run_trial(trial: Any, setup: Setup, lock: PathLock) -> float:
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     log = _prefixed(f"[trial {trial.number}]")
     with lock:  # trials/ is shared: its manifest (and the data cache) take one writer at a time
-        claim_dir(out, "train", inputs=inputs_of(config))
+        claim_dir(out, COMMANDS["train"], inputs=inputs_of(config))
         if setup.prepare_each:
             prepare_all(config, out, log)
     callback = PruningCallback(trial, setup.objective)

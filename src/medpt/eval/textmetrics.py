@@ -2,7 +2,7 @@
 words, so word-level metrics would depend on a segmenter).
 
 Each metric scores one answer against its reference, 0-100, so base and adapted can be compared answer by answer
-(the paired bootstrap in medpt.stats resamples answers):
+(the paired bootstrap in medpt.eval.stats resamples answers):
 
     chrf     sacrebleu's chrF (character n-grams up to 6, β = 2; whitespace ignored)
     bleu     sacrebleu's sentence BLEU with its Chinese tokenizer (each CJK character a token), exp smoothing and

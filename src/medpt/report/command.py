@@ -14,14 +14,18 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medpt.args.commands import COMMANDS
 from medpt.errors import MedptError
 from medpt.rundir import (
     COMPARE_DIR,
     CONFIG_FILE,
     DATA_REPORT,
     EVAL_DIR,
+    FORGETTING_CHART,
     LOSS_CURVE,
     METRICS,
+    REPORT_CURVE,
+    REPORT_DELTAS,
     REPORT_HTML,
     REPORT_MD,
     TRIALS_MD,
@@ -30,17 +34,13 @@ from medpt.rundir import (
     VERIFY,
 )
 
-REPORT_CURVE = "report_loss_curve.png"
-FORGETTING_CHART = "report_forgetting.png"  # medical vs general perplexity during training (named eval sets)
-REPORT_DELTAS = "report_mcq_ci.png"  # Δ accuracy of each benchmark with its 95% CI
-
 
 def _load(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def gather(run: Path, out: Path) -> dict[str, Any]:
-    from medpt.curves import plot_deltas, plot_forgetting, plot_losses
+    from medpt.report.curves import plot_deltas, plot_forgetting, plot_losses
 
     if not (run / CONFIG_FILE).is_file():
         raise MedptError(f"{run} is not a medpt run (no {CONFIG_FILE})")
@@ -71,7 +71,7 @@ def gather(run: Path, out: Path) -> dict[str, Any]:
 
 def markdown(run: Path, facts: dict[str, Any]) -> str:
     from medpt.data.report import format_table
-    from medpt.evaluate import format_eval
+    from medpt.eval.metrics import format_eval
 
     parts = [f"# medpt run: {run.name}\n", "## Configuration (values that differ from the defaults)\n", "```yaml"]
     parts += facts["config"] + ["```\n"]
@@ -109,7 +109,7 @@ def _kv_md(values: dict[str, Any]) -> str:
 def page(run: Path, facts: dict[str, Any]) -> str:
     """The HTML page: the Markdown's content with real tables, and the curve embedded (no external files)."""
     from medpt.data.report import format_table
-    from medpt.evaluate import format_eval
+    from medpt.eval.metrics import format_eval
 
     esc = html.escape
     body = [f"<h1>medpt run: {esc(run.name)}</h1>"]
@@ -228,8 +228,8 @@ def write_report(run: Path, out: Path | None = None, log: Any = print) -> tuple[
     tune = RunDir.open(run).kind == "tune"
     if not tune and not (run / CONFIG_FILE).is_file():  # before anything is written there
         raise MedptError(f"{run} is not a medpt run (no {CONFIG_FILE})")
-    with holding(out, "report"):
-        claim_dir(out, "report", writes=(REPORT_HTML, REPORT_MD, REPORT_CURVE, FORGETTING_CHART, REPORT_DELTAS))
+    with holding(out, COMMANDS["report"]):
+        claim_dir(out, COMMANDS["report"])
         if tune:
             markdown_text, html_text = tune_report(run, out)
         else:

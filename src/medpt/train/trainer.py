@@ -31,7 +31,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from medpt.atomic import append_line, atomic_write_text, make_dir, replace, write_json, writing_into
 from medpt.data.batches import REAL_TOKENS
 from medpt.errors import MedptError
-from medpt.evaluate import TokenStats, token_sums
+from medpt.eval.metrics import TokenStats, token_sums
 from medpt.faults import fault_point
 from medpt.rundir import STAGING
 from medpt.strictjson import dumps, finite

@@ -15,13 +15,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from medpt.args.commands import COMMANDS
+from medpt.args.resolve import RESUME_WORDS, Config, inputs_of
 from medpt.atomic import atomic_write_text, cut_log, make_dir, read_log, replace, writing_into
-from medpt.config import RESUME_WORDS, Config
-from medpt.curves import plot_losses
 from medpt.errors import MedptError
-from medpt.hub import resolve_local
-from medpt.lora import add_lora, speed_up
-from medpt.model import (
+from medpt.model.files import ModelFacts, check_adapter_fits, check_checkpoint, check_tokenizer_fits
+from medpt.model.hub import resolve_local
+from medpt.model.loading import (
     check_block_size,
     check_target_modules,
     device_kind,
@@ -33,7 +33,7 @@ from medpt.model import (
     trainable_summary,
     weight_dtype,
 )
-from medpt.modelfiles import ModelFacts, check_adapter_fits, check_checkpoint, check_tokenizer_fits
+from medpt.report.curves import plot_losses
 from medpt.rundir import (
     ADAPTER_WEIGHTS,
     BASE_RECORD,
@@ -46,9 +46,9 @@ from medpt.rundir import (
     checkpoints,
     claim_dir,
     holding,
-    inputs_of,
 )
 from medpt.strictjson import dumps
+from medpt.train.lora import add_lora, speed_up
 
 
 class DivergedError(MedptError):
@@ -71,7 +71,7 @@ def train(config: Config, log: Any = print, callbacks: tuple[Any, ...] = ()) -> 
         args = training_arguments(config)
     # 2. One process trains into a folder at a time (the main process of a distributed run holds it for all).
     main = args.process_index == 0
-    with holding(out, "train", inputs=inputs_of(config)) if main else contextlib.nullcontext():
+    with holding(out, COMMANDS["train"], inputs=inputs_of(config)) if main else contextlib.nullcontext():
         return _train(config, args, out, log, callbacks)
 
 
@@ -105,7 +105,7 @@ def _train(config: Config, args: Any, out: Path, log: Any, callbacks: tuple[Any,
         f"{args.world_size} process(es) × {args.per_device_train_batch_size} × {args.gradient_accumulation_steps} "
         f"accumulation; bf16={args.bf16} fp16={args.fp16}" + (f"; resuming from {resume}" if resume else "")
     )
-    from medpt.trainer import InterruptCallback, NonFiniteLossError
+    from medpt.train.trainer import InterruptCallback, NonFiniteLossError
 
     try:
         if config.plan.auto_batch:  # an out-of-memory first step is retried once at half the micro-batch
@@ -139,7 +139,7 @@ def _silent(*_: Any) -> None:
 
 
 def check_before_loading(config: Config) -> ModelFacts:
-    """What needs no weight loaded: the model's files (medpt.modelfiles), its tokenizer, --peft_path, and the flags
+    """What needs no weight loaded: the model's files (medpt.model.files), its tokenizer, --peft_path, and the flags
     that must fit the model. Returns the model's facts, for checking more values against it (`medpt tune`)."""
     m = config.model
     if not m.model_name_or_path:
@@ -180,7 +180,7 @@ def training_arguments(config: Config) -> Any:
         remove_unused_columns=False,  # the collator's fields are exactly what the model takes
         include_num_input_tokens_seen="no",  # medpt counts real tokens itself (see trainer.py)
     )
-    # --torch_compile is medpt's regional compilation (medpt.compiling), applied in build_model; transformers' own
+    # --torch_compile is medpt's regional compilation (medpt.train.compiling), applied in build_model; transformers' own
     # whole-model compile is left off.
     kwargs["torch_compile"] = False
     if device_kind() == "cpu":
@@ -221,7 +221,7 @@ def starting_point(config: Config, out: Path, log: Any, claim: bool = True) -> s
     last = str(max(mine, key=_step)) if mine else None
     resume_last = last is not None and (choice == "auto" or (choice == "" and not overwrite))
     if claim:
-        claim_dir(out, "train", inputs=inputs_of(config), overwrite=overwrite and not resume_last)
+        claim_dir(out, COMMANDS["train"], inputs=inputs_of(config), overwrite=overwrite and not resume_last)
         shutil.rmtree(out / STAGING, ignore_errors=True)  # what a stopped save left half-written (held: no writer)
     if choice not in ("", "auto", "no"):
         if not Path(choice).is_dir():
@@ -297,9 +297,9 @@ def build_model(config: Config, args: Any, log: Any) -> tuple[Any, Any]:
     import torch
 
     if device_kind() == "cpu":
-        from medpt.allocator import keep_freed_memory
+        from medpt.train.allocator import keep_freed_memory
 
-        keep_freed_memory()  # a CPU step re-allocates the same activations: keep them mapped (see medpt.allocator)
+        keep_freed_memory()  # a CPU step re-allocates the same activations: keep them mapped (train.allocator)
     compute = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     dtype = weight_dtype(m.torch_dtype, args.bf16, args.fp16, full_finetune=not lora.use_peft)
     model = load_model(m, dtype, four_bit=four_bit, compute_dtype=compute)
@@ -313,7 +313,7 @@ def build_model(config: Config, args: Any, log: Any) -> tuple[Any, Any]:
         log(f"LoRA r={lora.lora_rank} alpha={lora.lora_alpha} on {len(targets)} module types: {', '.join(targets)}")
         _check_modules_to_save(model, lora.modules_to_save)
     if config.trainer.get("torch_compile"):
-        from medpt.compiling import compile_layers
+        from medpt.train.compiling import compile_layers
 
         compile_layers(model, log)
     trainable, total = trainable_summary(model)
@@ -331,7 +331,7 @@ def build_trainer(config: Config, args: Any, model: Any, tokenizer: Any, data: A
     from transformers.trainer_callback import ProgressCallback
 
     from medpt.data.batches import Collator, PackedDataset
-    from medpt.trainer import InterruptCallback, MedptTrainer, MetricsFileCallback, TokenProgressCallback
+    from medpt.train.trainer import InterruptCallback, MedptTrainer, MetricsFileCallback, TokenProgressCallback
 
     # One unnamed source: its held-out blocks are `eval_loss`. Named sources: each its own set (eval_medical_loss,
     # eval_general_loss: the domain gain and the forgetting, side by side), as are the --eval_sets.
@@ -378,7 +378,7 @@ def finish(config: Config, trainer: Any, result: Any, out: Path, resumed: str | 
         _check_saved(out / ADAPTER_WEIGHTS, config.lora.modules_to_save)
     if config.run.plot and plot_losses(out / METRICS, out / LOSS_CURVE, title=out.name):
         log(f"loss curves: {out / LOSS_CURVE}")
-    from medpt.model_card import write_card
+    from medpt.report.card import write_card
 
     write_card(out, log=log)  # README.md: what was done (replaces PEFT's empty template)
     trainer.save_metrics("all", results, combined=False)
@@ -442,8 +442,8 @@ def whole_run_train_loss(metrics_file: Path, resumed_at: int, session_loss: floa
 
 def _record_base(config: Config, out: Path) -> None:
     """Which weights this adapter was trained on, so eval, merge and verify catch it being applied to another base."""
-    from medpt.model import MODEL_FILES
-    from medpt.modelfiles import weights_fingerprint
+    from medpt.model.files import weights_fingerprint
+    from medpt.model.loading import MODEL_FILES
 
     m = config.model
     local = resolve_local(m.model_name_or_path, MODEL_FILES, m.revision, m.cache_dir)

@@ -2,7 +2,7 @@
 adapter on it, and the checks that make a number measured with them trustworthy.
 
 Before anything is loaded (`check_variants`, called before any data is prepared), medpt checks that
-1. the base model's, the adapter's and the tokenizer's files are whole and fit each other (medpt.modelfiles: every
+1. the base model's, the adapter's and the tokenizer's files are whole and fit each other (medpt.model.files: every
    damaged or mismatched file is one line naming it, not a traceback from transformers or PEFT),
 2. every tensor of the adapter is finite (a NaN adapter would merge into a NaN model and print nan losses), and
 3. the base is the one the adapter was trained on (the weights fingerprint `medpt train` records); another base of the
@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from medpt.errors import MedptError
-from medpt.hub import resolve_local
-from medpt.model import (
+from medpt.model.files import (
+    ModelFacts,
+    check_adapter_fits,
+    check_tokenizer_fits,
+    read_adapter_config,
+    read_json,
+    weights_fingerprint,
+)
+from medpt.model.hub import resolve_local
+from medpt.model.loading import (
     MODEL_FILES,
     inference_dtype,
     load_model,
@@ -27,14 +35,6 @@ from medpt.model import (
     local_device,
     model_facts,
     tokenizer_source,
-)
-from medpt.modelfiles import (
-    ModelFacts,
-    check_adapter_fits,
-    check_tokenizer_fits,
-    read_adapter_config,
-    read_json,
-    weights_fingerprint,
 )
 from medpt.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_RECORD
 
@@ -104,31 +104,36 @@ def run_tokenizer_dir(model: Any, adapter_dir: Path | None, base_name: str | Non
 
 
 def check_adapter(adapter_dir: Path, facts: ModelFacts) -> None:
-    """Its files fit each other and the base (medpt.modelfiles), and its weights are finite."""
+    """Its files fit each other and the base (medpt.model.files), and its weights are finite."""
     check_adapter_fits(adapter_dir, facts)
     check_adapter_weights(adapter_dir)
 
 
-def check_adapter_weights(adapter_dir: Path) -> None:
-    """Readable and finite, or a one-line error naming the file (reads every tensor: adapters are small)."""
-    import torch
+def adapter_tensors(path: Path) -> dict[str, Any]:
+    """Every tensor of an adapter's safetensors file (adapters are small), or a one-line error naming the file."""
     from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
+    except SafetensorError as e:
+        raise MedptError(f"{path}: not a readable safetensors file ({e}); copy or train the adapter again") from None
+
+
+def check_adapter_weights(adapter_dir: Path) -> None:
+    """Readable and finite, or a one-line error naming the file."""
+    import torch
 
     path = adapter_dir / ADAPTER_WEIGHTS
     if not path.is_file():
         raise MedptError(f"{adapter_dir}: no {ADAPTER_WEIGHTS}; was the training run finished?")
-    try:
-        with safe_open(str(path), "pt") as f:
-            for key in f.keys():
-                tensor = f.get_tensor(key)
-                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    bad = int((~torch.isfinite(tensor)).sum())
-                    raise MedptError(
-                        f"{path}: tensor {key} holds {bad:,} NaN/inf value(s); the adapter is broken (training "
-                        "diverged?). Retrain it, or use an earlier checkpoint"
-                    )
-    except SafetensorError as e:
-        raise MedptError(f"{path}: not a readable safetensors file ({e}); copy or train the adapter again") from None
+    for key, tensor in adapter_tensors(path).items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise MedptError(
+                f"{path}: tensor {key} holds {bad:,} NaN/inf value(s); the adapter is broken (training diverged?). "
+                "Retrain it, or use an earlier checkpoint"
+            )
 
 
 def base_matches(model: Any, adapter_dir: Path, base_name: str) -> tuple[bool | None, str]:

@@ -2,17 +2,17 @@
 difference is and how much of it could be position bias.
 
 1. Benchmarks: `--mcq NAME=FILE ...`, `--mcq_file` (one benchmark, named after the file) and `--mcq_dir DIR` (every
-   DIR/medical_mcq_*/ and DIR/general_mcq_*/ holding a test.jsonl; medpt.mcq.find_benchmarks). Few-shot examples
+   DIR/medical_mcq_*/ and DIR/general_mcq_*/ holding a test.jsonl; medpt.eval.mcq.find_benchmarks). Few-shot examples
    come from --fewshot_file, else from the benchmark's own dev.jsonl. All questions are read and checked before the
    model is loaded.
-2. Scoring: medpt.mcq, unchanged (its predictions equal lm-evaluation-harness's on the same prompts). With
+2. Scoring: medpt.eval.mcq, unchanged (its predictions equal lm-evaluation-harness's on the same prompts). With
    `--circular` every question is asked once per rotation of its options (ABCD, BCDA, CDAB, DABC: the texts move,
    the letters stay; k rotations for k options, and k may differ from question to question) and is right only if
    every rotation is (OpenCompass's CircularEval), so a model that always answers one letter scores 0 instead of
    that letter's share of the answers.
 3. Per benchmark and scoring mode: accuracy of each model, Δ, the 95% CI of Δ (paired bootstrap over questions,
-   medpt.stats), McNemar's exact p, the distribution of predicted letters (a warning when one letter takes more than
-   half, BIAS_SHARE and BIAS_FACTOR), and per-subject accuracies (JSON). Overall: micro (every question counts
+   medpt.eval.stats), McNemar's exact p, the distribution of predicted letters (a warning when one letter takes more
+   than half, BIAS_SHARE and BIAS_FACTOR), and per-subject accuracies (JSON). Overall: micro (every question counts
    once) and macro (every benchmark counts once), with the bootstrap stratified by benchmark.
 4. RUN/eval/mcq/NAME.predictions.jsonl: every option's log-likelihood for each model and question (and rotation), one
    file per benchmark, so evaluating another benchmark later never overwrites it.
@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from medpt.args.commands import COMMANDS
 from medpt.errors import MedptError
-from medpt.mcq import Benchmark, Question, benchmark_folder, benchmark_name, find_benchmarks, read_questions
+from medpt.eval.mcq import Benchmark, Question, benchmark_folder, benchmark_name, find_benchmarks, read_questions
 from medpt.strictjson import dumps
 
 # A letter predicted for more than BIAS_SHARE of the questions, and more than BIAS_FACTOR times as often as uniform
@@ -72,7 +73,7 @@ def resolve_benchmarks(e: Any) -> list[Benchmark]:
 def load_benchmarks(config: Any, log: Any = print) -> list[LoadedBenchmark]:
     """Every benchmark's questions (a seeded sample of --max_mcq_questions) and few-shot examples, checked."""
     from medpt.data.hygiene import sample_indices
-    from medpt.mcq import pick_shots
+    from medpt.eval.mcq import pick_shots
 
     e = config.eval
     common_pool = read_questions([e.fewshot_file], "fewshot_file") if e.fewshot_file else None
@@ -130,7 +131,7 @@ class Asked:
 def score_benchmark(b: LoadedBenchmark, variants: Any, modes: list[str], circular: bool, batch_size: int,
                     log: Any = print) -> tuple[Asked, dict[str, Any], dict[str, float]]:  # fmt: skip
     """Every asked question (each rotation when circular), and per model: option log-likelihoods and predictions."""
-    from medpt.mcq import option_logprobs, predict
+    from medpt.eval.mcq import option_logprobs, predict
 
     a = Asked.of(b, circular)
     asked, shots = a.questions, a.shots
@@ -174,7 +175,7 @@ def correctness(asked: Asked, predicted: list[str], questions: int) -> np.ndarra
 def summarize_mode(b: LoadedBenchmark, asked: list[Question], right: dict[str, np.ndarray], scored: dict[str, Any],
                    mode: str, resamples: int, seed: int) -> dict[str, Any]:  # fmt: skip
     """One benchmark, one scoring mode: accuracies, Δ with its CI and p, letters, bias, subjects."""
-    from medpt.stats import mcnemar_exact, mean_difference_ci
+    from medpt.eval.stats import mcnemar_exact, mean_difference_ci
 
     out: dict[str, Any] = {
         "accuracy": {w: float(r.mean()) for w, r in right.items()},
@@ -216,7 +217,7 @@ def _by_subject(questions: list[Question], right: dict[str, np.ndarray]) -> dict
 def overall(rights: list[dict[str, np.ndarray]], resamples: int, seed: int) -> dict[str, Any]:
     """Micro (pooled questions) and macro (mean of benchmark accuracies) of one scoring mode, from each benchmark's
     right/wrong per question and model; the bootstrap stratified by benchmark."""
-    from medpt.stats import mcnemar_exact, mean_difference_ci
+    from medpt.eval.stats import mcnemar_exact, mean_difference_ci
 
     variants = list(rights[0])
     micro = {w: float(np.concatenate([r[w] for r in rights]).mean()) for w in variants}
@@ -235,12 +236,12 @@ def overall(rights: list[dict[str, np.ndarray]], resamples: int, seed: int) -> d
 
 def run_suite(config: Any, loaded: list[LoadedBenchmark], variants: Any, out: Path, log: Any = print) -> dict:
     """Score every benchmark with every model; write the predictions; return results["mcq"]."""
+    from medpt.eval.stats import CONFIDENCE
     from medpt.rundir import MCQ_DIR, claim_dir
-    from medpt.stats import CONFIDENCE
 
     e = config.eval
     modes = ["letter", "text"] if e.mcq_scoring == "both" else [e.mcq_scoring]
-    claim_dir(out / MCQ_DIR, "eval", writes=[f"{b.name}.predictions.jsonl" for b in loaded])
+    claim_dir(out / MCQ_DIR, COMMANDS["eval"], writes=[f"{b.name}.predictions.jsonl" for b in loaded])
     benchmarks: dict[str, Any] = {}
     rights: dict[str, list[dict[str, np.ndarray]]] = {m: [] for m in modes}  # per mode, per benchmark, per model
     for b in loaded:
@@ -261,7 +262,7 @@ def _benchmark(config: Any, b: LoadedBenchmark, variants: Any, modes: list[str],
                log: Any) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:  # fmt: skip
     """One benchmark: scored, its predictions written, summarised; and right/wrong per mode, model and question."""
     e = config.eval
-    batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
+    batch_size = config.eval_batch_size
     asked, scored, seconds = score_benchmark(b, variants, modes, e.circular, batch_size, log)
     predictions = folder / f"{b.name}.predictions.jsonl"
     write_predictions(predictions, b.name, asked.questions, scored, e.circular)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medpt.args.commands import COMMANDS
 from medpt.errors import MedptError
 from medpt.rundir import TINY_INFO
 from medpt.strictjson import dumps
@@ -139,7 +140,7 @@ def run_init_tiny(args: Any) -> int:
     inputs = Inputs()
     inputs.add_all("corpus", args.corpus)
     out = check_output("output_dir", args.output_dir, inputs)
-    check_replaceable(out, "init-tiny", args.overwrite, "a tiny model")
+    check_replaceable(out, COMMANDS["init-tiny"], args.overwrite, "a tiny model")
     info = init_tiny(out, args.size, read_texts(args.corpus), args.seed)
     print(
         f"tiny model ({args.size}): {info['parameters'] / 1e6:.1f}M parameters, vocabulary {info['tokenizer_vocab']:,} "

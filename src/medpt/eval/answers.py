@@ -4,10 +4,11 @@ answers.
 1. Questions: N (a seeded sample) conversation records from --generate_file, else from the run's validation files,
    else the held-out side of the run's stable hash split of its training files (the documents `prepare` kept for
    validation); each gives its first question and the answer to it (the reference).
-2. Answers: greedy, asked in the training template, stopped where the model starts the next turn (medpt.generate,
-   as `medpt compare`), in batches of --per_device_eval_batch_size (prompts of similar length together).
-3. Scores, per answer, 0-100 (medpt.textmetrics: chrF, BLEU with the Chinese tokenizer, ROUGE-L on characters); per
-   metric the mean of each model, Δ and the 95% CI of Δ by paired bootstrap over answers (medpt.stats).
+2. Answers: greedy, asked in the training template, stopped where the model starts the next turn
+   (medpt.generate.prompting, as `medpt compare`), in batches of --per_device_eval_batch_size (prompts of similar
+   length together).
+3. Scores, per answer, 0-100 (medpt.eval.textmetrics: chrF, BLEU with the Chinese tokenizer, ROUGE-L on characters); per
+   metric the mean of each model, Δ and the 95% CI of Δ by paired bootstrap over answers (medpt.eval.stats).
 4. RUN/eval/generated_answers.jsonl and .md: every question, reference, both answers and their scores.
 """
 
@@ -20,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from medpt.errors import BadRecordError, MedptError
+from medpt.eval.textmetrics import METRICS, score_answer
+from medpt.generate.prompting import blockquote
 from medpt.strictjson import dumps
-from medpt.textmetrics import METRICS, score_answer
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class HeldOut:
 def held_out_questions(config: Any) -> list[HeldOut]:
     """The questions of step 1, checked before any model is loaded."""
     from medpt.data.hygiene import sample_indices
-    from medpt.textmetrics import sacrebleu_metrics
+    from medpt.eval.textmetrics import sacrebleu_metrics
 
     sacrebleu_metrics()
     e, data = config.eval, config.data
@@ -79,12 +81,12 @@ def _first_exchange(turns: list[tuple[str, str]]) -> tuple[str, str] | None:
     return None
 
 
-def generate(config: Any, model: Any, tokenizer: Any, questions: list[str]) -> list[str]:
+def greedy_answers(config: Any, model: Any, tokenizer: Any, questions: list[str]) -> list[str]:
     """Greedy answers in the training template, in batches of prompts of similar length (less padding)."""
-    from medpt.generate import answer, build_prompt, stop_strings
+    from medpt.generate.prompting import answer, build_prompt, stop_strings
 
     prompts = [build_prompt(q, [], config.data, tokenizer) for q in questions]
-    batch = int(config.trainer.get("per_device_eval_batch_size", 8))
+    batch = config.eval_batch_size
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers = [""] * len(prompts)
     stops = stop_strings(config.data)
@@ -98,12 +100,12 @@ def generate(config: Any, model: Any, tokenizer: Any, questions: list[str]) -> l
 
 def evaluate_answers(config: Any, variants: Any, qas: list[HeldOut], out: Path, log: Any = print) -> dict[str, Any]:
     """Steps 2-4: answers of each model, their scores and the summary."""
-    from medpt.stats import mean_difference_ci
+    from medpt.eval.stats import mean_difference_ci
 
     answers, scores = {}, {}
     for which in variants.names:
         with variants.use(which) as model:
-            answers[which] = generate(config, model, variants.tokenizer, [q.question for q in qas])
+            answers[which] = greedy_answers(config, model, variants.tokenizer, [q.question for q in qas])
         scores[which] = [score_answer(a, q.reference) for a, q in zip(answers[which], qas)]
         log(f"  generated / {which}: {len(qas)} answers")
     summary: dict[str, Any] = {"answers": len(qas), "max_new_tokens": config.generate.max_new_tokens, "metrics": {}}
@@ -137,15 +139,11 @@ def write_answers(out: Path, qas: list[HeldOut], answers: dict[str, list[str]], 
     atomic_write_text(out / f"{GENERATED}.jsonl", "".join(dumps(r, ensure_ascii=False) + "\n" for r in rows))
     parts = ["# Generated answers vs reference answers\n"]
     for i, r in enumerate(rows, start=1):
-        parts.append(f"## {i}. {r['question']}\n\n({r['where']})\n\n**reference**\n\n> {_quote(r['reference'])}\n")
+        parts.append(f"## {i}. {r['question']}\n\n({r['where']})\n\n**reference**\n\n> {blockquote(r['reference'])}\n")
         for w in answers:
             score = ", ".join(f"{m} {r[w][m]:.1f}" for m in METRICS)
-            parts.append(f"**{w}** ({score})\n\n> {_quote(r[w]['answer'])}\n")
+            parts.append(f"**{w}** ({score})\n\n> {blockquote(r[w]['answer'])}\n")
     atomic_write_text(out / f"{GENERATED}.md", "\n".join(parts))
-
-
-def _quote(text: str) -> str:
-    return (text or "(empty)").replace("\n", "\n> ")
 
 
 def format_answers(summary: dict[str, Any]) -> str:

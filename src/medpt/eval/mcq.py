@@ -19,7 +19,7 @@ Scoring:
 
 Where benchmarks are found (`--mcq_dir DIR`): every folder DIR/medical_mcq_*/ and DIR/general_mcq_*/ holding a
 test.jsonl is a benchmark named after its folder; its dev.jsonl, when present, supplies the few-shot examples.
-Running the benchmarks (rotations, statistics, tables) is medpt.mcq_suite.
+Running the benchmarks (rotations, statistics, tables) is medpt.eval.mcq_suite.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def continuation_logprobs(
     Pairs with the same context and a one-token continuation (the option letters) share one forward pass of the
     context: the logits at its last position score every such continuation, 4x fewer passes for A-D letters.
     Longer continuations of one context (the option texts) share its KV cache: the context runs once, then all its
-    continuations run as one batch on top of the cache (medpt.mcq._with_prefix_cache)."""
+    continuations run as one batch on top of the cache (medpt.eval.mcq._with_prefix_cache)."""
     import torch  # here, not at the top: reading questions (contamination checks, `prepare`) needs no torch
 
     device = next(model.parameters()).device
@@ -230,11 +230,11 @@ def _with_prefix_cache(
     no cache."""
     import torch
 
+    from medpt.model.loading import cache_name
+
     ones = torch.ones((1, len(ctx)), dtype=torch.long, device=device)
     out = model(input_ids=torch.tensor([ctx], device=device), attention_mask=ones, use_cache=True)
-    # transformers 5.2x renamed past_key_values to `cache` (the old name warns): pass it back under the name the
-    # model returned it with
-    name = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
+    name = cache_name(model)
     cache = getattr(out, name, None)
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return None

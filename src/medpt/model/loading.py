@@ -1,7 +1,7 @@
 """Models and tokenizers: where they come from (hub or local path), how they are loaded (one `load_model`), and the
 checks of a model's limits made before any data or weights are loaded.
 
-Hub access goes through medpt.hub (huggingface_hub: HF_ENDPOINT mirrors, HF_HOME / --cache_dir, HF_HUB_OFFLINE).
+Hub access goes through medpt.model.hub (huggingface_hub: HF_ENDPOINT mirrors, HF_HOME / --cache_dir, HF_HUB_OFFLINE).
 transformers is imported inside functions: it costs seconds, and a cached `medpt prepare` needs none.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from medpt.errors import MedptError
-from medpt.hub import resolve_local
-from medpt.modelfiles import ModelFacts, first_lines, inspect_model, positions_of, read_json, weight_files
+from medpt.model.files import ModelFacts, first_lines, inspect_model, positions_of, read_json, weight_files
+from medpt.model.hub import resolve_local
 
 # PEFT (PeftModel.from_pretrained, get_peft_model) still reads a transformers property deprecated in v5, on every
 # train/eval/verify/merge; nothing a user can act on. Every path that builds a PeftModel imports this module.
@@ -214,7 +214,7 @@ def load_model(
 
 
 def model_facts(args: Any, name: str | None = None) -> ModelFacts:
-    """The model `args` (a ModelArguments) names, or `name`, checked without loading a weight (medpt.modelfiles)."""
+    """The model `args` (a ModelArguments) names, or `name`, checked without loading a weight (medpt.model.files)."""
     name = name or args.model_name_or_path
     if not name:
         raise MedptError("no base model: pass --model_name_or_path (a hub id or a local directory)")
@@ -291,6 +291,15 @@ def inference_dtype(torch_dtype: str | None) -> Any:
         return getattr(torch, torch_dtype)
     bf16, _ = resolve_precision(None, None)
     return torch.bfloat16 if bf16 else torch.float32
+
+
+def cache_name(model: Any) -> str:
+    """The KV cache's argument (and output) name: transformers 5.2x renamed `past_key_values` to `cache` (the old
+    name warns)."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(inner).forward).parameters else "past_key_values"
 
 
 def trainable_summary(model: Any) -> tuple[int, int]:

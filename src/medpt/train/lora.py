@@ -3,7 +3,7 @@
 1. Input casting. PEFT casts each LoRA input to the adapter's dtype (fp32) before lora_A. Under bf16/fp16
    autocast the matmul casts it straight back, so for 7 modules × layers the cast is a full extra copy of the
    activations each way for nothing; medpt switches it off when autocast is on (the math is identical).
-2. Dropout. PEFT's per-layer dropout costs a large share of a CPU training step; medpt.dropout replaces it with
+2. Dropout. PEFT's per-layer dropout costs a large share of a CPU training step; medpt.train.dropout replaces it with
    bulk masks and cheap multiplies, one mask per shared input (see there). Under torch.compile the stock dropout is
    kept (inductor generates its own).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from medpt.errors import MedptError
-from medpt.hub import resolve_local
+from medpt.model.hub import resolve_local
 
 
 def add_lora(model: Any, lora: Any, gradient_checkpointing: bool = False) -> Any:
@@ -38,7 +38,7 @@ def add_lora(model: Any, lora: Any, gradient_checkpointing: bool = False) -> Any
 
 def speed_up(model: Any, autocast: bool, compiled: bool, dropout_mode: str = "shared") -> None:
     """Apply the two fixes above to every LoRA layer of a PEFT model (in place)."""
-    from medpt.dropout import install
+    from medpt.train.dropout import install
 
     for module in model.modules():
         if autocast and hasattr(module, "cast_input_dtype_enabled"):

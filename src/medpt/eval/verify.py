@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from medpt.args.commands import COMMANDS
 from medpt.errors import MedptError
 from medpt.rundir import ADAPTER_WEIGHTS, VERIFY
 from medpt.strictjson import dumps
@@ -25,10 +26,10 @@ def run_verify(config: Any, log: Any = print) -> int:
 
     import torch
 
-    from medpt.adapter import base_matches, base_model_name, lora_run, run_tokenizer_dir
     from medpt.atomic import atomic_write_text
-    from medpt.model import load_model, load_tokenizer, model_facts
-    from medpt.modelfiles import check_adapter_fits, check_tokenizer_fits, read_adapter_config
+    from medpt.model.adapter import base_matches, base_model_name, lora_run, run_tokenizer_dir
+    from medpt.model.files import check_adapter_fits, check_tokenizer_fits, read_adapter_config
+    from medpt.model.loading import load_model, load_tokenizer, model_facts
     from medpt.rundir import claim_file
 
     adapter = lora_run(config.eval.adapter, "verify")
@@ -37,14 +38,14 @@ def run_verify(config: Any, log: Any = print) -> int:
     if not weights.is_file():
         raise MedptError(f"{adapter}: no {ADAPTER_WEIGHTS}")
     base_name = base_model_name(config.model.model_name_or_path, adapter)
-    # Files that do not fit each other are errors (medpt.modelfiles); a configured target missing from the base is
+    # Files that do not fit each other are errors (medpt.model.files); a configured target missing from the base is
     # check 3's failure, reported with the others.
     facts = model_facts(config.model, base_name)
     missing = check_adapter_fits(adapter, facts, targets_must_exist=False)
     tokenizer_dir = run_tokenizer_dir(config.model, adapter, base_name)
     tokenizer = load_tokenizer(str(tokenizer_dir), config.model.trust_remote_code)
     check_tokenizer_fits(tokenizer, tokenizer_dir, facts)
-    claim_file(adapter / VERIFY, "verify", flag="adapter")
+    claim_file(adapter / VERIFY, COMMANDS["verify"], flag="adapter")
     checks: list[dict[str, Any]] = []
 
     def check(name: str, ok: bool, detail: str) -> None:
@@ -103,14 +104,11 @@ def run_verify(config: Any, log: Any = print) -> int:
 def _read_weights(path: Any) -> tuple[list[str], list[str], list[str], int]:
     """(non-finite tensors, LoRA B tensors, all-zero B tensors, parameter count) of the adapter file."""
     import torch
-    from safetensors import SafetensorError, safe_open
 
-    try:
-        with safe_open(str(path), "pt") as f:
-            keys = list(f.keys())
-            tensors = {k: f.get_tensor(k) for k in keys}
-    except SafetensorError as e:
-        raise MedptError(f"{path}: not a readable safetensors file ({e}); copy or train the adapter again") from None
+    from medpt.model.adapter import adapter_tensors
+
+    tensors = adapter_tensors(path)
+    keys = list(tensors)
     nonfinite = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     b_keys = [k for k in keys if "lora_B" in k]
     zero = [k for k in b_keys if tensors[k].abs().max().item() == 0]

@@ -2,7 +2,7 @@
 
 All three come from running sums, so memory stays O(batch) however large the eval set: no logits or predictions
 are kept between batches, only the three sums of each block (O(blocks)), from which `medpt eval` bootstraps the
-confidence interval of Δ loss over blocks (medpt.stats).
+confidence interval of Δ loss over blocks (medpt.eval.stats).
 
     loss            = Σ token cross-entropy / N     over the N tokens with a label (padding and -100 excluded),
                                                     the label of position t being the token at t+1
@@ -14,7 +14,6 @@ confidence interval of Δ loss over blocks (medpt.stats).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -23,10 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medpt.errors import MedptError
-from medpt.strictjson import dumps
-
-IGNORE_INDEX = -100
+from medpt.data.batches import IGNORE_INDEX
 
 
 @dataclass
@@ -92,8 +88,6 @@ def stats_from_sums(sums: torch.Tensor) -> TokenStats:
     return TokenStats.from_tensor(sums)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# `medpt eval`: base vs adapted on one or more eval sets (and multiple-choice questions), in one process.
 def block_sums(model: Any, packed: Any, mode: str, batch_size: int, pad_id: int) -> np.ndarray:
     """(blocks, 3): the TokenStats sums of every block of a prepared split (loss sum, correct, tokens), batch by
     batch; O(blocks) memory, so the uncertainty of a difference can be estimated by resampling blocks."""
@@ -119,132 +113,6 @@ def lm_stats(model: Any, packed: Any, mode: str, batch_size: int, pad_id: int) -
     return stats_from_sums(torch.from_numpy(block_sums(model, packed, mode, batch_size, pad_id).sum(0)))
 
 
-def run_eval(config: Any) -> int:
-    """`medpt eval`."""
-    evaluate_run(config)
-    return 0
-
-
-def evaluate_run(config: Any, log: Any = print) -> dict[str, Any]:
-    """Base vs adapted on the run's held-out split, each --eval_sets entry, the multiple-choice benchmarks and
-    generated answers; results (JSON and Markdown) in RUN/eval."""
-    from medpt.adapter import check_variants
-    from medpt.rundir import claim_dir, holding, inputs_of
-
-    checked = check_variants(config, log)  # the model's, adapter's and tokenizer's files, before any data work
-    out = config.beside_adapter("eval")
-    with holding(out, "eval", inputs=inputs_of(config)):
-        claim_dir(out, "eval", inputs=inputs_of(config), overwrite=config.run.overwrite_output_dir)
-        return _evaluate(config, out, checked, log)
-
-
-def _evaluate(config: Any, out: Any, checked: Any, log: Any) -> dict[str, Any]:
-    from medpt.adapter import load_variants
-    from medpt.atomic import atomic_write_text
-    from medpt.mcq_suite import load_benchmarks
-
-    sets, train = _prepared_sets(config)
-    # every question file is read (and checked) before the model is loaded
-    benchmarks = load_benchmarks(config, log) if _has_mcq(config.eval) else []
-    qas = None
-    if config.eval.generate_eval:
-        from medpt.answer_eval import held_out_questions
-
-        qas = held_out_questions(config)
-    if not sets and not benchmarks and not qas:
-        raise MedptError("nothing to evaluate: pass --eval_sets NAME=PATH, --validation_file_dir, --mcq NAME=FILE, "
-                         "--mcq_dir or --mcq_file")  # fmt: skip
-    variants = load_variants(config, log, checked)
-    results: dict[str, Any] = {"base_model": variants.base_name, "adapter": config.eval.adapter}
-    results["sets"] = {name: _lm_set(config, variants, name, packed, log) for name, packed in sets.items()}
-    if benchmarks:
-        results["mcq"] = _mcq(config, benchmarks, variants, train, out, log)
-    if qas:
-        from medpt.answer_eval import evaluate_answers
-
-        results["generated"] = evaluate_answers(config, variants, qas, out, log)
-    atomic_write_text(out / "eval_results.json", dumps(results, ensure_ascii=False, indent=2))
-    table = format_eval(results)
-    atomic_write_text(out / "eval.md", table + "\n")
-    log(table)
-    log(f"\nresults: {out / 'eval_results.json'}, {out / 'eval.md'}")
-    if config.eval.adapter:  # a medpt run's card gets the results (other adapter folders are left alone)
-        from medpt.model_card import write_card
-
-        if card := write_card(config.eval.adapter, results, table, log):
-            log(f"model card with these results: {card}")
-    return results
-
-
-def _has_mcq(e: Any) -> bool:
-    return bool(e.mcq or e.mcq_dir or e.mcq_file)
-
-
-def _prepared_sets(config: Any) -> tuple[dict[str, Any], Any]:
-    """The LM eval sets (the run's held-out split first, then --eval_sets) and the run's prepared training split."""
-    from medpt.data.pipeline import prepare_data, prepare_eval_sets
-    from medpt.model import tokenizer_source
-
-    source = tokenizer_source(config.model)
-    quiet = lambda *_: None  # noqa: E731 - the data reports are written to disk; the terminal gets the table
-    sets: dict[str, Any] = {}
-    train = None
-    if config.data.train_file_dir or config.data.dataset_name or config.data.validation_file_dir:
-        prepared = prepare_data(config.data, source, config.run.seed, log=quiet)  # the run's own held-out split
-        train = prepared.train
-        if prepared.validation_sets:  # named sources: each one's held-out documents
-            sets.update(prepared.validation_sets)
-        elif prepared.validation is not None:
-            sets["validation"] = prepared.validation
-    sets.update(prepare_eval_sets(config.data, source, config.run.seed, log=quiet))
-    return sets, train
-
-
-def _lm_set(config: Any, variants: Any, name: str, packed: Any, log: Any) -> dict[str, Any]:
-    """Loss, accuracy and perplexity of each model on one set; with an adapter, the 95% CI of Δ loss (paired
-    bootstrap over blocks) and of the relative change of perplexity, exp(Δ loss) − 1."""
-    from medpt.stats import ratio_difference_ci
-
-    batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
-    result: dict[str, Any] = {}
-    blocks = {}
-    for which in variants.names:
-        t = time.perf_counter()
-        with variants.use(which) as model:
-            blocks[which] = block_sums(model, packed, packed.mode, batch_size, variants.tokenizer.pad_token_id)
-        stats = stats_from_sums(torch.from_numpy(blocks[which].sum(0)))
-        result[which] = {**stats.metrics(), "tokens": stats.tokens, "seconds": round(time.perf_counter() - t, 2)}
-        log(f"  {name} / {which}: loss {result[which]['loss']:.4f} on {stats.tokens:,} tokens")
-    if "adapted" in blocks:
-        base, adapted = blocks["base"], blocks["adapted"]
-        ci = ratio_difference_ci(base[:, 0], adapted[:, 0], base[:, 2], config.eval.bootstrap_resamples,
-                                 config.run.seed)  # fmt: skip
-        result["delta_loss_ci"] = ci.to_list()
-        result["perplexity_change_ci"] = [None if x is None else math.expm1(x) for x in ci.to_list()]
-        result["blocks"] = len(base)
-    return result
-
-
-def _mcq(config: Any, benchmarks: list, variants: Any, train: Any, out: Any, log: Any) -> dict[str, Any]:
-    """The benchmarks' table, and which of their questions the run's training documents contain."""
-    from medpt.mcq_suite import check_contamination, run_suite, write_contamination
-
-    results = run_suite(config, benchmarks, variants, out, log)
-    if train is None:
-        results["contamination_checked"] = False
-        return results
-    n = config.data.contamination_ngram
-    t = time.perf_counter()
-    found = check_contamination(benchmarks, train, variants.tokenizer, n)
-    write_contamination(out / "contamination.jsonl", found)
-    for name, count in found.by_benchmark.items():
-        results["benchmarks"][name]["contaminated"] = count
-    results["contamination_checked"], results["contamination_ngram"] = True, n
-    log(f"  contamination: {len(found.hits)} question(s) share a {n}-gram with the training documents "
-        f"({time.perf_counter() - t:.1f} s)")  # fmt: skip
-    return results
-
-
 def format_eval(results: dict[str, Any]) -> str:
     """The LM table (each eval set, base and adapted, the change and its CI; columns from METRICS), then the
     multiple-choice and generated-answer tables."""
@@ -267,11 +135,11 @@ def format_eval(results: dict[str, Any]) -> str:
     if results.get("mcq") and "benchmarks" not in results["mcq"]:
         lines += ["", "(multiple-choice results of an older medpt version: run `medpt eval` again to see them)"]
     elif results.get("mcq"):
-        from medpt.mcq_suite import format_suite
+        from medpt.eval.mcq_suite import format_suite
 
         lines += ["", format_suite(results["mcq"])]
     if results.get("generated"):
-        from medpt.answer_eval import format_answers
+        from medpt.eval.answers import format_answers
 
         lines += ["", format_answers(results["generated"])]
     return "\n".join(lines).strip("\n")

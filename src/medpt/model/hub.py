@@ -38,7 +38,7 @@ def resolve_local(
     if looks_like_path(name_or_path):
         what = "a file, not a model folder" if os.path.exists(name_or_path) else "no such local folder"
         raise MedptError(f"{name_or_path}: {what} (it is a path, so the hub was not asked)")
-    return _snapshot(name_or_path, "model", revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns)
+    return snapshot(name_or_path, "model", revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns)
 
 
 def looks_like_path(name: str) -> bool:
@@ -47,36 +47,7 @@ def looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
 
 
-def run_download(args: Any) -> int:
-    """`medpt download REPO_ID`: fetch a model or dataset repository."""
-    if not args.repo_id:
-        raise MedptError("usage: medpt download REPO_ID [--repo_type dataset] [--revision REV] [--local_dir DIR]")
-    path = download(args.repo_id, args.repo_type, args.revision, args.cache_dir, args.local_dir, args.include)
-    print(f"{args.repo_id}: {path}")
-    return 0
-
-
-def download(
-    repo_id: str,
-    repo_type: str = "model",
-    revision: str | None = None,
-    cache_dir: str | None = None,
-    local_dir: str | None = None,
-    include: list[str] | None = None,
-) -> Path:
-    """Fetch a model or dataset repository (interrupted downloads resume where they stopped)."""
-    return _snapshot(
-        repo_id,
-        repo_type,
-        revision=revision,
-        cache_dir=cache_dir,
-        local_dir=local_dir,
-        allow_patterns=include,
-        ignore_patterns=None if include or repo_type != "model" else SKIP_BY_DEFAULT,
-    )
-
-
-def _snapshot(repo_id: str, repo_type: str, **kwargs: Any) -> Path:
+def snapshot(repo_id: str, repo_type: str, **kwargs: Any) -> Path:
     """huggingface_hub's snapshot_download, its failures turned into advice for a user behind a slow network."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (

@@ -1,7 +1,6 @@
-"""`medpt merge`: fold a LoRA adapter into its base model and save a standalone model (safetensors, sharded when
-large), with the tokenizer and generation config, readable by AutoModelForCausalLM with no PEFT installed.
-
-`merge_adapter` and `save_merged` are also the merge path of `medpt export` (targets merged and gguf)."""
+"""Folding a LoRA adapter into its base model and saving the result as a standalone model (safetensors, sharded
+when large), with the tokenizer and generation config: the library of `medpt merge` (export.merge) and of
+`medpt export --target merged|gguf`."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medpt.errors import MedptError
 from medpt.strictjson import dumps
 
 _SMALL_FILES = 1 << 20  # config.json, generation_config.json, the shard index, medpt_merge.json, the manifest
@@ -37,32 +35,14 @@ def merge_dtype(torch_dtype: str | None, base_dir: Path) -> Any:
     return getattr(torch, name, torch.float32)
 
 
-def run_merge(config: Any, log: Any = print) -> int:
-    from medpt.adapter import lora_run
-    from medpt.atomic import atomic_dir
-    from medpt.rundir import check_output, check_replaceable, inputs_of
-
-    if "output_dir" not in config.explicit:
-        raise MedptError("merge needs --output_dir (a new, empty folder for the merged model)")
-    adapter = lora_run(config.eval.adapter, "merge")
-    out = check_output("output_dir", config.run.output_dir, inputs_of(config))
-    # The merged model replaces the folder as a whole (one rename), so it must hold nothing medpt did not write.
-    check_replaceable(out, "merge", config.run.overwrite_output_dir, "a merged model")
-    merged = merge_adapter(config, adapter, out, log)
-    with atomic_dir(out) as tmp:
-        save_merged(merged, tmp, "merge")
-    log(f"merged model: {out}")
-    return 0
-
-
 def merge_adapter(config: Any, adapter: Path, out: Path, log: Any = print, dtype: Any = None) -> Merged:
     """Check the adapter and its base (weights finite, the base it was trained on, room on disk), then load both
     and fold the adapter in. `dtype` overrides --torch_dtype / the base's saved dtype."""
     from peft import PeftModel
 
-    from medpt.adapter import check_variants, run_tokenizer_dir
     from medpt.atomic import check_free_space
-    from medpt.model import TOKENIZER_FILES, load_model
+    from medpt.model.adapter import check_variants, run_tokenizer_dir
+    from medpt.model.loading import TOKENIZER_FILES, load_model
 
     m = config.model
     checked = check_variants(config, log)  # the adapter (config.eval.adapter) and its base, before loading either

@@ -53,7 +53,7 @@ def build_card(run: Path, evaluation: dict[str, Any] | None, tables: str | None 
     """A huggingface_hub.ModelCard for the run (see the module docstring)."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from medpt.config import load_saved
+    from medpt.args.resolve import load_saved
 
     config = load_saved(run)
     facts = _facts(run, config, evaluation)
@@ -80,7 +80,7 @@ def _load(path: Path) -> Any:
 
 
 def _facts(run: Path, config: Any, evaluation: dict[str, Any] | None) -> dict[str, Any]:
-    from medpt.hub import looks_like_path
+    from medpt.model.hub import looks_like_path
 
     base = (_load(run / BASE_RECORD) or {}).get("name") or config.model.model_name_or_path or "the base model"
     return {
@@ -115,7 +115,7 @@ def _tags(facts: dict[str, Any]) -> list[str]:
 def _hub_datasets(config: Any) -> list[str]:
     """The --dataset_name entries that are hub ids (local folders are no hub dataset)."""
     from medpt.args import split_named
-    from medpt.hub import looks_like_path
+    from medpt.model.hub import looks_like_path
 
     ids = [split_named(d)[1] for d in config.data.dataset_name or []]
     return [d for d in ids if not looks_like_path(d) and not Path(d).exists()]
@@ -126,7 +126,7 @@ def _base_card(model: Any) -> Any:
     from huggingface_hub import ModelCard
 
     from medpt.errors import MedptError
-    from medpt.hub import resolve_local
+    from medpt.model.hub import resolve_local
 
     if not model.model_name_or_path:
         return None

@@ -71,7 +71,7 @@ class FastDropout(torch.nn.Module):
         self.scale = 1.0 / (1.0 - (self.threshold + 32768) / 65536)
         self._last: tuple[Any, int, torch.Tensor] | None = None  # (weakref to the input, its version, the output)
 
-    @torch.compiler.disable  # numpy draws the masks: left out of a compiled layer's graph (medpt.compiling)
+    @torch.compiler.disable  # numpy draws the masks: left out of a compiled layer's graph (medpt.train.compiling)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu" or x.dtype not in _ONE:
             return torch.nn.functional.dropout(x, self.p, self.training)

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from medpt.args import (  # noqa: F401 - re-exported: the schema is imported from here by most modules
-    COMMAND_FLAGS,
+    COMMANDS,
     RESUME_WORDS,
     SECTIONS,
     TEMPLATES,
@@ -39,10 +39,10 @@ from medpt.args import (  # noqa: F401 - re-exported: the schema is imported fro
     TuneArguments,
     check_trainer_values,
 )
+from medpt.args.flags import FlagSpec, closest, specs_of, split_argv, value_of
 from medpt.atomic import atomic_write_text
 from medpt.errors import MedptError
-from medpt.flags import FlagSpec, closest, specs_of, split_argv, value_of
-from medpt.rundir import CONFIG_FILE
+from medpt.rundir import CONFIG_FILE, Inputs
 
 # Names used by older transformers or by MedicalGPT, mapped to today's flag when the installed version lacks them.
 # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 there is a ratio of the total steps.
@@ -77,6 +77,36 @@ def path_flags() -> frozenset[str]:
     return frozenset(f.name for cls in SECTIONS.values() for f in fields(cls) if f.metadata.get("path"))
 
 
+def inputs_of(config: Any) -> Inputs:
+    """Everything a command configured by `config` reads: every flag the schema marks as an input (`path="what"`),
+    so a new input flag is protected from outputs without a list to update. NAME=PATH items are named by NAME."""
+    from medpt.data.cache import cache_root
+    from medpt.rundir import hub_cache
+
+    # Caches: their default (None) is a folder all the same, which medpt may create; no output may sit inside it.
+    caches = {"cache_dir": hub_cache, "data_cache_dir": cache_root}
+    inputs = Inputs()
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            what, value = f.metadata.get("path"), getattr(getattr(config, section), f.name)
+            if not isinstance(what, str) or f.name == "adapter":
+                continue
+            if f.name in caches:
+                inputs.add(what, caches[f.name](value), even_if_missing=True)
+            elif f.name == "resume_from_checkpoint":
+                if value and value.lower() not in RESUME_WORDS:
+                    inputs.add(what, value)
+            elif "{name" in what:
+                for item in value or []:
+                    name, _, path = item.partition("=")
+                    inputs.add(what.format(name=name), path)
+            else:
+                inputs.add_all(what, [value] if isinstance(value, str) else value)
+    if config.eval.adapter:  # outputs may sit inside the adapter's run (RUN/eval), never be or hold it
+        inputs.adapter = Path(config.eval.adapter)
+    return inputs
+
+
 @functools.cache
 def trainer_specs() -> dict[str, FlagSpec]:
     """The transformers.TrainingArguments flags that medpt does not own. Imports transformers (slow): on demand."""
@@ -100,9 +130,10 @@ def lookup(name: str) -> FlagSpec:
 
 
 def takes(command: str, spec: FlagSpec) -> bool:
-    """Whether `medpt COMMAND` uses the flag (commands outside COMMAND_FLAGS, e.g. the demo's, take everything)."""
-    flags = COMMAND_FLAGS.get(command)
-    if flags is None:
+    """Whether `medpt COMMAND` uses the flag. A command without sections of its own (the demo, which builds the
+    configurations of the commands it runs) takes everything."""
+    flags = COMMANDS.get(command)
+    if flags is None or not flags.sections:
         return True
     if spec.section == "trainer":
         return flags.trainer is True or spec.name in flags.trainer
@@ -117,9 +148,9 @@ def command_specs(command: str) -> list[FlagSpec]:
 
 
 def _not_this_command(command: str, spec: FlagSpec) -> MedptError:
-    users = [c for c in COMMAND_FLAGS if takes(c, spec)]
-    if "train" in users:  # `medpt tune` takes every train flag (it runs train); naming train is enough
-        users = [c for c in users if c != "tune"]
+    users = [c for c, cmd in COMMANDS.items() if cmd.sections and takes(c, spec)]
+    if "train" in users:  # tune runs train, plan plans it: naming train is enough
+        users = [c for c in users if c not in ("tune", "plan")]
     owner = "/".join(users) if users else "no command's"
     return MedptError(
         f"--{spec.name} is {_a(owner)} {owner} flag, not {_a(command)} {command} flag; see `medpt {command} --help`"
@@ -167,6 +198,11 @@ class Config:
         check_trainer_values(trainer)
         built = {name: SECTIONS[name](**kwargs[name]) for name in SECTIONS}
         return cls(**built, trainer=trainer, command=command, sources=list(sources or []))
+
+    @property
+    def eval_batch_size(self) -> int:
+        """--per_device_eval_batch_size, a TrainingArguments flag eval also takes; 8 is TrainingArguments' default."""
+        return int(self.trainer.get("per_device_eval_batch_size", 8))
 
     def beside_adapter(self, name: str) -> Path:
         """Where eval/compare/generate write: --output_dir if given, else NAME inside the --adapter run, else
@@ -283,8 +319,8 @@ def load_config(argv: list[str], command: str = "", base: dict[str, Any] | None 
     for spec, value in from_flags:
         values[spec.name] = value
         explicit.add(spec.name)
-    if base is None and "adapter" in values and COMMAND_FLAGS.get(command, None) is not None:
-        if COMMAND_FLAGS[command].takes_section("eval"):
+    if base is None and "adapter" in values and command in COMMANDS:
+        if COMMANDS[command].takes_section("eval"):
             base = inherited(values["adapter"])
     config = Config.from_values({**(base or {}), **values}, command=command, sources=config_paths)
     config.explicit = explicit
