@@ -39,21 +39,24 @@ def main() -> None:
     parser.add_argument("--tiny", default="25m", help="without --adapter: the tiny model's size (5m, 25m)")
     parser.add_argument("--questions", type=int, default=200, help="a seeded sample of this many")
     parser.add_argument("--num_fewshot", type=int, default=5)
+    parser.add_argument("--prompts_only", action="store_true", help="compare the prompts only (no model is run)")
     parser.add_argument("--work_dir", default="bench/results/lm_eval_agreement")
     args = parser.parse_args()
     os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
 
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    data = sample(Path(args.mcq_dir) / "test.jsonl", args.questions, work / "questions.jsonl")
+    dev = Path(args.mcq_dir) / "dev.jsonl"
+    tasks = write_tasks(data, dev, work / "tasks")
+    same, total = same_prompts(data, dev, tasks, work / "tasks", args.num_fewshot)
+    print(f"{args.num_fewshot}-shot prompts of the lm-eval tasks equal to medpt eval's: {same}/{total}")
+    if args.prompts_only:
+        return
     run = Path(args.adapter).resolve() if args.adapter else tiny_run(work / f"tiny-{args.tiny}", args.tiny).resolve()
     base = json.loads((run / "base_model.json").read_text())["name"]
-    data, dev = (
-        sample(Path(args.mcq_dir) / "test.jsonl", args.questions, work / "questions.jsonl"),
-        Path(args.mcq_dir) / "dev.jsonl",
-    )
-    medpt = medpt_eval(run, data, dev, args.num_fewshot, work / "eval")
+    medpt = medpt_eval(run, data, dev, args.num_fewshot, work / f"eval-{args.num_fewshot}shot")
     merged = medpt_merge(run, work / "merged")
-    tasks = write_tasks(data, dev, work / "tasks")
     models = {"base": ("base", f"pretrained={base}"), "adapted, peft=": ("adapted", f"pretrained={base},peft={run}"),
               "adapted, merged": ("adapted", f"pretrained={merged}")}  # fmt: skip
     rows = []
@@ -71,20 +74,27 @@ def main() -> None:
               f"{r['medpt_accuracy']:.1%} | {r['lm_eval_accuracy']:.1%} | {r['max_abs_diff']:.1e} |")  # fmt: skip
 
 
+def key(doc: dict) -> str:
+    """A question and its options (CMMLU repeats a question text with other options)."""
+    return json.dumps([doc["question"], doc["choices"]], ensure_ascii=False)
+
+
 def medpt_eval(run: Path, data: Path, dev: Path, k: int, out: Path) -> dict[str, dict]:
-    """medpt eval's rows (RUN/eval/mcq/*.predictions.jsonl), by question text, each with the prompt medpt built."""
+    """medpt eval's rows (RUN/eval/mcq/*.predictions.jsonl), by question, each with the prompt medpt built; an
+    earlier eval of the same questions in `out` is reused (remove --work_dir to redo it)."""
     from medpt.cli import main as medpt
     from medpt.mcq import build_prompt, pick_shots, read_questions
 
     argv = ["eval", "--adapter", str(run), "--mcq_file", str(data), "--fewshot_file", str(dev), "--num_fewshot",
             str(k), "--mcq_scoring", "both", "--torch_dtype", "float32", "--output_dir", str(out),
             "--overwrite_output_dir"]  # fmt: skip
-    assert medpt(argv) == 0
-    lines = (out / "mcq" / f"{data.stem}.predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    predictions = out / "mcq" / f"{data.stem}.predictions.jsonl"
+    assert predictions.is_file() or medpt(argv) == 0
+    lines = predictions.read_text(encoding="utf-8").splitlines()
     pool = read_questions([str(dev)])
     rows = {}
     for q, line in zip(read_questions([str(data)]), lines):
-        rows[q.question] = {**json.loads(line), "prompt": build_prompt(q, pick_shots(q, pool, k))}
+        rows[key(vars(q))] = {**json.loads(line), "prompt": build_prompt(q, pick_shots(q, pool, k))}
     assert len(rows) == len(lines), "questions repeat: they cannot key the comparison"
     return rows
 
@@ -127,6 +137,22 @@ def write_tasks(data: Path, dev: Path, folder: Path) -> list[str]:
     return tasks
 
 
+def same_prompts(data: Path, dev: Path, tasks: list[str], folder: Path, k: int) -> tuple[int, int]:
+    """How many of lm-eval's prompts (its tasks' k-shot contexts, built without a model) equal medpt eval's."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from medpt.mcq import build_prompt, pick_shots, read_questions
+
+    pool = read_questions([str(dev)])
+    ours = {key(vars(q)): build_prompt(q, pick_shots(q, pool, k)) for q in read_questions([str(data)])}
+    same = total = 0
+    for task in get_task_dict(tasks, TaskManager(include_path=str(folder))).values():
+        task.set_config(key="num_fewshot", value=k)
+        for doc in task.test_docs():
+            same, total = same + (task.fewshot_context(doc, k) == ours[key(doc)]), total + 1
+    return same, total
+
+
 def lm_eval_samples(model_args: str, tasks: list[str], folder: Path, k: int) -> dict[str, list[dict]]:
     """lm-eval's logged samples of every task, per scoring mode: the document, the (context, continuation) pairs,
     every option's log-likelihood, and lm-eval's own right/wrong."""
@@ -147,7 +173,7 @@ def compare(label: str, which: str, mode: str, samples: list[dict], medpt: dict[
     same = same_prompt = right_medpt = right_lm_eval = 0
     diffs = []
     for s in samples:
-        row = medpt[s["doc"]["question"]]
+        row = medpt[key(s["doc"])]
         letters = list(s["doc"]["choices"])
         lls = [ll for ll, _ in s["filtered_resps"]]
         ours = row[which][mode]
