@@ -66,16 +66,16 @@ def main() -> None:
 
 
 # --- the workload -------------------------------------------------------------------------------------------------
-def tiny_run(work: Path) -> Path:
-    """The tiny 25m model and a 20-step LoRA run on the bundled sample, built once."""
+def tiny_run(work: Path, size: str = "25m") -> Path:
+    """The tiny model (25m unless told) and a 20-step LoRA run on the bundled sample, built once."""
     from medpt.cli import main as medpt
     from medpt.data.pipeline import read_texts
     from medpt.model.init_tiny import init_tiny
     from medpt.samples import SAMPLE_QA
 
-    model, run = work / "tiny-25m", work / "run"
+    model, run = work / f"tiny-{size}", work / "run"
     if not (model / "medpt_tiny.json").is_file():
-        init_tiny(model, "25m", read_texts([str(SAMPLE_QA)]), seed=0)
+        init_tiny(model, size, read_texts([str(SAMPLE_QA)]), seed=0)
     if not (run / "adapter_model.safetensors").is_file():
         argv = ["train", "--model_name_or_path", str(model), "--train_file_dir", str(SAMPLE_QA), "--block_size", "128",
                 "--per_device_train_batch_size", "8", "--max_steps", "20", "--learning_rate", "2e-3",

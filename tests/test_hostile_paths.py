@@ -2,10 +2,9 @@
 folder, holding symbolic links (to files, to folders, in a loop), hard links, hidden entries and medpt's own
 folders (a data cache, an earlier run), and links that lead nowhere.
 
-The rules (docs/crash-safety.md, "Paths"): `~` is expanded once, when a flag is read; a folder is walked following links (each
-folder once) and skipping entries whose name starts with "." below it; a file reached twice is read once; a folder
-medpt wrote (it holds .medpt-manifest.json) is never read as data; a broken or looping link is one line.
-"""
+The rules (docs/crash-safety.md, "Paths"): `~` is expanded once, when a flag is read; a folder is walked following
+links (each folder once) and skipping entries whose name starts with "." below it; a file reached twice is read once;
+a folder medpt wrote (it holds .medpt-manifest.json) is never read as data; a broken or looping link is one line."""
 
 from __future__ import annotations
 

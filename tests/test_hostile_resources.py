@@ -1,10 +1,10 @@
 """Hand medpt inputs that would exhaust memory or time: a mix of a trillion tokens, a record of many megabytes, a
 questions file in another encoding, a prompt longer than the model's positions.
 
-The limits (docs/crash-safety.md, "Limits"): --mix totals that do not fit in memory are refused before anything is allocated;
-a record over --max_record_mb (default 16 MiB) is a bad record (skippable, counted as too_large); a prompt longer
-than the model's positions less --max_new_tokens is cut from the left with a one-line note (chat, compare, generate).
-"""
+The limits (docs/crash-safety.md, "Limits"): --mix totals that do not fit in memory are refused before anything is
+allocated; a record over --max_record_mb (default 16 MiB) is a bad record (skippable, counted as too_large); a prompt
+longer than the model's positions less --max_new_tokens is cut from the left with a one-line note (chat, compare,
+generate)."""
 
 from __future__ import annotations
 

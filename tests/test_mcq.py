@@ -168,7 +168,8 @@ def test_eval_mcq_end_to_end_with_fewshot(trained_run):
     flags = ["--adapter", str(trained_run), "--mcq_file", str(SAMPLE_MCQ), "--fewshot_file", str(SAMPLE_MCQ),
              "--num_fewshot", "2", "--output_dir", str(trained_run / "eval-mcq")]  # fmt: skip
     assert main(["eval", *flags]) == 0
-    mcq = json.loads((trained_run / "eval-mcq" / "eval_results.json").read_text())["mcq"]
+    results = json.loads((trained_run / "eval-mcq" / "eval_results.json").read_text())
+    mcq = results["mcq"]
     bench = mcq["benchmarks"]["medical_mcq_zh"]  # --mcq_file: one benchmark, named after the file
     assert bench["questions"] == 40 and bench["num_fewshot"] == 2 and bench["chance"] == pytest.approx(0.25)
     for mode in ("letter", "text"):
@@ -178,6 +179,20 @@ def test_eval_mcq_end_to_end_with_fewshot(trained_run):
             assert sum(m["letters"][variant].values()) == pytest.approx(1)
         assert m["delta"] == pytest.approx(m["accuracy"]["adapted"] - m["accuracy"]["base"])
         assert m["ci"][0] <= m["delta"] <= m["ci"][1] and 0 < m["mcnemar_p"] <= 1
+    # every accuracy has its 95% interval in the JSON (benchmark, subjects, micro, macro; both models and modes) ...
+    from tests.test_mcq_options import accuracies
+
+    found = accuracies(results)
+    subjects = len(bench["modes"]["letter"]["by_subject"])
+    assert len(found) == 2 * 2 * (1 + subjects + 2) and subjects > 1
+    # ... and in the Markdown table: 27.5% (21.8–34.0)
+    table = (trained_run / "eval-mcq" / "eval.md").read_text(encoding="utf-8")
+    for mode in ("letter", "text"):
+        section = next(s for s in table.split("Multiple choice, ") if s.startswith(mode))
+        for row, m in (("| medical_mcq_zh |", bench["modes"][mode]), ("| **micro** |", mcq["overall"][mode]["micro"])):
+            line = next(x for x in section.splitlines() if x.startswith(row))
+            for which, (low, high) in m["accuracy_ci"].items():
+                assert f"{m['accuracy'][which]:.1%} ({100 * low:.1f}–{100 * high:.1f})" in line
     rows = [json.loads(x) for x in (trained_run / "eval-mcq" / "mcq" / "medical_mcq_zh.predictions.jsonl").open()]
     assert len(rows) == 40
     for row in rows:

@@ -2,6 +2,7 @@
 text scoring, few-shot prompts, --circular, prediction files, per-subject/micro/macro accuracy, the position-bias flag,
 McNemar and bootstrap, the report chart, the contamination check) works per question, never assuming one count."""
 
+import dataclasses
 import json
 import random
 import string
@@ -11,12 +12,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from medpt.report.command.curves import plot_mcq
 
 from medpt.args.resolve import load_config
 from medpt.cli import main
 from medpt.eval.mcq import Question, build_prompt, read_questions
-from medpt.eval.mcq_suite import chance, load_benchmarks, rotations, run_suite, summarize_mode
-from medpt.report.curves import plot_deltas
+from medpt.eval.mcq_suite import chance, format_suite, load_benchmarks, rotations, run_suite, summarize_mode
 from tests.conftest import write_jsonl
 from tests.test_mcq import Rigged
 from tests.test_mcq_suite import Pair
@@ -140,7 +141,7 @@ def test_a_model_that_knows_every_answer_scores_100_percent_on_2_to_26_options(t
         scored = row["adapted"][mode]
         assert set(scored["logprob"]) == set(by_where[row["where"]].choices) and scored["predicted"] == row["answer"]
     assert m["letters"]["adapted"] == pytest.approx(m["answers"])  # right everywhere: it predicts the answers
-    assert plot_deltas(results, tmp_path / "chart.png").stat().st_size > 1000  # the report's chart of the Δs
+    assert plot_mcq(results, tmp_path / "chart.png").stat().st_size > 1000  # the report's chart of the Δs
 
 
 def test_circular_counts_a_question_right_only_if_every_rotation_is(tokenizer, tmp_path):
@@ -268,3 +269,104 @@ def test_chance_is_the_mean_over_questions_of_their_own_option_counts():
     questions = _mixed([2, 26])
     assert chance(questions, circular=False) == pytest.approx((1 / 2 + 1 / 26) / 2)
     assert chance(questions, circular=True) == pytest.approx((1 / 4 + (1 / 26) ** 26) / 2)
+
+
+# --- every accuracy with its 95% interval ------------------------------------------------------------------------
+def accuracies(results: dict) -> list[tuple[str, str, float, list]]:
+    """Every accuracy in eval results, as (where, model, accuracy, its 95% interval). An accuracy is a model's share
+    of right answers under "accuracy" (benchmark, micro, macro) or in a "by_subject" entry; each must have
+    "accuracy_ci" beside it, [low, high] around it. A number under a model's name anywhere else (but seconds) is an
+    accuracy this walk does not know: it fails, so a new one cannot go without its interval unnoticed."""
+    found = []
+
+    def walk(node, path: tuple) -> None:
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, (*path, str(i)))
+        if not isinstance(node, dict):
+            return
+        held = node if path[-2:-1] == ("by_subject",) else node.get("accuracy")
+        held = held if isinstance(held, dict) else {}
+        models = {w: v for w, v in held.items() if w in ("base", "adapted")}
+        if models:
+            assert set(node.get("accuracy_ci", {})) == set(models), f"{'/'.join(path)}: no interval"
+            found.extend(("/".join(path), w, v, node["accuracy_ci"][w]) for w, v in models.items())
+        for key, value in node.items():
+            loose = key in ("base", "adapted") and isinstance(value, float) and node is not held
+            assert not loose or path[-1:] == ("seconds",), f"an accuracy without an interval: {'/'.join(path)}/{key}"
+            if key != "accuracy":
+                walk(value, (*path, key))
+
+    walk(results, ())
+    for where, which, value, (low, high) in found:
+        assert 0 <= low <= value <= high <= 1, (where, which, value, low, high)
+    return found
+
+
+def _not_a(questions: list[Question], seed: int) -> list[Question]:
+    """The questions with their answers moved off A: a model that always answers A gets every one wrong."""
+    rng = random.Random(seed)
+    return [dataclasses.replace(q, answer=rng.choice(list(q.choices)[1:])) for q in questions]
+
+
+@pytest.mark.parametrize("circular", [False, True])
+def test_an_all_right_and_an_all_wrong_model_get_one_sided_intervals_everywhere(tokenizer, tmp_path, circular):
+    """Two benchmarks of different sizes, several subjects, letter scoring (where the base, all logits equal, always
+    answers A): the oracle is right everywhere, the base wrong everywhere; each of their accuracies (benchmark,
+    subject, micro, macro) has an interval that touches 100% (0%) and stays strictly inside at the other end. The
+    table prints them, the report draws them."""
+    small, big = (
+        _not_a(_mixed([2, 3, 4, 5, 6], seed=8), 1),
+        _not_a(_mixed([2, 3, 4, 5, 7, 10] * 2, seed=9, tag="问"), 2),
+    )
+    paths = [_bench(tmp_path / "small", small), _bench(tmp_path / "big", big)]
+    asked = [r for q in [*small, *big] for r in (rotations(q) if circular else [q])]
+    config = load_config(["--mcq", f"small={paths[0]}", f"big={paths[1]}", "--mcq_scoring", "letter"]
+                         + (["--circular"] if circular else []), command="eval")  # fmt: skip
+    pair = Pair(tokenizer, Oracle(tokenizer), Oracle(tokenizer, asked))
+    results = run_suite(config, load_benchmarks(config), pair, tmp_path / "out", log=lambda *_: None)
+    found = accuracies(results)
+    subjects = sum(len(b["modes"]["letter"]["by_subject"]) for b in results["benchmarks"].values())
+    assert len(found) == 2 * (2 + subjects + 2)  # models × (benchmarks + subjects + micro and macro)
+    for where, which, value, (low, high) in found:
+        if which == "adapted":
+            assert value == 1.0 and high == 1.0 and 0 < low < 1, where
+        else:
+            assert value == 0.0 and low == 0.0 and 0 < high < 1, where
+    table = format_suite(results)
+    for name, row in (("small", "| small |"), ("big", "| big |"), ("micro", "| **micro** |"), ("macro", "| **macro")):
+        m = results["overall"]["letter"].get(name) or results["benchmarks"][name]["modes"]["letter"]
+        line = next(x for x in table.splitlines() if x.startswith(row))
+        assert f"0.0% (0.0–{100 * m['accuracy_ci']['base'][1]:.1f})" in line
+        assert f"100.0% ({100 * m['accuracy_ci']['adapted'][0]:.1f}–100.0)" in line
+    charted = [(which, low, high) for where, which, _, (low, high) in found if "by_subject" not in where]
+    assert _drawn_intervals(results) == sorted((w, round(100 * lo, 6), round(100 * hi, 6)) for w, lo, hi in charted)
+
+
+def _drawn_intervals(results: dict) -> list:
+    """The report chart's accuracy error bars, as (model, left end, right end) in percent, sorted."""
+    from unittest import mock
+
+    from medpt import curves
+
+    figures = []
+    with mock.patch.object(curves, "_save", lambda fig, path: figures.append(fig) or Path(path)):
+        assert plot_mcq(results, "unused.png") is not None
+    drawn = []
+    for bars in figures[0].axes[0].containers:
+        which = bars.get_label().split(",")[0]
+        drawn += [(which, round(x0, 6), round(x1, 6)) for (x0, _), (x1, _) in bars.lines[2][0].get_segments()]
+    return sorted(drawn)
+
+
+def test_at_25_percent_of_200_questions_the_interval_is_lm_evals_within_a_point(tokenizer, tmp_path):
+    """A model that knows 50 of 200 questions (and answers A, always wrong here, to the rest): 25.0%, and each end
+    of its interval within one point of lm-eval's acc ± 1.96·stderr."""
+    questions = _not_a(_mixed(ALL * 8, seed=10), 3)
+    path = _bench(tmp_path / "bench", questions)
+    pair = Pair(tokenizer, Oracle(tokenizer), Oracle(tokenizer, questions[:50]))
+    m = _run(tmp_path, path, pair, "--mcq_scoring", "letter")["benchmarks"]["mixed"]["modes"]["letter"]
+    assert len(questions) == 200 and m["accuracy"]["adapted"] == 0.25
+    half = 1.96 * (0.25 * 0.75 / 200) ** 0.5
+    low, high = m["accuracy_ci"]["adapted"]
+    assert low == pytest.approx(0.25 - half, abs=0.01) and high == pytest.approx(0.25 + half, abs=0.01)

@@ -62,6 +62,10 @@ def test_medpt_eval_writes_its_numbers_into_the_model_index(trained_run, tmp_pat
         entry = by_set[("sample", "accuracy", mode)]
         assert entry.metric_value == pytest.approx(m["accuracy"]["adapted"], abs=1e-4)
         assert entry.metric_args["delta_ci95"] == pytest.approx(m["ci"])
+        assert entry.metric_args["ci95"] == pytest.approx(m["accuracy_ci"]["adapted"])
+        assert entry.metric_args["base_ci95"] == pytest.approx(m["accuracy_ci"]["base"])
+        low, high = m["accuracy_ci"]["adapted"]
+        assert f"95% interval [{low:.1%}, {high:.1%}]" in entry.metric_name
     text = (run / "README.md").read_text(encoding="utf-8")
     assert "**Forgetting** (general: general text): perplexity" in text
     assert "| general |" in text and PEFT_PLACEHOLDER not in text

@@ -19,7 +19,7 @@ def test_report_gathers_config_data_curves_eval_verify_and_answers(trained_run):
     for expected in ("medpt run: run", "block_size: 64  # set", "records read", "data:image/png;base64,",
                      "Base vs adapted", "<td>general</td>", "Adapter verification", "LoRA B non-zero",
                      "Answers, base vs adapted", "Multiple choice, letter scoring",
-                     "alt='multiple choice: Δ accuracy with 95% CI' src='data:image/png;base64,"):  # fmt: skip
+                     "alt='multiple choice: accuracy and Δ, 95% intervals' src='data:image/png;base64,"):  # fmt: skip
         assert expected in page, expected
     assert "http" not in page.split("<body>")[-1].replace("https://", "")  # nothing fetched from the network
     md = (trained_run / "report.md").read_text()

@@ -1,11 +1,11 @@
-"""Paired bootstrap intervals and McNemar's test against small cases computed by hand."""
+"""Wilson intervals of accuracies, paired bootstrap intervals and McNemar's test against cases computed by hand."""
 
 import math
 
 import numpy as np
 import pytest
 
-from medpt.eval.stats import mcnemar_exact, mean_difference_ci, ratio_difference_ci
+from medpt.eval.stats import accuracy_ci, macro_accuracy_ci, mcnemar_exact, mean_difference_ci, ratio_difference_ci
 
 R = 4000  # resamples: enough that a tail holding ≥ 3.7% of the mass is always hit
 
@@ -80,3 +80,49 @@ def test_ratio_difference_resamples_blocks_as_pairs():
 )
 def test_mcnemar_exact_hand_cases(base, adapted, expected):
     assert mcnemar_exact([c == "T" for c in base], [c == "T" for c in adapted]) == pytest.approx(expected)
+
+
+# --- the interval of one accuracy -------------------------------------------------------------------------------
+@pytest.mark.parametrize("right, n", [(0, 1), (1, 1), (0, 200), (200, 200), (50, 200), (1, 3), (7, 11), (999, 1000)])
+def test_the_wilson_interval_is_scipys(right, n):
+    from scipy.stats import binomtest
+
+    expected = binomtest(right, n).proportion_ci(0.95, method="wilson")
+    ci = accuracy_ci([1] * right + [0] * (n - right))
+    assert (ci.low, ci.high) == pytest.approx((expected.low, expected.high), abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 5, 40, 200, 2000])
+def test_an_all_right_and_an_all_wrong_model_get_one_sided_intervals(n):
+    right, wrong = accuracy_ci(np.ones(n)), accuracy_ci(np.zeros(n))
+    assert right.high == 1.0 and 0 < right.low < 1
+    assert wrong.low == 0.0 and 0 < wrong.high < 1
+    assert right.low == pytest.approx(1 - wrong.high)  # the two are mirror images
+
+
+def test_at_25_percent_of_200_the_interval_is_within_a_point_of_lm_evals_stderr_interval():
+    p, n = 0.25, 200
+    ci = accuracy_ci(np.r_[np.ones(50), np.zeros(150)])
+    half = 1.96 * math.sqrt(p * (1 - p) / n)  # lm-eval prints acc ± stderr, stderr = √(p(1−p)/n)
+    assert ci.low == pytest.approx(p - half, abs=0.01) and ci.high == pytest.approx(p + half, abs=0.01)
+    assert ci.high - ci.low == pytest.approx(2 * half, abs=0.01)
+
+
+def test_macro_accuracy_interval():
+    a, b = np.r_[np.ones(30), np.zeros(70)], np.r_[np.ones(20), np.zeros(80)]
+    # benchmarks of one size: the pooled Wilson interval
+    assert macro_accuracy_ci([a, b]) == accuracy_ci(np.r_[a, b])
+    # all right / all wrong on benchmarks of different sizes: one-sided, like a single accuracy
+    right, wrong = macro_accuracy_ci([np.ones(10), np.ones(300)]), macro_accuracy_ci([np.zeros(10), np.zeros(300)])
+    assert right.high == 1.0 and 0 < right.low < 1 and wrong.low == 0.0 and 0 < wrong.high < 1
+    # the small benchmark counts as much as the big one: the interval is wider than the pooled one
+    small, big = np.r_[np.ones(3), np.zeros(7)], np.r_[np.ones(90), np.zeros(210)]
+    macro, pooled = macro_accuracy_ci([small, big]), accuracy_ci(np.r_[small, big])
+    assert macro.high - macro.low > pooled.high - pooled.low
+    # away from the ends it agrees with the stratified bootstrap of the mean of benchmark accuracies
+    rng = np.random.default_rng(5)
+    groups = [rng.random(k) < 0.4 for k in (150, 250, 400)]
+    boot = mean_difference_ci([g.astype(float) for g in groups], R, seed=0, macro=True)
+    ci = macro_accuracy_ci(groups)
+    assert ci.low == pytest.approx(boot.low, abs=0.01) and ci.high == pytest.approx(boot.high, abs=0.01)
+    assert macro_accuracy_ci([]).to_list() == [None, None]

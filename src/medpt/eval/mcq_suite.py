@@ -10,10 +10,12 @@ difference is and how much of it could be position bias.
    the letters stay; k rotations for k options, and k may differ from question to question) and is right only if
    every rotation is (OpenCompass's CircularEval), so a model that always answers one letter scores 0 instead of
    that letter's share of the answers.
-3. Per benchmark and scoring mode: accuracy of each model, Δ, the 95% CI of Δ (paired bootstrap over questions,
-   medpt.eval.stats), McNemar's exact p, the distribution of predicted letters (a warning when one letter takes more
-   than half, BIAS_SHARE and BIAS_FACTOR), and per-subject accuracies (JSON). Overall: micro (every question counts
-   once) and macro (every benchmark counts once), with the bootstrap stratified by benchmark.
+3. Per benchmark and scoring mode: accuracy of each model with its 95% interval (Wilson; per subject too), Δ, the
+   95% CI of Δ (paired bootstrap over questions, medpt.eval.stats), McNemar's exact p, the distribution of predicted
+   letters (a warning when one letter takes more than half, BIAS_SHARE and BIAS_FACTOR), and per-subject accuracies
+   (JSON). Overall: micro (every question counts once) and macro (every benchmark counts once), with the bootstrap
+   stratified by benchmark and the macro accuracy's interval from Wilson with the benchmarks' effective sample size
+   (medpt.eval.stats.macro_accuracy_ci).
 4. RUN/eval/mcq/NAME.predictions.jsonl: every option's log-likelihood for each model and question (and rotation), one
    file per benchmark, so evaluating another benchmark later never overwrites it.
 """
@@ -174,11 +176,13 @@ def correctness(asked: Asked, predicted: list[str], questions: int) -> np.ndarra
 
 def summarize_mode(b: LoadedBenchmark, asked: list[Question], right: dict[str, np.ndarray], scored: dict[str, Any],
                    mode: str, resamples: int, seed: int) -> dict[str, Any]:  # fmt: skip
-    """One benchmark, one scoring mode: accuracies, Δ with its CI and p, letters, bias, subjects."""
-    from medpt.eval.stats import mcnemar_exact, mean_difference_ci
+    """One benchmark, one scoring mode: accuracies with their intervals, Δ with its CI and p, letters, bias,
+    subjects."""
+    from medpt.eval.stats import accuracy_ci, mcnemar_exact, mean_difference_ci
 
     out: dict[str, Any] = {
         "accuracy": {w: float(r.mean()) for w, r in right.items()},
+        "accuracy_ci": {w: accuracy_ci(r).to_list() for w, r in right.items()},
         "letters": {w: _shares(s["predicted"][mode]) for w, s in scored.items()},
         "answers": _shares([q.answer for q in asked]),
         "by_subject": _by_subject(b.questions, right),
@@ -208,28 +212,36 @@ def _shares(letters: list[str]) -> dict[str, float]:
 
 
 def _by_subject(questions: list[Question], right: dict[str, np.ndarray]) -> dict[str, Any]:
+    from medpt.eval.stats import accuracy_ci
+
     rows: dict[str, list[int]] = defaultdict(list)
     for i, q in enumerate(questions):
         rows[q.subject].append(i)
-    return {s: {"n": len(ix), **{w: float(r[ix].mean()) for w, r in right.items()}} for s, ix in sorted(rows.items())}
+    return {
+        s: {"n": len(ix), **{w: float(r[ix].mean()) for w, r in right.items()},
+            "accuracy_ci": {w: accuracy_ci(r[ix]).to_list() for w, r in right.items()}}
+        for s, ix in sorted(rows.items())
+    }  # fmt: skip
 
 
 def overall(rights: list[dict[str, np.ndarray]], resamples: int, seed: int) -> dict[str, Any]:
     """Micro (pooled questions) and macro (mean of benchmark accuracies) of one scoring mode, from each benchmark's
     right/wrong per question and model; the bootstrap stratified by benchmark."""
-    from medpt.eval.stats import mcnemar_exact, mean_difference_ci
+    from medpt.eval.stats import accuracy_ci, macro_accuracy_ci, mcnemar_exact, mean_difference_ci
 
     variants = list(rights[0])
-    micro = {w: float(np.concatenate([r[w] for r in rights]).mean()) for w in variants}
+    pooled = {w: np.concatenate([r[w] for r in rights]) for w in variants}
+    micro = {w: float(pooled[w].mean()) for w in variants}
     macro = {w: float(np.mean([r[w].mean() for r in rights])) for w in variants}
-    out = {"questions": sum(len(r[variants[0]]) for r in rights), "micro": {"accuracy": micro},
-           "macro": {"accuracy": macro}}  # fmt: skip
+    micro_ci = {w: accuracy_ci(pooled[w]).to_list() for w in variants}
+    macro_ci = {w: macro_accuracy_ci([r[w] for r in rights]).to_list() for w in variants}
+    out = {"questions": sum(len(r[variants[0]]) for r in rights), "micro": {"accuracy": micro, "accuracy_ci": micro_ci},
+           "macro": {"accuracy": macro, "accuracy_ci": macro_ci}}  # fmt: skip
     if "adapted" in variants:
         diffs = [r["adapted"].astype(float) - r["base"] for r in rights]
         for kind, acc in (("micro", micro), ("macro", macro)):
             out[kind]["delta"] = acc["adapted"] - acc["base"]
             out[kind]["ci"] = mean_difference_ci(diffs, resamples, seed, macro=kind == "macro").to_list()
-        pooled = {w: np.concatenate([r[w] for r in rights]) for w in variants}
         out["micro"]["mcnemar_p"] = mcnemar_exact(pooled["base"], pooled["adapted"])
     return out
 
@@ -253,6 +265,7 @@ def run_suite(config: Any, loaded: list[LoadedBenchmark], variants: Any, out: Pa
         "circular": e.circular,
         "dtype": str(next(variants.base.parameters()).dtype).replace("torch.", ""),
         "bootstrap": {"resamples": e.bootstrap_resamples, "seed": config.run.seed, "confidence": CONFIDENCE},
+        "interval": "wilson",  # of each accuracy (accuracy_ci); the bootstrap is Δ's (ci)
         "benchmarks": benchmarks,
         "overall": {m: overall(rights[m], e.bootstrap_resamples, config.run.seed) for m in modes},
     }
@@ -306,6 +319,7 @@ def _mode_table(results: dict[str, Any], mode: str) -> str:
     lines = [
         f"Multiple choice, {mode} scoring · weights {results['dtype']} · circular: "
         f"{'yes (right only if every rotation of the options is)' if results['circular'] else 'no'}"
+        + (" · accuracy (95% Wilson interval)" if results.get("interval") else "")
         + (
             f" · 95% CI of the paired difference: bootstrap over questions, {boot['resamples']:,} resamples, "
             f"seed {boot['seed']} · p: McNemar's exact test"
@@ -333,14 +347,26 @@ def _mode_table(results: dict[str, Any], mode: str) -> str:
 
 
 def _comparison(m: dict[str, Any], adapted: bool) -> list[str]:
-    acc = m["accuracy"]
-    cells = [f"{acc['base']:.1%}"]
+    acc, within = m["accuracy"], m.get("accuracy_ci") or {}  # results of an older medpt have no accuracy_ci
+    cells = [_accuracy(acc["base"], within.get("base"))]
     if adapted:
         ci = m.get("ci") or [None, None]
         interval = f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if None not in ci else "n/a"
         p = m.get("mcnemar_p")
-        cells += [f"{acc['adapted']:.1%}", f"{100 * m['delta']:+.1f}", interval, "" if p is None else f"{p:.3g}"]
+        cells += [
+            _accuracy(acc["adapted"], within.get("adapted")),
+            f"{100 * m['delta']:+.1f}",
+            interval,
+            "" if p is None else f"{p:.3g}",
+        ]
     return cells
+
+
+def _accuracy(value: float, ci: list[float | None] | None) -> str:
+    """27.5% (21.8–34.0): the accuracy and its 95% interval, in percent."""
+    if not ci or None in ci:
+        return f"{value:.1%}"
+    return f"{value:.1%} ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})"
 
 
 def _letters(shares: dict[str, float]) -> str:

@@ -1,4 +1,5 @@
-"""How sure is a base-vs-adapted difference: paired bootstrap confidence intervals and McNemar's exact test.
+"""How sure is an accuracy, and a base-vs-adapted difference: Wilson intervals, paired bootstrap confidence
+intervals and McNemar's exact test.
 
 Both models answer the same questions (and score the same blocks), so the differences are *paired*: the unit that is
 resampled is a question (or a block), and the statistic is recomputed on each resample from both models' results on
@@ -12,6 +13,8 @@ paired interval is much narrower than two separate ones.
 2. `ratio_difference_ci`: Δ of token-weighted means, Σ loss_adapted / Σ tokens − Σ loss_base / Σ tokens, with blocks
    resampled as units (the tokens of a block are not independent, a block is closer to it).
 3. `mcnemar_exact`: the exact two-sided p-value of McNemar's test, from the discordant pairs only.
+4. `accuracy_ci` / `macro_accuracy_ci`: the 95% interval of one model's accuracy (Wilson score interval), and of a
+   mean of accuracies (the macro average over benchmarks: Wilson with Kish's effective sample size).
 
 scipy does the work: `scipy.stats.bootstrap` (percentile intervals, seeded with a numpy Generator, resamples drawn in
 batches so memory stays bounded) and `scipy.stats.binomtest`. Its unpaired multi-sample mode resamples each sample
@@ -23,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -113,3 +117,44 @@ def mcnemar_exact(base_correct: Sequence[bool], adapted_correct: Sequence[bool])
     if discordant == 0:
         return 1.0
     return float(binomtest(adapted_only, discordant, 0.5).pvalue)
+
+
+# --- 4. the interval of one model's accuracy -------------------------------------------------------------------------
+# Wilson's score interval, not the normal (Wald) interval p ± 1.96·√(p(1−p)/n) that lm-evaluation-harness prints as
+# ±stderr: Wald collapses to a point at 0% and 100% ("0% ± 0" for a model that missed 20 of 20) and covers less than
+# 95% at small n; Wilson stays inside [0, 1], is one-sided at the ends, and at a few hundred questions and p away from
+# the ends lies within a fraction of a point of Wald, so medpt's and lm-eval's intervals read alike. Not the bootstrap
+# behind the Δ intervals either: at 0% or 100% every resample is the same and its interval is a point.
+def accuracy_ci(right: Sequence[bool] | np.ndarray) -> Interval:
+    """95% Wilson interval of the share of right answers (1 = right, 0 = wrong, one per question)."""
+    right = np.asarray(right, dtype=np.float64)
+    return wilson_interval(float(right.sum()), float(len(right)))
+
+
+def macro_accuracy_ci(groups: Sequence[np.ndarray]) -> Interval:
+    """95% interval of the mean of the groups' accuracies (macro: every benchmark counts once).
+
+    The mean of K accuracies has variance Σ p_k(1−p_k)/n_k / K²; with a common p in the score test this is
+    p(1−p)/n_eff, n_eff = K² / Σ 1/n_k (Kish's effective sample size), and the Wilson interval of the macro mean with
+    n_eff questions follows. It equals the pooled Wilson interval when the benchmarks have the same size, keeps
+    Wilson's behaviour at 0% and 100%, and is wider than needed (never narrower, by concavity of p(1−p)) when the
+    benchmarks' accuracies differ."""
+    groups = [np.asarray(g, dtype=np.float64) for g in groups if len(g)]
+    if not groups:
+        return Interval(math.nan, math.nan)
+    mean = float(np.mean([g.mean() for g in groups]))
+    n_eff = len(groups) ** 2 / sum(1 / len(g) for g in groups)
+    return wilson_interval(mean * n_eff, n_eff)
+
+
+def wilson_interval(successes: float, n: float) -> Interval:
+    """Wilson's score interval at CONFIDENCE. Written out rather than scipy's `binomtest(...).proportion_ci`
+    (which it equals, tested) because the macro mean's effective count is fractional, and binomtest takes integers."""
+    if n <= 0:
+        return Interval(math.nan, math.nan)
+    z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
+    p, z2 = successes / n, z * z / n
+    centre = (p + z2 / 2) / (1 + z2)
+    half = z / (1 + z2) * math.sqrt(p * (1 - p) / n + z2 / (4 * n))
+    # at p = 0 (1) the low (high) end is exactly 0 (1): written so, not left to the rounding of centre − half
+    return Interval(0.0 if p <= 0 else max(0.0, centre - half), 1.0 if p >= 1 else min(1.0, centre + half))

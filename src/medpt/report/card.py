@@ -163,13 +163,16 @@ def eval_results(evaluation: dict[str, Any] | None) -> list[Any]:
             if "adapted" not in m["accuracy"]:
                 continue
             acc, base = m["accuracy"]["adapted"], m["accuracy"]["base"]
+            within = m.get("accuracy_ci") or {}  # each accuracy's 95% Wilson interval (absent in older results)
+            share = "{:.1%}".format
             results.append(EvalResult(
                 task_type="multiple-choice", task_name="multiple-choice questions", dataset_type=name,
                 dataset_name=name, metric_type="accuracy", metric_value=round(acc, 4), metric_config=mode,
-                metric_name=f"accuracy, {mode} scoring (base {base:.1%}; Δ {_points(m.get('delta'))}, 95% CI "
+                metric_name=f"accuracy, {mode} scoring, 95% interval {_ci(within.get('adapted'), share)} (base "
+                            f"{base:.1%}, {_ci(within.get('base'), share)}; Δ {_points(m.get('delta'))}, 95% CI "
                             f"{_ci(m.get('ci'), _points)})",
-                metric_args={"base": round(base, 4), "delta_ci95": m.get("ci"), "questions": b["questions"],
-                             "num_fewshot": b["num_fewshot"]},
+                metric_args={"ci95": within.get("adapted"), "base": round(base, 4), "base_ci95": within.get("base"),
+                             "delta_ci95": m.get("ci"), "questions": b["questions"], "num_fewshot": b["num_fewshot"]},
             ))  # fmt: skip
     return results
 

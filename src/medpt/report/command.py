@@ -40,7 +40,7 @@ def _load(path: Path) -> Any:
 
 
 def gather(run: Path, out: Path) -> dict[str, Any]:
-    from medpt.report.curves import plot_deltas, plot_forgetting, plot_losses
+    from medpt.report.curves import plot_forgetting, plot_losses, plot_mcq
 
     if not (run / CONFIG_FILE).is_file():
         raise MedptError(f"{run} is not a medpt run (no {CONFIG_FILE})")
@@ -52,7 +52,7 @@ def gather(run: Path, out: Path) -> dict[str, Any]:
     compare = run / COMPARE_DIR / "compare.jsonl"
     evaluation = _load(run / EVAL_DIR / "eval_results.json")
     mcq = (evaluation or {}).get("mcq")
-    deltas = plot_deltas(mcq, out / REPORT_DELTAS, title=run.name) if mcq and "benchmarks" in mcq else None
+    deltas = plot_mcq(mcq, out / REPORT_DELTAS, title=run.name) if mcq and "benchmarks" in mcq else None
     return {
         "config": [line for line in (run / CONFIG_FILE).read_text(encoding="utf-8").splitlines() if "# set" in line],
         "data": _load(run / DATA_REPORT),
@@ -86,7 +86,7 @@ def markdown(run: Path, facts: dict[str, Any]) -> str:
     if facts["evaluation"]:
         parts += ["## Base vs adapted\n", format_eval(facts["evaluation"]) + "\n"]
         if facts["deltas"]:
-            parts += [f"![multiple choice: Δ accuracy with 95% CI]({facts['deltas'].name})\n"]
+            parts += [f"![multiple choice: accuracy and Δ, 95% intervals]({facts['deltas'].name})\n"]
     elif facts["eval_during_training"]:
         parts += ["## Evaluation at the end of training\n", _kv_md(facts["eval_during_training"])]
     if facts["verify"]:
@@ -129,7 +129,7 @@ def page(run: Path, facts: dict[str, Any]) -> str:
         body += ["<h2>Base vs adapted</h2>", _markdown_html(format_eval(evaluation))]
         if facts["deltas"]:
             data = base64.b64encode(facts["deltas"].read_bytes()).decode()
-            body += [f"<img alt='multiple choice: Δ accuracy with 95% CI' src='data:image/png;base64,{data}'>"]
+            body += [f"<img alt='multiple choice: accuracy and Δ, 95% intervals' src='data:image/png;base64,{data}'>"]
     elif facts["eval_during_training"]:
         body += ["<h2>Evaluation at the end of training</h2>", _kv_table(facts["eval_during_training"])]
     if facts["verify"]:

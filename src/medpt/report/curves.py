@@ -1,5 +1,5 @@
 """The plots of a run, drawn with matplotlib (imported in each function: only plotting needs it): loss curves and
-per-set perplexity from metrics.jsonl, and the multiple-choice differences with their confidence intervals."""
+per-set perplexity from metrics.jsonl, and the multiple-choice accuracies and differences with their intervals."""
 
 from __future__ import annotations
 
@@ -84,26 +84,51 @@ def _save(fig, png_path: str | Path) -> Path:
     return Path(png_path)
 
 
-def plot_deltas(mcq: dict[str, Any], png_path: str | Path, title: str = "") -> Path | None:
-    """Δ accuracy (adapted − base, points) of every benchmark and overall, with its 95% CI as an error bar, one
-    colour per scoring mode; None when there is no adapted model to compare."""
+def plot_mcq(mcq: dict[str, Any], png_path: str | Path, title: str = "") -> Path | None:
+    """Multiple choice, every benchmark and overall (micro, macro): each model's accuracy with its 95% interval, and
+    with an adapter Δ accuracy (adapted − base) with its 95% CI beside it, as error bars, one marker per scoring mode
+    and model. Results of an older medpt (no accuracy intervals) get bare markers there."""
     rows = [*mcq["benchmarks"], "micro", "macro"]
-    if "adapted" not in mcq["overall"][mcq["scoring"][0]]["micro"]["accuracy"]:
-        return None
-    fig, ax = _pyplot().subplots(figsize=(7, 1.2 + 0.45 * len(rows)))
-    for k, mode in enumerate(mcq["scoring"]):
-        stats = [mcq["benchmarks"][r]["modes"][mode] if r in mcq["benchmarks"] else mcq["overall"][mode][r]
-                 for r in rows]  # fmt: skip
-        y = [i + 0.25 * (k - (len(mcq["scoring"]) - 1) / 2) for i in range(len(rows))]
-        delta = [100 * s["delta"] for s in stats]
-        low = [100 * (s["delta"] - s["ci"][0]) if s["ci"][0] is not None else 0 for s in stats]
-        high = [100 * (s["ci"][1] - s["delta"]) if s["ci"][1] is not None else 0 for s in stats]
-        ax.errorbar(delta, y, xerr=[low, high], fmt="o", capsize=3, label=f"{mode} scoring")
-    ax.axvline(0, color="grey", linewidth=1)
-    ax.set_yticks(range(len(rows)), rows)
-    ax.invert_yaxis()
-    ax.set_xlabel("Δ accuracy, adapted − base (points), with 95% CI")
-    ax.set_title(title)
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend()
+    modes = mcq["scoring"]
+    adapted = "adapted" in mcq["overall"][modes[0]]["micro"]["accuracy"]
+    stats = {m: [mcq["benchmarks"][r]["modes"][m] if r in mcq["benchmarks"] else mcq["overall"][m][r] for r in rows]
+             for m in modes}  # fmt: skip
+    fig, axes = _pyplot().subplots(1, 2 if adapted else 1, figsize=(12 if adapted else 7, 1.2 + 0.45 * len(rows)),
+                                   sharey=True, squeeze=False)  # fmt: skip
+    series = [(m, w) for m in modes for w in (["base", "adapted"] if adapted else ["base"])]
+    for k, (mode, which) in enumerate(series):
+        acc = [100 * s["accuracy"][which] for s in stats[mode]]
+        ci = [(s.get("accuracy_ci") or {}).get(which) for s in stats[mode]]
+        axes[0][0].errorbar(acc, _offsets(len(rows), k, len(series)), xerr=_bars(acc, ci), fmt="o", capsize=3,
+                            label=f"{which}, {mode} scoring")  # fmt: skip
+    _axis(axes[0][0], "accuracy (%), with 95% interval (Wilson)")
+    if adapted:
+        for k, mode in enumerate(modes):
+            delta, ci = [100 * s["delta"] for s in stats[mode]], [s["ci"] for s in stats[mode]]
+            axes[0][1].errorbar(delta, _offsets(len(rows), k, len(modes)), xerr=_bars(delta, ci), fmt="o", capsize=3,
+                                label=f"{mode} scoring")  # fmt: skip
+        axes[0][1].axvline(0, color="grey", linewidth=1)
+        _axis(axes[0][1], "Δ accuracy, adapted − base (points), with 95% CI")
+    axes[0][0].set_yticks(range(len(rows)), rows)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(title)
     return _save(fig, png_path)
+
+
+def _offsets(rows: int, k: int, of: int) -> list[float]:
+    """The y of series k of `of` in each row: side by side around the row's tick."""
+    return [i + 0.6 / of * (k - (of - 1) / 2) for i in range(rows)]
+
+
+def _bars(values: list[float], cis: list[list[float | None] | None]) -> list[list[float]]:
+    """matplotlib's xerr (distances below and above each value, in points) from [low, high] fractions; 0 where the
+    interval is missing or undefined, and never negative (a percentile interval need not contain its estimate)."""
+    below = [max(0.0, v - 100 * ci[0]) if ci and ci[0] is not None else 0.0 for v, ci in zip(values, cis)]
+    above = [max(0.0, 100 * ci[1] - v) if ci and ci[1] is not None else 0.0 for v, ci in zip(values, cis)]
+    return [below, above]
+
+
+def _axis(ax: Any, xlabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize="small")
