@@ -12,12 +12,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from medpt.report.command.curves import plot_mcq
 
 from medpt.args.resolve import load_config
 from medpt.cli import main
 from medpt.eval.mcq import Question, build_prompt, read_questions
 from medpt.eval.mcq_suite import chance, format_suite, load_benchmarks, rotations, run_suite, summarize_mode
+from medpt.report.curves import plot_mcq
 from tests.conftest import write_jsonl
 from tests.test_mcq import Rigged
 from tests.test_mcq_suite import Pair
