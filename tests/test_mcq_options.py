@@ -347,7 +347,7 @@ def _drawn_intervals(results: dict) -> list:
     """The report chart's accuracy error bars, as (model, left end, right end) in percent, sorted."""
     from unittest import mock
 
-    from medpt import curves
+    from medpt.report import curves
 
     figures = []
     with mock.patch.object(curves, "_save", lambda fig, path: figures.append(fig) or Path(path)):
