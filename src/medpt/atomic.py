@@ -36,6 +36,7 @@ from typing import IO, Any
 
 from medpt.errors import MedptError
 from medpt.faults import fault_point
+from medpt.strictjson import dumps
 
 _TMP_OWNER = re.compile(r"\.pid(\d+)@([0-9a-f]{8})\.[^.]*\.tmp$")
 _OLD = re.compile(r"^\..+\.old-(\d+)(?:@([0-9a-f]{8}))?$")
@@ -254,8 +255,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, data: Any, **dump: Any) -> None:
-    from medpt.strictjson import dumps  # strict JSON: a NaN is written as null (see medpt.strictjson)
-
     with atomic_writer(path) as f:
         f.write(dumps(data, **dump))
 
@@ -391,7 +390,7 @@ def cut_log(path: str | os.PathLike, keep: int) -> int:
     cut = bool(raw) and not raw.endswith(b"\n")
     if len(rows) <= keep and not cut:
         return 0
-    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows[:keep]))
+    atomic_write_text(path, "".join(dumps(row) + "\n" for row in rows[:keep]))
     return max(len(rows) - keep, 0)
 
 

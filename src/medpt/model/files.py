@@ -29,6 +29,7 @@ from typing import Any
 
 from medpt.errors import MedptError
 from medpt.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_RECORD
+from medpt.strictjson import dumps
 
 CONFIG = "config.json"
 SAFE_WEIGHTS, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"  # the names transformers loads
@@ -296,9 +297,9 @@ def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
         value = raw.get(key)
         if key in raw and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise MedptError(f"{path}: {key} must be {names}, got {json.dumps(value)}")
+            raise MedptError(f"{path}: {key} must be {names}, got {dumps(value)}")
     if not isinstance(raw.get("r"), int) or raw["r"] < 1:
-        raise MedptError(f"{path}: r (the LoRA rank) must be a whole number ≥ 1, got {json.dumps(raw.get('r'))}")
+        raise MedptError(f"{path}: r (the LoRA rank) must be a whole number ≥ 1, got {dumps(raw.get('r'))}")
     if isinstance(raw.get("target_modules"), list) and not all(isinstance(t, str) for t in raw["target_modules"]):
         raise MedptError(f"{path}: target_modules must be a list of module names, got {raw['target_modules']}")
     return raw
@@ -452,7 +453,7 @@ def _same_lora(path: Path, saved: dict[str, Any], lora: Any, facts: ModelFacts) 
         ours = getattr(lora, flag)
         theirs = saved.get(key, False if isinstance(ours, bool) else None)
         if theirs != ours:
-            raise MedptError(f"--resume_from_checkpoint {path}: it was trained with {key}={json.dumps(theirs)} "
+            raise MedptError(f"--resume_from_checkpoint {path}: it was trained with {key}={dumps(theirs)} "
                              f"({ADAPTER_CONFIG}), this run with --{flag} {ours}: another run's checkpoint. Resume "
                              "with its settings, or start over")  # fmt: skip
     wanted = facts.linear_names() if lora.target_modules == ["all"] else set(lora.target_modules)

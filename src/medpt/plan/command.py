@@ -7,17 +7,17 @@ plan for scripts; `medpt train --dry_run` prints it as YAML comments after the r
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from medpt.errors import MedptError
 from medpt.plan.planner import Fit, Plan, make_plan
+from medpt.strictjson import dumps
 
 
 def run_plan(config: Any) -> int:
     """`medpt plan`."""
     plan = make_plan(config)
-    print(json.dumps(plan.to_json(), indent=2) if config.plan.json else format_plan(plan))
+    print(dumps(plan.to_json(), indent=2) if config.plan.json else format_plan(plan))
     return 0
 
 

@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from medpt.strictjson import dumps
+
 MAX_LOGPROBS = 20  # OpenAI's and vLLM's largest top_logprobs
 
 
@@ -92,7 +94,7 @@ def _drop_neutral(data: dict, table: dict[str, Callable[[Any], bool]], where: st
     for name in [n for n in data if n in table]:
         value = data.pop(name)
         if not table[name](value):
-            raise APIError(400, f"{where}{name}: medpt serve does not implement {name} (got {json.dumps(value)}); "
+            raise APIError(400, f"{where}{name}: medpt serve does not implement {name} (got {dumps(value)}); "
                                 "leave it out, or send its default", param or name, "unsupported_value")  # fmt: skip
 
 
