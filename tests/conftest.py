@@ -105,8 +105,8 @@ def reference(trained_run: Path):
 @pytest.fixture
 def no_eos(monkeypatch: pytest.MonkeyPatch, reference):
     """Every answer runs to max_tokens (the tiny adapted model would end at once): answers have text to compare."""
-    from medpt import generate
+    from medpt.generate import prompting
     from tests.servers import NoEos
 
     eos = reference[1].tokenizer.eos_token_id
-    monkeypatch.setattr(generate, "extra_logits_processors", lambda: [NoEos(eos)])
+    monkeypatch.setattr(prompting, "extra_logits_processors", lambda: [NoEos(eos)])
