@@ -183,7 +183,7 @@ def test_overwrite_is_refused_while_another_process_works_on_the_study(tiny_mode
     try:
         assert main([*argv, "--overwrite_output_dir"]) == 2  # two identical commands must not delete each other's study
     finally:
-        os.close(working)
+        working.release()
     _one_line_error(capsys, f"--overwrite_output_dir would delete the study in {out}", "another medpt tune process")
     assert (out / "tune.json").is_file() and (out / "trials").is_dir()
 
@@ -195,8 +195,13 @@ def test_a_mistake_found_by_a_trial_fails_it_in_one_line_and_it_does_not_count(t
     out = tmp_path / "tune"
     argv = _argv(tiny_model_dir, out, "--n_trials", "1")
     config = load_config(argv[1:], command="tune")
-    os.close(claim_tune_dir(config, make_setup(config)))
-    notes = out / "trials" / "0" / "notes.txt"  # trial 0's folder holds a file medpt did not write
+    claim_tune_dir(config, make_setup(config)).release()
+    # Trial 0's folder, which medpt made (its parent's manifest names it), holds a file medpt did not write: only
+    # the trial finds out. (A folder medpt did not make in trials/ is refused by the command before any trial.)
+    from medpt.rundir import RunDir
+
+    notes = out / "trials" / "0" / "notes.txt"
+    RunDir.open(out / "trials").record(["0"], "tune")
     notes.parent.mkdir()
     notes.write_text("mine")
     assert main(argv) == 2
