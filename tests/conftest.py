@@ -110,3 +110,13 @@ def no_eos(monkeypatch: pytest.MonkeyPatch, reference):
 
     eos = reference[1].tokenizer.eos_token_id
     monkeypatch.setattr(prompting, "extra_logits_processors", lambda: [NoEos(eos)])
+
+
+def one_error_line(err: str, *needles: str) -> str:
+    """The one `medpt: error:` line of a command's stderr, with no traceback; each needle must be in it."""
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("medpt: error:")]
+    assert len(lines) == 1, err[-3000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]

@@ -21,7 +21,7 @@ import pytest
 
 from medpt.cli import main
 from medpt.samples import SAMPLE_GENERAL, SAMPLE_QA
-from tests.conftest import conv, write_jsonl
+from tests.conftest import conv, one_error_line, write_jsonl
 
 FAST = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--block_size", "64", "--report_to", "none",
         "--disable_tqdm", "true", "--plot", "false", "--save_strategy", "no", "--logging_steps", "1"]  # fmt: skip
@@ -37,13 +37,7 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def one_line_error(capsys: pytest.CaptureFixture, *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("medpt: error:")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
+    return one_error_line(capsys.readouterr().err, *needles)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.conftest import one_error_line
+
 ZYGOTE = Path(__file__).with_name("zygote.py")
 SEED = 18  # the number: kill points are drawn from it, so a failure reproduces
 TIMING = ("runtime", "per_second", "seconds", "created", "updated", "tokens_per_second")  # keys that differ by run
@@ -30,12 +32,7 @@ class Result:
     pid: int = 0
 
     def one_line_error(self, *needles: str) -> str:
-        assert "Traceback" not in self.err, self.err[-3000:]
-        lines = [line for line in self.err.splitlines() if line.startswith("medpt: error:")]
-        assert len(lines) == 1, self.err[-3000:]
-        for needle in needles:
-            assert needle in lines[0], (needle, lines[0])
-        return lines[0]
+        return one_error_line(self.err, *needles)
 
 
 @dataclass
