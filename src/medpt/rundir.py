@@ -84,6 +84,10 @@ TRAINER_STATE, TRAINER_ARGS_BIN = "trainer_state.json", "training_args.bin"
 EVAL_MD = "eval.md"  # inside EVAL_DIR, beside EVAL_RESULTS
 COMPARE_JSONL, COMPARE_MD, COMPARE_HTML = "compare.jsonl", "compare.md", "compare.html"  # inside COMPARE_DIR
 
+# A run's description, written at its start (medpt.train.recipe.describe_run) and into each of its checkpoints, so a
+# run stopped at any point, and each checkpoint on its own, says what it is (litgpt and nanoGPT save it the same way).
+RUN_DESCRIPTION = (CONFIG_FILE, BASE_RECORD, TRAINING_ARGS)
+
 # What Trainer writes at the top of a run besides medpt's files (what each command writes is its record's `writes`,
 # medpt.args.commands).
 TRAINER_FILES = (TRAIN_RESULTS, EVAL_RESULTS, ALL_RESULTS, TRAINER_STATE, TRAINER_ARGS_BIN, "runs", "README.md")
@@ -466,6 +470,49 @@ def run_config_path(path: str | os.PathLike) -> Path:
 
 def checkpoints(path: Path) -> list[Path]:
     return sorted(p for p in path.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """N of checkpoint-N (-1 for any other name)."""
+    try:
+        return int(Path(path).name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+@dataclass(frozen=True)
+class StoppedRun:
+    """A train run stopped before it saved its final adapter (a kill, a crash, Ctrl-C, a full disk), and its latest
+    complete checkpoint, which eval and report use in its place (None: stopped before its first)."""
+
+    run: Path
+    checkpoint: Path | None
+
+    @property
+    def step(self) -> int:
+        return checkpoint_step(self.checkpoint) if self.checkpoint is not None else 0
+
+    def line(self, doing: str) -> str:
+        """What the command tells the user, once: `doing` is e.g. "evaluating"."""
+        if self.checkpoint is None:
+            return f"{self.run} was stopped before its first checkpoint (no final adapter)"
+        return f"{self.run} was stopped at step {self.step} (no final adapter): {doing} its latest checkpoint, " + str(
+            self.checkpoint
+        )
+
+
+def stopped_run(run: Path) -> StoppedRun | None:
+    """The run as a StoppedRun when `medpt train` started it (TRAINING_ARGS) and it has neither its final weights
+    nor ALL_RESULTS (the last file a finished run writes); None for a finished run or any other folder."""
+    if not (run / TRAINING_ARGS).is_file() or (run / ALL_RESULTS).is_file() or _has_weights(run):
+        return None
+    complete = [p for p in checkpoints(run) if (p / TRAINER_STATE).is_file() and _has_weights(p)]
+    return StoppedRun(run, max(complete, key=checkpoint_step) if complete else None)
+
+
+def _has_weights(folder: Path) -> bool:
+    """An adapter (ADAPTER_CONFIG beside its weights) or a fully fine-tuned model's safetensors."""
+    return (folder / ADAPTER_CONFIG).is_file() or any(folder.glob("*.safetensors"))
 
 
 def describe(path: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medpt.atomic import read_log
-from medpt.rundir import MANIFEST, RunDir
+from medpt.rundir import BASE_RECORD, CONFIG_FILE, MANIFEST, RUN_DESCRIPTION, TRAINING_ARGS, RunDir
 from medpt.samples import SAMPLE_GENERAL, SAMPLE_MCQ, SAMPLE_QA
 from tests.faults.harness import file_bytes, json_file, without_timing
 
@@ -91,7 +91,7 @@ def train_result(case: Path) -> dict:
     # The summary line's train_loss is the session's (Trainer's own): train_results.json holds the whole run's.
     rows = [{k: v for k, v in without_timing(r).items() if k != "train_loss"} for r in read_log(run / "metrics.jsonl")]
     results = json_file(run / "train_results.json", case)
-    checkpoints = {p.name: file_bytes(p, skip=VOLATILE) for p in sorted(run.glob("checkpoint-*"))}
+    checkpoints = {p.name: file_bytes(p, skip=(*VOLATILE, *RUN_DESCRIPTION)) for p in sorted(run.glob("checkpoint-*"))}
     return {
         "metrics.jsonl": rows,
         "final files": file_bytes(run, skip=(*VOLATILE, *checkpoints, *RESULTS)),
@@ -103,6 +103,8 @@ def train_result(case: Path) -> dict:
             name: {k: v for k, v in json_file(run / name / "trainer_state.json").items() if k != "stateful_callbacks"}
             for name in checkpoints
         },  # fmt: skip
+        # The run's description each checkpoint holds (it names the case's folder; the configuration its time).
+        "descriptions": {name: _description(run / name, case) for name in checkpoints},
         "eval": json_file(run / "eval_results.json", case),
         # After a resume Trainer's train_loss covers the resumed steps only; medpt weighs in the logged ones before
         # (train.whole_run_train_loss), summing in another order: equal to float rounding, not to the bit.
@@ -114,6 +116,14 @@ def train_result(case: Path) -> dict:
         "curve": (run / "loss_curve.png").is_file(),
         "manifest": RunDir.open(run).entries,
         "files": RunDir.open(run).present(),
+    }
+
+
+def _description(folder: Path, case: Path) -> dict:
+    return {
+        CONFIG_FILE: (folder / CONFIG_FILE).read_text().split("\n", 1)[1].replace(str(case), "CASE"),
+        TRAINING_ARGS: json_file(folder / TRAINING_ARGS, case),
+        BASE_RECORD: json_file(folder / BASE_RECORD, case),
     }
 
 

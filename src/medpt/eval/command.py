@@ -54,6 +54,8 @@ def _evaluate(config: Any, out: Any, checked: Any, log: Any) -> dict[str, Any]:
                          "--mcq_dir or --mcq_file")  # fmt: skip
     variants = load_variants(config, log, checked)
     results: dict[str, Any] = {"base_model": variants.base_name, "adapter": config.eval.adapter}
+    if checked.stopped_at is not None:  # a stopped run: its latest checkpoint was evaluated (results in RUN/eval)
+        results.update(adapter=str(checked.adapter_dir), stopped_at_step=checked.stopped_at)
     results["sets"] = {name: _lm_set(config, variants, name, packed, log) for name, packed in sets.items()}
     if benchmarks:
         results["mcq"] = _mcq(config, benchmarks, variants, train, out, log)
@@ -66,7 +68,9 @@ def _evaluate(config: Any, out: Any, checked: Any, log: Any) -> dict[str, Any]:
     atomic_write_text(out / "eval.md", table + "\n")
     log(table)
     log(f"\nresults: {out / 'eval_results.json'}, {out / 'eval.md'}")
-    if config.eval.adapter:  # a medpt run's card gets the results (other adapter folders are left alone)
+    # A medpt run's card gets the results (other adapter folders are left alone); a stopped run has no card: it
+    # describes the run's final adapter, which such a run does not have.
+    if config.eval.adapter and checked.stopped_at is None:
         from medpt.report.card import write_card
 
         if card := write_card(config.eval.adapter, results, table, log):

@@ -36,7 +36,7 @@ from medpt.model.loading import (
     model_facts,
     tokenizer_source,
 )
-from medpt.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_RECORD
+from medpt.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_RECORD, stopped_run
 
 
 @dataclass
@@ -165,10 +165,11 @@ class Checked:
     """What `load_variants` will load, every file checked and nothing loaded but the (small) tokenizer."""
 
     base_name: str
-    adapter_dir: Path | None
+    adapter_dir: Path | None  # the folder loaded: --adapter, or the latest checkpoint of a stopped run
     kind: str  # "lora", "full" (a fully fine-tuned model) or "" (no adapter)
     facts: ModelFacts  # the base's
     tokenizer: Any
+    stopped_at: int | None = None  # the checkpoint's step, when --adapter is a run stopped before it finished
 
 
 def check_variants(config: Any, log: Any = print) -> Checked:
@@ -179,6 +180,12 @@ def check_variants(config: Any, log: Any = print) -> Checked:
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is not None and not adapter_dir.is_dir():
         raise MedptError(f"--adapter {adapter}: no such folder")
+    stopped = stopped_run(adapter_dir) if adapter_dir is not None else None
+    if stopped is not None:
+        if stopped.checkpoint is None:
+            raise MedptError(f"{stopped.line('')}: nothing to load; the same train command continues it")
+        log(stopped.line("evaluating" if config.command == "eval" else "using"))
+        adapter_dir = stopped.checkpoint
     is_lora = adapter_dir is not None and (adapter_dir / ADAPTER_CONFIG).is_file()
     if adapter_dir is not None and not is_lora and (adapter_dir / ADAPTER_WEIGHTS).is_file():
         raise MedptError(f"{adapter_dir / ADAPTER_CONFIG}: missing beside {ADAPTER_WEIGHTS}; copy the adapter again")
@@ -199,7 +206,8 @@ def check_variants(config: Any, log: Any = print) -> Checked:
     if generates and facts.positions is not None and config.generate.max_new_tokens >= facts.positions:
         raise MedptError(f"--max_new_tokens {config.generate.max_new_tokens:,} leaves no room for a question: "
                          f"{base_name} takes {facts.positions:,} positions, question and answer together")  # fmt: skip
-    return Checked(base_name, adapter_dir, "lora" if is_lora else "full" if is_full else "", facts, tokenizer)
+    kind = "lora" if is_lora else "full" if is_full else ""
+    return Checked(base_name, adapter_dir, kind, facts, tokenizer, stopped.step if stopped is not None else None)
 
 
 def load_variants(config: Any, log: Any = print, checked: Checked | None = None) -> Variants:

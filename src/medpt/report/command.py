@@ -28,10 +28,13 @@ from medpt.rundir import (
     REPORT_DELTAS,
     REPORT_HTML,
     REPORT_MD,
+    TRAINER_STATE,
     TRIALS_MD,
     TUNE_HISTORY,
     TUNE_IMPORTANCE,
     VERIFY,
+    StoppedRun,
+    stopped_run,
 )
 
 
@@ -54,6 +57,7 @@ def gather(run: Path, out: Path) -> dict[str, Any]:
     mcq = (evaluation or {}).get("mcq")
     deltas = plot_mcq(mcq, out / REPORT_DELTAS, title=run.name) if mcq and "benchmarks" in mcq else None
     return {
+        "stopped": stopped_run(run),
         "config": [line for line in (run / CONFIG_FILE).read_text(encoding="utf-8").splitlines() if "# set" in line],
         "data": _load(run / DATA_REPORT),
         "train": _load(run / "train_results.json"),
@@ -73,7 +77,10 @@ def markdown(run: Path, facts: dict[str, Any]) -> str:
     from medpt.data.report import format_table
     from medpt.eval.metrics import format_eval
 
-    parts = [f"# medpt run: {run.name}\n", "## Configuration (values that differ from the defaults)\n", "```yaml"]
+    parts = [f"# medpt run: {run.name}\n"]
+    if facts["stopped"]:
+        parts += [_stopped_note(facts["stopped"]) + "\n"]
+    parts += ["## Configuration (values that differ from the defaults)\n", "```yaml"]
     parts += facts["config"] + ["```\n"]
     if facts["data"]:
         parts += ["## Data\n", "```", format_table(facts["data"]), "```\n"]
@@ -102,6 +109,16 @@ def markdown(run: Path, facts: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _stopped_note(stopped: StoppedRun) -> str:
+    """The status line of a run stopped before it finished, with how far it was meant to go."""
+    if stopped.checkpoint is None:
+        return "This run was stopped before its first checkpoint: it has no adapter yet."
+    planned = (_load(stopped.checkpoint / TRAINER_STATE) or {}).get("max_steps")
+    of = f" of {planned:,}" if isinstance(planned, int) else ""
+    return (f"This run was stopped at step {stopped.step}{of} (no final adapter); its latest checkpoint is "
+            f"{stopped.checkpoint.name}. The same train command continues it.")  # fmt: skip
+
+
 def _kv_md(values: dict[str, Any]) -> str:
     return "\n".join(f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in values.items()) + "\n"
 
@@ -113,6 +130,8 @@ def page(run: Path, facts: dict[str, Any]) -> str:
 
     esc = html.escape
     body = [f"<h1>medpt run: {esc(run.name)}</h1>"]
+    if facts["stopped"]:
+        body += [f"<p><b>{esc(_stopped_note(facts['stopped']))}</b></p>"]
     body += ["<h2>Configuration</h2><p>Values that differ from the defaults.</p><pre>",
              esc("\n".join(facts["config"])), "</pre>"]  # fmt: skip
     if facts["data"]:
@@ -234,6 +253,8 @@ def write_report(run: Path, out: Path | None = None, log: Any = print) -> tuple[
             markdown_text, html_text = tune_report(run, out)
         else:
             facts = gather(run, out)
+            if facts["stopped"]:
+                log(facts["stopped"].line("reporting"))
             markdown_text, html_text = markdown(run, facts), page(run, facts)
         html_path, md_path = out / REPORT_HTML, out / REPORT_MD
         atomic_write_text(html_path, html_text)

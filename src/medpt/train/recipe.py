@@ -43,6 +43,7 @@ from medpt.rundir import (
     STAGING,
     TRAINING_ARGS,
     RunDir,
+    checkpoint_step,
     checkpoints,
     claim_dir,
     holding,
@@ -218,7 +219,7 @@ def starting_point(config: Config, out: Path, log: Any, claim: bool = True) -> s
     overwrite = config.run.overwrite_output_dir
     run = RunDir.open(out)
     mine = [p for p in checkpoints(out) if p.name in run.entries]
-    last = str(max(mine, key=_step)) if mine else None
+    last = str(max(mine, key=checkpoint_step)) if mine else None
     resume_last = last is not None and (choice == "auto" or (choice == "" and not overwrite))
     if claim:
         claim_dir(out, COMMANDS["train"], inputs=inputs_of(config), overwrite=overwrite and not resume_last)
@@ -239,16 +240,9 @@ def starting_point(config: Config, out: Path, log: Any, claim: bool = True) -> s
     return None
 
 
-def _step(path: str | Path) -> int:
-    try:
-        return int(Path(path).name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
-
-
 def _last_checkpoint(out: Path) -> str | None:
     found = checkpoints(out) if out.is_dir() else []
-    return str(max(found, key=_step)) if found else None
+    return str(max(found, key=checkpoint_step)) if found else None
 
 
 def _resume(out: Path, checkpoint: str, log: Any) -> str:
@@ -260,7 +254,7 @@ def _resume(out: Path, checkpoint: str, log: Any) -> str:
     try:
         keep = len(json.loads(state.read_text(encoding="utf-8"))["log_history"])
     except (OSError, ValueError, KeyError, TypeError):  # not a checkpoint medpt wrote: keep the steps up to it
-        keep = sum(1 for row in read_log(out / METRICS) if row.get("step", 0) <= _step(checkpoint))
+        keep = sum(1 for row in read_log(out / METRICS) if row.get("step", 0) <= checkpoint_step(checkpoint))
     dropped = cut_log(out / METRICS, keep)
     if dropped:
         log(f"resuming from {checkpoint}: {dropped} log line(s) written after it are redone")
@@ -268,8 +262,9 @@ def _resume(out: Path, checkpoint: str, log: Any) -> str:
 
 
 def describe_run(config: Config, args: Any, out: Path) -> None:
-    """The resolved configuration, the base model's fingerprint and the training arguments, written before any work,
-    so a run stopped at any point describes itself (eval, merge, report and the same command read them)."""
+    """The resolved configuration, the base model's fingerprint and the training arguments (rundir.RUN_DESCRIPTION),
+    written before any work, so a run stopped at any point describes itself (eval, merge, report and the same command
+    read them); the trainer copies them into each checkpoint."""
     config.save(out)
     _record_base(config, out)
     atomic_write_text(out / TRAINING_ARGS, dumps(args.to_dict(), indent=2))  # to_json_string, but strict JSON
@@ -362,7 +357,8 @@ def finish(config: Config, trainer: Any, result: Any, out: Path, resumed: str | 
     comes last: it marks the run finished (starting_point), so a run stopped before it is continued, not refused."""
     metrics = dict(result.metrics)
     if resumed:
-        metrics.update(whole_run_train_loss(out / METRICS, _step(resumed), metrics["train_loss"], trainer.state))
+        at = checkpoint_step(resumed)
+        metrics.update(whole_run_train_loss(out / METRICS, at, metrics["train_loss"], trainer.state))
     save_final(trainer, out)
     trainer.save_metrics("train", metrics, combined=False)
     results = dict(metrics)

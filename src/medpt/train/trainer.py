@@ -4,7 +4,8 @@
 2. a checkpoint becomes visible only once complete (written to a staging folder, then renamed), so a kill during
    saving never leaves one that resuming would pick up; a save that fails (a full disk) leaves the earlier ones as
    they were; results and state are written through medpt.atomic, never in place (Trainer's save_metrics and
-   save_state rewrite the file, changing a hard-linked backup of the run);
+   save_state rewrite the file, changing a hard-linked backup of the run); each checkpoint holds the run's
+   description (rundir.RUN_DESCRIPTION), so eval and report can use it when the run stops before it finishes;
 3. a NaN/inf loss stops the run at that step, before the optimizer writes NaN into the weights;
 4. tokens/s counts real tokens (not padding), and the learning rate of --modules_to_save can differ;
 5. callbacks: metrics.jsonl per log step, a progress bar with tokens/s, Ctrl-C = save a checkpoint and stop;
@@ -28,12 +29,12 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from medpt.atomic import append_line, atomic_write_text, make_dir, replace, write_json, writing_into
+from medpt.atomic import append_line, atomic_write_text, atomic_writer, make_dir, replace, write_json, writing_into
 from medpt.data.batches import REAL_TOKENS
 from medpt.errors import MedptError
 from medpt.eval.metrics import TokenStats, token_sums
 from medpt.faults import fault_point
-from medpt.rundir import STAGING
+from medpt.rundir import RUN_DESCRIPTION, STAGING
 from medpt.strictjson import dumps, finite
 
 
@@ -137,6 +138,8 @@ class MedptTrainer(Trainer):
         try:
             with writing_into(run_dir):
                 super()._save_checkpoint(model, trial)  # every process writes its part under the staging folder
+                if self.args.should_save:
+                    _describe_checkpoint(Path(run_dir), Path(staging, name))
         except BaseException:
             if self.args.should_save:  # a full disk or Ctrl-C half-way: the earlier checkpoints stay as they were
                 shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
@@ -193,6 +196,15 @@ class MedptTrainer(Trainer):
             **kwargs,
         )
         return self.optimizer
+
+
+def _describe_checkpoint(run_dir: Path, checkpoint: Path) -> None:
+    """The run's description, as the run saved it, into the checkpoint being staged: the rename that makes the
+    checkpoint visible makes these visible with it."""
+    for name in RUN_DESCRIPTION:
+        if (run_dir / name).is_file():
+            with atomic_writer(checkpoint / name, "wb") as f:
+                f.write((run_dir / name).read_bytes())
 
 
 class MetricsFileCallback(TrainerCallback):
