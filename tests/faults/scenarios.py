@@ -104,7 +104,7 @@ def train_result(case: Path) -> dict:
             for name in checkpoints
         },  # fmt: skip
         # The run's description each checkpoint holds (it names the case's folder; the configuration its time).
-        "descriptions": {name: _description(run / name, case) for name in checkpoints},
+        "descriptions": {name: description(run / name, case) for name in checkpoints},
         "eval": json_file(run / "eval_results.json", case),
         # After a resume Trainer's train_loss covers the resumed steps only; medpt weighs in the logged ones before
         # (train.whole_run_train_loss), summing in another order: equal to float rounding, not to the bit.
@@ -119,7 +119,7 @@ def train_result(case: Path) -> dict:
     }
 
 
-def _description(folder: Path, case: Path) -> dict:
+def description(folder: Path, case: Path) -> dict:
     return {
         CONFIG_FILE: (folder / CONFIG_FILE).read_text().split("\n", 1)[1].replace(str(case), "CASE"),
         TRAINING_ARGS: json_file(folder / TRAINING_ARGS, case),

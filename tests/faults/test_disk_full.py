@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from medpt.errors import user_message
+from medpt.rundir import RUN_DESCRIPTION
 from tests.faults.harness import Run, differences, file_bytes, fresh, kill_points, leftovers
+from tests.faults.scenarios import description
 
 MiB = 2**20
 
@@ -75,8 +77,11 @@ def test_a_disk_that_fills_up_is_one_line_and_what_was_written_before_stays(name
             assert leftovers(disk) == [], where
             assert not any((disk / "run" / ".staging").glob("*")), f"{where}: half a save left in .staging"
             for checkpoint in (disk / "run").glob("checkpoint-*"):  # each one complete, as it was saved
-                got = file_bytes(checkpoint, skip=("trainer_state.json", "training_args.bin"))
+                got = file_bytes(checkpoint, skip=("trainer_state.json", "training_args.bin", *RUN_DESCRIPTION))
                 assert got == expected["checkpoints"][checkpoint.name], f"{where}: {checkpoint.name} damaged"
+                # its description names the case's folder: compared with that folder written as CASE
+                got = description(checkpoint, disk)
+                assert got == expected["descriptions"][checkpoint.name], f"{where}: {checkpoint.name} described wrong"
             _grow(disk, 200 * MiB)
             rerun = suite.zygote.run(scenario.argv(disk), disk)
             assert rerun.code == 0, f"{where}: the rerun failed:\n{rerun.err[-3000:]}"

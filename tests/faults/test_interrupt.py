@@ -73,7 +73,7 @@ def _without_extra_checkpoints(got: dict, expected: dict) -> dict:
         return got
     extra = set(got["checkpoints"]) - set(expected["checkpoints"])
     got = dict(got)
-    for key in ("checkpoints", "states", "manifest"):
+    for key in ("checkpoints", "states", "descriptions", "manifest"):
         got[key] = {k: v for k, v in got[key].items() if k not in extra}
     got["files"] = [n for n in got["files"] if n not in extra]
     return got
