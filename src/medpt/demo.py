@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medpt.args.commands import COMMANDS
+from medpt.rundir import DEMO_QUESTIONS, TINY_INFO
 from medpt.samples import SAMPLE_GENERAL, SAMPLE_MCQ, SAMPLE_QA, SAMPLE_QUESTIONS
 
 STEPS = 6
@@ -45,7 +46,7 @@ def demo(output_dir: str, size: str, log: Any = print) -> int:
         log(f"\n[{n}/{STEPS}] {what}   ({time.perf_counter() - t0:.0f} s)")
 
     step(1, f"tiny {size} LLaMA-architecture model and tokenizer → {model_dir}")
-    if (model_dir / "medpt_tiny.json").is_file():
+    if (model_dir / TINY_INFO).is_file():
         log("      already there")
     else:
         run_init_tiny(InitTinyArguments(output_dir=str(model_dir), size=size))
@@ -97,6 +98,6 @@ def demo(output_dir: str, size: str, log: Any = print) -> int:
 def _first_questions(out: Path, lines: list[str]) -> Path:
     from medpt.atomic import atomic_write_text
 
-    path = out / "questions.jsonl"  # one of the names the demo's record writes: claim_dir checked it is medpt's
+    path = out / DEMO_QUESTIONS  # one of the names the demo's record writes: claim_dir checked it is medpt's
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -69,6 +69,7 @@ EXPORT_INFO = "export.json"  # what `medpt export` did with each feature of the 
 STAGING = ".staging"  # checkpoints and final files are written here, then renamed into place
 CHECKPOINT_PREFIX = "checkpoint-"
 TINY_INFO = "medpt_tiny.json"
+DEMO_QUESTIONS = "questions.jsonl"  # `medpt demo`: the questions it asks both models
 MERGE_INFO = "medpt_merge.json"
 # `medpt tune`: the study (its default SQLite storage and SQLite's side files), one run per trial, the summary.
 STUDY_DB = "study.db"
@@ -81,6 +82,7 @@ TUNE_HISTORY, TUNE_IMPORTANCE = "tune_history.png", "tune_importance.png"
 # transformers' Trainer: its results, its state (in a run and in each checkpoint) and its pickled arguments.
 TRAIN_RESULTS, EVAL_RESULTS, ALL_RESULTS = "train_results.json", "eval_results.json", "all_results.json"
 TRAINER_STATE, TRAINER_ARGS_BIN = "trainer_state.json", "training_args.bin"
+OPTIMIZER_STATE, SCHEDULER_STATE = "optimizer.pt", "scheduler.pt"  # in each checkpoint: what Trainer resumes from
 EVAL_MD = "eval.md"  # inside EVAL_DIR, beside EVAL_RESULTS
 COMPARE_JSONL, COMPARE_MD, COMPARE_HTML = "compare.jsonl", "compare.md", "compare.html"  # inside COMPARE_DIR
 

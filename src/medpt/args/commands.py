@@ -127,7 +127,7 @@ _STUDY = (*_PREPARED, rd.EVAL_SETS_DIR, rd.TUNE_INFO, rd.SEARCH_SPACE, rd.STUDY_
           rd.TRIALS_MD, rd.TUNE_HISTORY, rd.TUNE_IMPORTANCE)  # fmt: skip
 _EVALUATED = (rd.EVAL_RESULTS, rd.EVAL_MD, rd.MCQ_DIR, f"{rd.GENERATED}.jsonl", f"{rd.GENERATED}.md", rd.CONTAMINATION)
 _REPORTED = (rd.REPORT_HTML, rd.REPORT_MD, rd.REPORT_CURVE, rd.FORGETTING_CHART, rd.REPORT_DELTAS)
-_DEMO = ("tiny-model", "run", "cache", "questions.jsonl")  # the demo's own layout of its --output_dir
+_DEMO = ("tiny-model", "run", "cache", rd.DEMO_QUESTIONS)  # the demo's own layout of its --output_dir
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("prepare", "read, render, tokenize and pack training data; data_report.json",

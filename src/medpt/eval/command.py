@@ -13,6 +13,7 @@ import torch
 from medpt.args.commands import COMMANDS
 from medpt.errors import MedptError
 from medpt.eval.metrics import block_sums, format_eval, stats_from_sums
+from medpt.rundir import CONTAMINATION, EVAL_MD, EVAL_RESULTS
 from medpt.strictjson import dumps
 
 
@@ -63,11 +64,11 @@ def _evaluate(config: Any, out: Any, checked: Any, log: Any) -> dict[str, Any]:
         from medpt.eval.answers import evaluate_answers
 
         results["generated"] = evaluate_answers(config, variants, qas, out, log)
-    atomic_write_text(out / "eval_results.json", dumps(results, ensure_ascii=False, indent=2))
+    atomic_write_text(out / EVAL_RESULTS, dumps(results, ensure_ascii=False, indent=2))
     table = format_eval(results)
-    atomic_write_text(out / "eval.md", table + "\n")
+    atomic_write_text(out / EVAL_MD, table + "\n")
     log(table)
-    log(f"\nresults: {out / 'eval_results.json'}, {out / 'eval.md'}")
+    log(f"\nresults: {out / EVAL_RESULTS}, {out / EVAL_MD}")
     # A medpt run's card gets the results (other adapter folders are left alone); a stopped run has no card: it
     # describes the run's final adapter, which such a run does not have.
     if config.eval.adapter and checked.stopped_at is None:
@@ -138,7 +139,7 @@ def _mcq(config: Any, benchmarks: list, variants: Any, train: Any, out: Any, log
     n = config.data.contamination_ngram
     t = time.perf_counter()
     found = check_contamination(benchmarks, train, variants.tokenizer, n)
-    write_contamination(out / "contamination.jsonl", found)
+    write_contamination(out / CONTAMINATION, found)
     for name, count in found.by_benchmark.items():
         results["benchmarks"][name]["contaminated"] = count
     results["contamination_checked"], results["contamination_ngram"] = True, n

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medpt.model.files import CONFIG
 from medpt.strictjson import dumps
 
 _SMALL_FILES = 1 << 20  # config.json, generation_config.json, the shard index, medpt_merge.json, the manifest
@@ -30,7 +31,7 @@ def merge_dtype(torch_dtype: str | None, base_dir: Path) -> Any:
 
     if torch_dtype and torch_dtype != "auto":
         return getattr(torch, torch_dtype)
-    saved = json.loads((base_dir / "config.json").read_text()) if (base_dir / "config.json").is_file() else {}
+    saved = json.loads((base_dir / CONFIG).read_text()) if (base_dir / CONFIG).is_file() else {}
     name = saved.get("dtype") or saved.get("torch_dtype") or "float32"
     return getattr(torch, name, torch.float32)
 

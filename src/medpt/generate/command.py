@@ -12,6 +12,7 @@ from typing import Any, TextIO
 from medpt.args.commands import COMMANDS
 from medpt.errors import MedptError
 from medpt.generate import prompting
+from medpt.rundir import COMPARE_HTML, COMPARE_JSONL, COMPARE_MD
 from medpt.strictjson import dumps
 
 
@@ -47,10 +48,10 @@ def compare_answers(config: Any, variants: Any, questions: list[str], out: Path,
         log(f"  {which}: {len(questions)} answers")
     rows = [{"question": q, "base": b, "adapted": a} for q, b, a in zip(questions, answers["base"], answers["adapted"])]
     settings = decoding_note(config.generate, config.run.seed)
-    atomic_write_text(out / "compare.jsonl", "".join(dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    atomic_write_text(out / "compare.md", compare_markdown(rows, settings))
-    atomic_write_text(out / "compare.html", compare_html(rows, settings))
-    log(f"comparison: {out / 'compare.md'} (also .html, .jsonl)")
+    atomic_write_text(out / COMPARE_JSONL, "".join(dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out / COMPARE_MD, compare_markdown(rows, settings))
+    atomic_write_text(out / COMPARE_HTML, compare_html(rows, settings))
+    log(f"comparison: {out / COMPARE_MD} (also .html, .jsonl)")
     return rows
 
 

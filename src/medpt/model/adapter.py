@@ -29,6 +29,7 @@ from medpt.model.files import (
 from medpt.model.hub import resolve_local
 from medpt.model.loading import (
     MODEL_FILES,
+    TOKENIZER_CONFIG,
     inference_dtype,
     load_model,
     load_tokenizer,
@@ -96,7 +97,7 @@ def lora_run(adapter: str | None, command: str) -> Path:
 def run_tokenizer_dir(model: Any, adapter_dir: Path | None, base_name: str | None = None) -> Path:
     """The one rule for which tokenizer a finished run uses: the one saved beside its adapter (the run's own), else
     --tokenizer_name_or_path, else the base model's."""
-    if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file():
+    if adapter_dir is not None and (adapter_dir / TOKENIZER_CONFIG).is_file():
         return adapter_dir
     if base_name and not model.tokenizer_name_or_path:
         model = type(model)(**{**model.__dict__, "model_name_or_path": base_name})

@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from medpt.errors import MedptError
-from medpt.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_RECORD
+from medpt.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_RECORD, OPTIMIZER_STATE, SCHEDULER_STATE, TRAINER_STATE
 from medpt.strictjson import dumps
 
 CONFIG = "config.json"
 SAFE_WEIGHTS, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"  # the names transformers loads
+GENERATION_CONFIG = "generation_config.json"
 AGAIN = "copy or download it again"
 
 
@@ -135,8 +136,8 @@ def _skeleton(local: Path, name: str, trust_remote_code: bool) -> ModelFacts:
         held = ", ".join(sorted(p.name for p in local.iterdir() if not p.name.startswith("."))[:8]) or "nothing"
         raise MedptError(f"{path}: missing, so {name} is not a model folder (it holds {held}); {AGAIN}")
     raw = read_json(path)
-    if (local / "generation_config.json").is_file():  # read when generating; transformers skips a damaged one
-        read_json(local / "generation_config.json")
+    if (local / GENERATION_CONFIG).is_file():  # read when generating; transformers skips a damaged one
+        read_json(local / GENERATION_CONFIG)
     remote = trust_remote_code and "auto_map" in raw
     model_type = raw.get("model_type")
     if not remote and (not isinstance(model_type, str) or model_type not in CONFIG_MAPPING):
@@ -417,7 +418,7 @@ def _targets(path: Path, config: dict[str, Any], facts: ModelFacts) -> tuple[lis
 
 
 # --- 5. A checkpoint to resume from --------------------------------------------------------------------------------
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")  # what Trainer restores a run from
+CHECKPOINT_FILES = (TRAINER_STATE, OPTIMIZER_STATE, SCHEDULER_STATE)  # what Trainer restores a run from
 # The LoRA settings a resumed run must share with the checkpoint: adapter_config.json key → this run's flag.
 SAME_LORA = {"r": "lora_rank", "lora_alpha": "lora_alpha", "use_dora": "use_dora", "use_rslora": "use_rslora"}
 
@@ -427,7 +428,7 @@ def check_checkpoint(path: Path, lora: Any, facts: ModelFacts) -> None:
     its LoRA settings and its base this run's.
     Trainer itself checks none of it: a missing optimizer.pt silently restarts Adam, another rank is a traceback."""
     flag = f"--resume_from_checkpoint {path}"
-    step = read_json(path / "trainer_state.json", "resume from another checkpoint").get("global_step")
+    step = read_json(path / TRAINER_STATE, "resume from another checkpoint").get("global_step")
     if not isinstance(step, int):
         raise MedptError(f"{path / 'trainer_state.json'}: no global_step: not a checkpoint Trainer wrote")
     for name in CHECKPOINT_FILES[1:]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medpt.errors import MedptError
-from medpt.model.files import ModelFacts, first_lines, inspect_model, positions_of, read_json, weight_files
+from medpt.model.files import CONFIG, ModelFacts, first_lines, inspect_model, positions_of, read_json, weight_files
 from medpt.model.hub import resolve_local
 
 # PEFT (PeftModel.from_pretrained, get_peft_model) still reads a transformers property deprecated in v5, on every
@@ -26,9 +26,10 @@ warnings.filterwarnings(
     "ignore", message="`(is_)?gradient_checkpointing(_enable)?` is deprecated", category=FutureWarning
 )
 
+TOKENIZER_CONFIG = "tokenizer_config.json"
 TOKENIZER_FILES = (
     "tokenizer.json",
-    "tokenizer_config.json",
+    TOKENIZER_CONFIG,
     "special_tokens_map.json",
     "added_tokens.json",
     "tokenizer.model",
@@ -50,7 +51,7 @@ class TokenizerSource:
 
     def local_dir(self) -> Path:
         # config.json is fetched too: AutoTokenizer reads the tokenizer class from it for some models.
-        return resolve_local(self.name, [*TOKENIZER_FILES, "config.json"], self.revision, self.cache_dir)
+        return resolve_local(self.name, [*TOKENIZER_FILES, CONFIG], self.revision, self.cache_dir)
 
     def fingerprint(self) -> str:
         directory = self.local_dir()
@@ -229,8 +230,8 @@ def model_positions(args: Any, name: str | None = None) -> int | None:
 
 def model_config(args: Any, name: str | None = None) -> dict[str, Any]:
     name = name or args.model_name_or_path
-    local = resolve_local(name, ["config.json"], args.revision, args.cache_dir)
-    path = local / "config.json"
+    local = resolve_local(name, [CONFIG], args.revision, args.cache_dir)
+    path = local / CONFIG
     if not path.is_file():  # a tokenizer-only folder (enough for `medpt prepare`): no limits to check
         return {}
     return read_json(path)

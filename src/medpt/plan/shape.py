@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from medpt.errors import MedptError
+from medpt.model.files import CONFIG
 
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Modules that read the same input tensor: one dropout copy per group under medpt's shared LoRA dropout.
@@ -36,7 +37,7 @@ class ModelShape:
     model_type: str = "llama"
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], name: str = "config.json") -> ModelShape:
+    def from_config(cls, config: dict[str, Any], name: str = CONFIG) -> ModelShape:
         if any(config.get(k) for k in _MOE_KEYS):
             raise MedptError(f"{name}: a mixture-of-experts model ({config.get('model_type')}); medpt plan covers "
                              "dense LLaMA-style decoders only")  # fmt: skip

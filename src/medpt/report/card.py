@@ -19,7 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from medpt.atomic import atomic_write_text
-from medpt.rundir import ADAPTER_CONFIG, BASE_RECORD, CONFIG_FILE, DATA_REPORT, EVAL_DIR, METRICS, RunDir
+from medpt.rundir import (
+    ADAPTER_CONFIG,
+    BASE_RECORD,
+    CONFIG_FILE,
+    DATA_REPORT,
+    EVAL_DIR,
+    EVAL_MD,
+    EVAL_RESULTS,
+    METRICS,
+    TRAIN_RESULTS,
+    TRAINER_STATE,
+    TRAINING_ARGS,
+    RunDir,
+)
 
 CARD = "README.md"
 GENERAL = ("general", "replay", "wiki", "general_")  # eval sets and benchmarks that measure forgetting
@@ -38,8 +51,8 @@ def write_card(run: str | Path, evaluation: dict[str, Any] | None = None, tables
         log(f"model card: {run / CARD} was not written by medpt; left as it is")
         return None
     if evaluation is None:
-        evaluation = _load(run / EVAL_DIR / "eval_results.json")
-        md = run / EVAL_DIR / "eval.md"
+        evaluation = _load(run / EVAL_DIR / EVAL_RESULTS)
+        md = run / EVAL_DIR / EVAL_MD
         tables = md.read_text(encoding="utf-8") if evaluation and md.is_file() else None
     card = build_card(run, evaluation, tables)
     # The card belongs to the run (owner "train"); `medpt eval` rewrites it by design, the one file of a run
@@ -87,9 +100,9 @@ def _facts(run: Path, config: Any, evaluation: dict[str, Any] | None) -> dict[st
         "base": base,
         "base_on_hub": not looks_like_path(base) and not Path(base).exists(),
         "adapter": _load(run / ADAPTER_CONFIG),
-        "args": _load(run / "training_args.json") or {},
-        "train": _load(run / "train_results.json") or {},
-        "state": _load(run / "trainer_state.json") or {},
+        "args": _load(run / TRAINING_ARGS) or {},
+        "train": _load(run / TRAIN_RESULTS) or {},
+        "state": _load(run / TRAINER_STATE) or {},
         "data": _load(run / DATA_REPORT),
         "tokens": _tokens_seen(run / METRICS),
         "evaluated": bool(evaluation),

@@ -18,9 +18,11 @@ from medpt.args.commands import COMMANDS
 from medpt.errors import MedptError
 from medpt.rundir import (
     COMPARE_DIR,
+    COMPARE_JSONL,
     CONFIG_FILE,
     DATA_REPORT,
     EVAL_DIR,
+    EVAL_RESULTS,
     FORGETTING_CHART,
     LOSS_CURVE,
     METRICS,
@@ -28,6 +30,7 @@ from medpt.rundir import (
     REPORT_DELTAS,
     REPORT_HTML,
     REPORT_MD,
+    TRAIN_RESULTS,
     TRAINER_STATE,
     TRIALS_MD,
     TUNE_HISTORY,
@@ -52,16 +55,16 @@ def gather(run: Path, out: Path) -> dict[str, Any]:
         curve = out / REPORT_CURVE
         plot_losses(run / METRICS, curve, title=run.name)
     forgetting = plot_forgetting(run / METRICS, out / FORGETTING_CHART, title=f"{run.name}: held-out perplexity")
-    compare = run / COMPARE_DIR / "compare.jsonl"
-    evaluation = _load(run / EVAL_DIR / "eval_results.json")
+    compare = run / COMPARE_DIR / COMPARE_JSONL
+    evaluation = _load(run / EVAL_DIR / EVAL_RESULTS)
     mcq = (evaluation or {}).get("mcq")
     deltas = plot_mcq(mcq, out / REPORT_DELTAS, title=run.name) if mcq and "benchmarks" in mcq else None
     return {
         "stopped": stopped_run(run),
         "config": [line for line in (run / CONFIG_FILE).read_text(encoding="utf-8").splitlines() if "# set" in line],
         "data": _load(run / DATA_REPORT),
-        "train": _load(run / "train_results.json"),
-        "eval_during_training": _load(run / "eval_results.json"),
+        "train": _load(run / TRAIN_RESULTS),
+        "eval_during_training": _load(run / EVAL_RESULTS),
         "evaluation": evaluation,
         "deltas": deltas,
         "verify": _load(run / VERIFY),

@@ -35,12 +35,15 @@ from medpt.model.loading import (
 )
 from medpt.report.curves import plot_losses
 from medpt.rundir import (
+    ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    ALL_RESULTS,
     BASE_RECORD,
     EVAL_SETS_DIR,
     LOSS_CURVE,
     METRICS,
     STAGING,
+    TRAINER_STATE,
     TRAINING_ARGS,
     RunDir,
     checkpoint_step,
@@ -149,7 +152,7 @@ def check_before_loading(config: Config) -> ModelFacts:
     tokenizer_dir = tokenizer_source(m).local_dir()
     check_tokenizer_fits(load_tokenizer(str(tokenizer_dir), m.trust_remote_code), tokenizer_dir, facts)
     if config.lora.use_peft and config.lora.peft_path:
-        check_adapter_fits(resolve_local(config.lora.peft_path, ["adapter_config.json", "*.safetensors"]), facts)
+        check_adapter_fits(resolve_local(config.lora.peft_path, [ADAPTER_CONFIG, "*.safetensors"]), facts)
     resume = config.run.resume_from_checkpoint.strip()
     if resume.lower() not in ("", *RESUME_WORDS) and Path(resume).is_dir():  # it may be another run's
         check_checkpoint(Path(resume), config.lora, facts)
@@ -230,7 +233,7 @@ def starting_point(config: Config, out: Path, log: Any, claim: bool = True) -> s
         return _resume(out, choice, log)
     if resume_last:
         return _resume(out, last, log)
-    finished = "all_results.json" in RunDir.open(out).owned()
+    finished = ALL_RESULTS in RunDir.open(out).owned()
     if finished or checkpoints(out):
         raise MedptError(
             f"{out} already holds a run ({'finished' if finished else 'checkpoints'}); pass --overwrite_output_dir to "
@@ -250,7 +253,7 @@ def _resume(out: Path, checkpoint: str, log: Any) -> str:
     metrics.jsonl holds each log event once (the resumed run logs them again). The checkpoint's trainer state counts
     the log events before it (one metrics.jsonl line each); a step number would not tell the evaluation and summary
     lines logged at the checkpoint's own step after it was saved."""
-    state = Path(checkpoint) / "trainer_state.json"
+    state = Path(checkpoint) / TRAINER_STATE
     try:
         keep = len(json.loads(state.read_text(encoding="utf-8"))["log_history"])
     except (OSError, ValueError, KeyError, TypeError):  # not a checkpoint medpt wrote: keep the steps up to it

@@ -34,7 +34,7 @@ from medpt.data.batches import REAL_TOKENS
 from medpt.errors import MedptError
 from medpt.eval.metrics import TokenStats, token_sums
 from medpt.faults import fault_point
-from medpt.rundir import RUN_DESCRIPTION, STAGING
+from medpt.rundir import ALL_RESULTS, RUN_DESCRIPTION, STAGING, TRAINER_STATE
 from medpt.strictjson import dumps, finite
 
 
@@ -164,14 +164,14 @@ class MedptTrainer(Trainer):
         out = Path(self.args.output_dir)
         write_json(out / f"{split}_results.json", metrics, indent=4, sort_keys=True)
         if combined:
-            merged = json.loads((out / "all_results.json").read_text()) if (out / "all_results.json").is_file() else {}
-            write_json(out / "all_results.json", {**merged, **metrics}, indent=4, sort_keys=True)
+            merged = json.loads((out / ALL_RESULTS).read_text()) if (out / ALL_RESULTS).is_file() else {}
+            write_json(out / ALL_RESULTS, {**merged, **metrics}, indent=4, sort_keys=True)
 
     def save_state(self) -> None:
         """Trainer.save_state, written atomically (see 2); the same JSON."""
         if self.is_world_process_zero():
             state = dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n"
-            atomic_write_text(Path(self.args.output_dir) / "trainer_state.json", state)
+            atomic_write_text(Path(self.args.output_dir) / TRAINER_STATE, state)
 
     # --- 4: a separate learning rate for embed_tokens / lm_head ------------------------------------------------
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
