@@ -22,12 +22,14 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+# MEDPT_SHARED_DATA: the shared data folder when the checkout is not beside it (a git worktree elsewhere)
+DATA = Path(os.environ.get("MEDPT_SHARED_DATA") or ROOT.parent / "shared" / "data")
 GENERAL = ["general_zh_cmrc2018_wiki", "general_zh_cmrc2019_stories", "general_zh_csl_abstracts"]
 MEDICAL = DATA / "medical_qa_zh_mix"
 

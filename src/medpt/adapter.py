@@ -194,7 +194,11 @@ def check_variants(config: Any, log: Any = print) -> Checked:
     if generates and facts.positions is not None and config.generate.max_new_tokens >= facts.positions:
         raise MedptError(f"--max_new_tokens {config.generate.max_new_tokens:,} leaves no room for a question: "
                          f"{base_name} takes {facts.positions:,} positions, question and answer together")  # fmt: skip
-    return Checked(base_name, adapter_dir, "lora" if is_lora else "full" if is_full else "", facts, tokenizer)
+    kind = "lora" if is_lora else "full" if is_full else ""
+    from medpt.adapter_scale import check_scalable
+
+    check_scalable(config, kind, adapter_dir)
+    return Checked(base_name, adapter_dir, kind, facts, tokenizer)
 
 
 def load_variants(config: Any, log: Any = print, checked: Checked | None = None) -> Variants:
@@ -211,6 +215,12 @@ def load_variants(config: Any, log: Any = print, checked: Checked | None = None)
         from peft import PeftModel
 
         tuned = PeftModel.from_pretrained(base, str(c.adapter_dir)).eval()
+        scales = config.eval.adapter_scale or []
+        if len(scales) == 1 and scales[0] != 1:  # several: `medpt eval` scores each (medpt.adapter_scale.frontier)
+            from medpt.adapter_scale import set_adapter_scale
+
+            set_adapter_scale(tuned, scales[0])
+            log(f"adapter scale {scales[0]:g}: the adapter's update × {scales[0]:g}")
         return Variants(c.tokenizer, tuned, tuned, True, c.base_name, positions)
     if c.kind == "full":
         tuned = load_model(model, dtype, name=str(c.adapter_dir)).eval().to(device)

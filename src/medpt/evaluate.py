@@ -156,7 +156,12 @@ def _evaluate(config: Any, out: Any, checked: Any, log: Any) -> dict[str, Any]:
                          "--mcq_dir or --mcq_file")  # fmt: skip
     variants = load_variants(config, log, checked)
     results: dict[str, Any] = {"base_model": variants.base_name, "adapter": config.eval.adapter}
-    results["sets"] = {name: _lm_set(config, variants, name, packed, log) for name, packed in sets.items()}
+    blocks: dict[str, dict] = {name: {} for name in sets}  # per set, the base's and the adapted model's block sums
+    results["sets"] = {n: _lm_set(config, variants, n, packed, log, blocks[n]) for n, packed in sets.items()}
+    if len(config.eval.adapter_scale or []) > 1 and variants.adapted is not None and sets:
+        from medpt.adapter_scale import frontier
+
+        results["frontier"] = frontier(config, variants, sets, blocks, log)
     if benchmarks:
         results["mcq"] = _mcq(config, benchmarks, variants, train, out, log)
     if qas:
@@ -200,14 +205,14 @@ def _prepared_sets(config: Any) -> tuple[dict[str, Any], Any]:
     return sets, train
 
 
-def _lm_set(config: Any, variants: Any, name: str, packed: Any, log: Any) -> dict[str, Any]:
+def _lm_set(config: Any, variants: Any, name: str, packed: Any, log: Any, blocks: dict) -> dict[str, Any]:
     """Loss, accuracy and perplexity of each model on one set; with an adapter, the 95% CI of Δ loss (paired
-    bootstrap over blocks) and of the relative change of perplexity, exp(Δ loss) − 1."""
+    bootstrap over blocks) and of the relative change of perplexity, exp(Δ loss) − 1. Each model's block sums are
+    left in `blocks` (the adapter-scale frontier reuses them)."""
     from medpt.stats import ratio_difference_ci
 
     batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
     result: dict[str, Any] = {}
-    blocks = {}
     for which in variants.names:
         t = time.perf_counter()
         with variants.use(which) as model:
@@ -264,6 +269,10 @@ def format_eval(results: dict[str, Any]) -> str:
         if ci:
             lines += ["", "95% CI of the paired difference: bootstrap over blocks (rows of the prepared split), "
                       "token-weighted; Δ ppl is exp(Δ loss) − 1."]  # fmt: skip
+    if results.get("frontier"):
+        from medpt.adapter_scale import format_frontier
+
+        lines += ["", format_frontier(results["frontier"])]
     if results.get("mcq") and "benchmarks" not in results["mcq"]:
         lines += ["", "(multiple-choice results of an older medpt version: run `medpt eval` again to see them)"]
     elif results.get("mcq"):
