@@ -33,6 +33,9 @@ from medpt.rundir import (
 REPORT_CURVE = "report_loss_curve.png"
 FORGETTING_CHART = "report_forgetting.png"  # medical vs general perplexity during training (named eval sets)
 REPORT_DELTAS = "report_mcq_ci.png"  # Δ accuracy of each benchmark with its 95% CI
+REPORT_FRONTIER = (
+    "report_frontier.png"  # medical vs general Δ perplexity per adapter scale (medpt eval --adapter_scale)
+)
 
 
 def _load(path: Path) -> Any:
@@ -40,7 +43,7 @@ def _load(path: Path) -> Any:
 
 
 def gather(run: Path, out: Path) -> dict[str, Any]:
-    from medpt.curves import plot_deltas, plot_forgetting, plot_losses
+    from medpt.curves import frontier_points, plot_deltas, plot_forgetting, plot_frontier, plot_losses
 
     if not (run / CONFIG_FILE).is_file():
         raise MedptError(f"{run} is not a medpt run (no {CONFIG_FILE})")
@@ -53,6 +56,12 @@ def gather(run: Path, out: Path) -> dict[str, Any]:
     evaluation = _load(run / EVAL_DIR / "eval_results.json")
     mcq = (evaluation or {}).get("mcq")
     deltas = plot_deltas(mcq, out / REPORT_DELTAS, title=run.name) if mcq and "benchmarks" in mcq else None
+    frontier = None
+    if evaluation and evaluation.get("frontier"):
+        names = list(evaluation["frontier"][0]["sets"])
+        x, y = ("general", "medical") if {"general", "medical"} <= set(names) else (names[-1], names[0])
+        frontier = plot_frontier(frontier_points(evaluation, run.name), out / REPORT_FRONTIER,
+                                 title=f"{run.name}: adapter-scale frontier", x=x, y=y)  # fmt: skip
     return {
         "config": [line for line in (run / CONFIG_FILE).read_text(encoding="utf-8").splitlines() if "# set" in line],
         "data": _load(run / DATA_REPORT),
@@ -66,6 +75,7 @@ def gather(run: Path, out: Path) -> dict[str, Any]:
         else [],
         "curve": curve if curve.is_file() else None,
         "forgetting": forgetting,
+        "frontier": frontier,
     }
 
 
@@ -87,6 +97,8 @@ def markdown(run: Path, facts: dict[str, Any]) -> str:
         parts += ["## Base vs adapted\n", format_eval(facts["evaluation"]) + "\n"]
         if facts["deltas"]:
             parts += [f"![multiple choice: Δ accuracy with 95% CI]({facts['deltas'].name})\n"]
+        if facts["frontier"]:
+            parts += [f"![adapter-scale frontier]({facts['frontier'].name})\n"]
     elif facts["eval_during_training"]:
         parts += ["## Evaluation at the end of training\n", _kv_md(facts["eval_during_training"])]
     if facts["verify"]:
@@ -127,6 +139,9 @@ def page(run: Path, facts: dict[str, Any]) -> str:
     evaluation = facts["evaluation"]
     if evaluation:
         body += ["<h2>Base vs adapted</h2>", _markdown_html(format_eval(evaluation))]
+        if facts["frontier"]:
+            note = "<p>Δ perplexity of each set against the base at each --adapter_scale, with 95% CIs.</p>"
+            body += ["<h2>Adapter-scale frontier</h2>", note, _image("adapter-scale frontier", facts["frontier"])]
         if facts["deltas"]:
             data = base64.b64encode(facts["deltas"].read_bytes()).decode()
             body += [f"<img alt='multiple choice: Δ accuracy with 95% CI' src='data:image/png;base64,{data}'>"]
