@@ -123,7 +123,7 @@ class SourceObjective:
         the sums start again."""
         if self.sums is None:
             return {}
-        sums = reduce(self.sums).double().cpu()
+        sums = reduce(self.sums.clone()).double().cpu()  # a copy: reduce may hand back its argument
         self.sums.zero_()
         out: dict[str, float] = {}
         for k, name in enumerate(self.names):
