@@ -28,7 +28,7 @@ class CommandFlags:
 _TEMPLATE = ("template", "template_format")
 _MEMORY = ("model_name_or_path", "revision", "cache_dir", "offline", "torch_dtype", "load_in_4bit",
            "attn_implementation", "block_size", "packing", "use_peft", "target_modules", "lora_rank", "lora_dropout",
-           "lora_dropout_mode", "modules_to_save", "use_dora", "qlora", "bf16", "fp16")  # fmt: skip
+           "lora_dropout_mode", "modules_to_save", "use_dora", "qlora", "replay_kl", "bf16", "fp16")  # fmt: skip
 _MEMORY_TRAINER = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "optim")
 COMMAND_FLAGS: dict[str, CommandFlags] = {
     "prepare": CommandFlags(("model", "data", "run")),
