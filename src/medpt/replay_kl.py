@@ -104,8 +104,8 @@ class SourceObjective:
                   for k, v in inputs.items()}  # fmt: skip
         with torch.no_grad(), self._base(model) as base:
             base_logits = base(**picked).logits
-        kl = kl_per_token(logits[rows][:, :-1], base_logits[:, :-1])
-        kl = kl[where[rows]].sum()
+        picked_where = where[rows]  # the vocabulary-wide softmaxes only at the replayed positions
+        kl = kl_per_token(logits[rows][:, :-1][picked_where], base_logits[:, :-1][picked_where]).sum()
         self.sums[-1] += torch.stack([kl.detach().double(), where.sum().double()])
         return kl
 
