@@ -80,20 +80,18 @@ def check_scalable(config: Any, kind: str, adapter_dir: Any) -> None:
 
 
 # --- `medpt eval`: the frontier ------------------------------------------------------------------------------------
-def frontier(config: Any, variants: Any, sets: dict[str, Any], blocks: dict[str, dict], log: Any) -> list[dict]:
+def frontier(config: Any, variants: Any, sets: dict[str, Any], blocks: dict[str, dict], score: Any,
+             log: Any) -> list[dict]:  # fmt: skip
     """One row per scale: each set's perplexity, its relative change against the base and the 95% CI of that
-    change. `blocks[set]["base"]` (and "adapted", the scale-1 sums) are reused from the main table."""
-    from medpt.evaluate import block_sums
-
-    batch_size = int(config.trainer.get("per_device_eval_batch_size", 8))
+    change. `blocks[set]["base"]` (and "adapted", the scale-1 sums) are reused from the main table; `score(model,
+    packed)` gives a set's block sums (medpt.evaluate.block_sums)."""
     rows = []
     for scale in scales_of(config):
         t = time.perf_counter()
         row: dict[str, Any] = {"scale": scale, "sets": {}}
         with scaled(variants.adapted, scale) as model:
             for name, packed in sets.items():
-                sums = blocks[name]["adapted"] if scale == 1 else block_sums(
-                    model, packed, packed.mode, batch_size, variants.tokenizer.pad_token_id)  # fmt: skip
+                sums = blocks[name]["adapted"] if scale == 1 else score(model, packed)
                 row["sets"][name] = _change(config, blocks[name]["base"], sums)
         row["seconds"] = round(time.perf_counter() - t, 2)
         log(f"  adapter scale {scale:g}: " + ", ".join(

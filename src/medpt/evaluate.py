@@ -161,7 +161,9 @@ def _evaluate(config: Any, out: Any, checked: Any, log: Any) -> dict[str, Any]:
     if len(config.eval.adapter_scale or []) > 1 and variants.adapted is not None and sets:
         from medpt.adapter_scale import frontier
 
-        results["frontier"] = frontier(config, variants, sets, blocks, log)
+        batch_size, pad_id = int(config.trainer.get("per_device_eval_batch_size", 8)), variants.tokenizer.pad_token_id
+        score = lambda model, packed: block_sums(model, packed, packed.mode, batch_size, pad_id)  # noqa: E731
+        results["frontier"] = frontier(config, variants, sets, blocks, score, log)
     if benchmarks:
         results["mcq"] = _mcq(config, benchmarks, variants, train, out, log)
     if qas:
