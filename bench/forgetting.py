@@ -215,7 +215,7 @@ def chart(arms: dict[str, dict], path: Path) -> Path | None:
         for row in results.get("frontier", []):
             points.append({"label": f"×{row['scale']:g}", "group": f"{name} scaled",
                            **{s: change(row, s) for s in ("medical", "general")}})  # fmt: skip
-        points.append({"label": name, "group": "arms", **{s: change(results, s) for s in ("medical", "general")}})
+        points.append({"label": name, **{s: change(results, s) for s in ("medical", "general")}})  # a point alone
     return plot_frontier(points, path, title="forgetting frontier: 5m base, 150 steps per arm")
 
 
