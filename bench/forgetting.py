@@ -9,11 +9,16 @@
    25% replay of the general training text (`--mix medical=0.95,general=0.05`, ...), the same steps and learning rate
    per method; and two schedule arms (full fine-tuning, 5% replay): re-warmed (warmup to the peak learning rate, then
    cosine decay, as every other arm) against constant at the base's final learning rate, without re-warming.
+   Then the arms that fight forgetting harder: 50% replay (`lora-50`), 25% replay plus `--replay_kl W` on the
+   replayed tokens (`lora-25-kl<W>` for each --kl_weights W, `full-25-kl<W>` for --full_kl_weights).
 3. Evaluation (`medpt eval`): base and every arm on the medical held-out split, the general held-out splits (the
-   valid/test files, never seen in pretraining), and CMMLU multiple choice, general and medical.
+   valid/test files, never seen in pretraining), and CMMLU multiple choice, general and medical. The adapters of
+   --frontier_arms are evaluated again at each --scales (`medpt eval --adapter_scale ...`, perplexities only).
 
-Writes OUT/results.json and OUT/forgetting.md (the README table). Every step is cached: a rerun redoes only what
-changed. Whole script ≤ 60 min on a 2-core CPU (see the wall times in the table).
+Writes OUT/results.json, OUT/forgetting.md (the README table) and OUT/frontier.png (medical Δ perplexity against
+general Δ perplexity, one point per arm and per scale; --chart copies it, e.g. to docs/). Every step is cached: a
+rerun redoes only what changed. The goal line: a model whose general Δ perplexity is at most +5% (upper end of its
+95% CI) while it keeps ≥ 90% of the 0%-replay LoRA arm's medical gain.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+# MEDPT_SHARED_DATA: the shared data folder when the checkout is not beside it (a git worktree elsewhere)
+DATA = Path(os.environ.get("MEDPT_SHARED_DATA") or ROOT.parent / "shared" / "data")
 GENERAL = ["general_zh_cmrc2018_wiki", "general_zh_cmrc2019_stories", "general_zh_csl_abstracts"]
 MEDICAL = DATA / "medical_qa_zh_mix"
 
@@ -89,7 +96,7 @@ def build_base(args: argparse.Namespace) -> dict:
 
 
 ARMS = [
-    # name, method, replay %, schedule
+    # name, method, replay %, schedule (the --replay_kl arms are added from --kl_weights / --full_kl_weights)
     ("lora-0", "lora", 0, "rewarm"),
     ("lora-5", "lora", 5, "rewarm"),
     ("lora-25", "lora", 25, "rewarm"),
@@ -97,10 +104,16 @@ ARMS = [
     ("full-5", "full", 5, "rewarm"),
     ("full-25", "full", 25, "rewarm"),
     ("full-5-constant", "full", 5, "constant"),
+    ("lora-50", "lora", 50, "rewarm"),
 ]
 
 
-def train_arm(args: argparse.Namespace, name: str, method: str, replay: int, schedule: str) -> float:
+def kl_arms(args: argparse.Namespace) -> list[tuple[str, str, int, str, float]]:
+    return [*((f"lora-25-kl{w:g}", "lora", 25, "rewarm", w) for w in args.kl_weights),
+            *((f"full-25-kl{w:g}", "full", 25, "rewarm", w) for w in args.full_kl_weights)]  # fmt: skip
+
+
+def train_arm(args: argparse.Namespace, name: str, method: str, replay: int, schedule: str, kl: float = 0.0) -> float:
     out = args.out / "arms" / name
     lr = args.lora_lr if method == "lora" else args.full_lr
     flags = ["--model_name_or_path", args.out / "base", "--max_steps", args.steps, "--eval_steps", args.steps // 4,
@@ -114,6 +127,8 @@ def train_arm(args: argparse.Namespace, name: str, method: str, replay: int, sch
         flags += ["--train_file_dir", f"medical={MEDICAL / 'train-*.jsonl'}",
                   "--validation_file_dir", f"medical={MEDICAL / 'valid.jsonl'}",
                   "--eval_sets", f"general={general_heldout()}"]  # fmt: skip
+    if kl:  # W × KL(base ‖ adapted) on the general (replayed) tokens
+        flags += ["--replay_kl", kl]
     if method == "lora":
         flags += ["--lora_rank", "16", "--lora_alpha", "32", "--lora_dropout", "0.05", "--target_modules", "all"]
     else:
@@ -126,23 +141,44 @@ def train_arm(args: argparse.Namespace, name: str, method: str, replay: int, sch
     return cached(out, settings, lambda: medpt("train", *flags))
 
 
-def evaluate(args: argparse.Namespace, name: str, target: Path, adapter: bool) -> dict:
+def evaluate(
+    args: argparse.Namespace, name: str, target: Path, adapter: bool, scales: list[float] | None = None
+) -> dict:
     """Held-out perplexities and multiple choice of one model (the base, or an arm: its own sources' held-out
-    documents, all of them)."""
-    out = args.out / "eval" / name
+    documents, all of them); with `scales`, the perplexities only, at each adapter scale (the frontier)."""
+    out = args.out / "eval" / (f"{name}-scales" if scales else name)
     model = ["--adapter", target] if adapter else ["--model_name_or_path", target]
     sets = [] if adapter else ["--eval_sets", f"medical={MEDICAL / 'valid.jsonl'}", f"general={general_heldout()}"]
     benchmarks = [f"{name}_cmmlu={DATA / f'{name}_mcq_cmmlu' / 'test.jsonl'}" for name in ("general", "medical")]
     mcq = ["--mcq", *benchmarks, "--max_mcq_questions", args.mcq_questions]
-    mcq = mcq if args.mcq_questions else []
-    flags = [*model, *sets, "--max_eval_samples", "none", *mcq, "--output_dir", out, "--overwrite_output_dir"]
-    cached(out, {"flags": [str(f) for f in flags], "target": str(target)}, lambda: medpt("eval", *flags))
-    return json.loads((out / "eval_results.json").read_text())
+    mcq = mcq if args.mcq_questions and not scales else []
+    scale = ["--adapter_scale", ",".join(f"{s:g}" for s in scales)] if scales else []
+    flags = [*model, *sets, "--max_eval_samples", "none", *mcq, *scale, "--output_dir", out, "--overwrite_output_dir"]
+    seconds = cached(out, {"flags": [str(f) for f in flags], "target": str(target)}, lambda: medpt("eval", *flags))
+    return {**json.loads((out / "eval_results.json").read_text()), "eval_seconds": seconds}
 
 
 def lm(results: dict, which: str) -> dict[str, float]:
     """{set: perplexity} for the base or adapted side (an arm evaluated with --adapter reports both)."""
     return {s: r[which]["perplexity"] for s, r in results["sets"].items()}
+
+
+def change(results: dict, s: str) -> tuple[float, float, float]:
+    """(Δ perplexity, CI low, CI high) of set `s`: an arm's eval row, or a frontier row (relative changes)."""
+    r = results["sets"][s]
+    if "perplexity_change" in r:
+        return (r["perplexity_change"], *r["perplexity_change_ci"])
+    return (r["adapted"]["perplexity"] / r["base"]["perplexity"] - 1, *r.get("perplexity_change_ci", (math.nan,) * 2))
+
+
+def scale_rows(name: str, results: dict) -> dict[str, dict]:
+    """An adapter's frontier as table rows, `lora-0 ×0.5`, ... (scale 1 is the arm's own row)."""
+    return {f"{name} ×{row['scale']:g}": row for row in results.get("frontier", []) if row["scale"] != 1}
+
+
+def reaches_goal(row: dict, reference: dict) -> bool:
+    """General Δ ≤ +5% at the upper end of its CI, and ≥ 90% of `reference`'s (lora-0's) medical gain."""
+    return change(row, "general")[2] <= 0.05 and change(row, "medical")[0] <= 0.9 * change(reference, "medical")[0]
 
 
 def table(base: dict, arms: dict[str, dict], walls: dict[str, float]) -> str:
@@ -159,12 +195,28 @@ def table(base: dict, arms: dict[str, dict], walls: dict[str, float]) -> str:
         cells = []
         for s in ("medical", "general"):
             r = results["sets"][s]
-            change = r["adapted"]["perplexity"] / r["base"]["perplexity"] - 1
-            low, high = r.get("perplexity_change_ci", (math.nan, math.nan))
-            cells.append(f"{r['adapted']['perplexity']:,.0f} | {change:+.1%} ({low:+.1%}…{high:+.1%})")
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {mcq_cell(results, 'adapted')} "
+            ppl = r["perplexity"] if "perplexity" in r else r["adapted"]["perplexity"]
+            delta, low, high = change(results, s)
+            cells.append(f"{ppl:,.0f} | {delta:+.1%} ({low:+.1%}…{high:+.1%})")
+        mark = " ✓" if "lora-0" in arms and reaches_goal(results, arms["lora-0"]) else ""
+        lines.append(f"| {name}{mark} | {cells[0]} | {cells[1]} | {mcq_cell(results, 'adapted')} "
                      f"| {mcq_cell(results, 'adapted', 'medical_cmmlu')} | {walls[name]:.0f} s |")  # fmt: skip
     return "\n".join(lines)
+
+
+def chart(arms: dict[str, dict], path: Path) -> Path | None:
+    """Medical Δ against general Δ perplexity: a point per arm, a line per adapter's scales (medpt.report.curves)."""
+    from medpt.report.curves import plot_frontier
+
+    points = []
+    for name, results in arms.items():
+        if " ×" in name:  # a scale's row: drawn on its adapter's line
+            continue
+        for row in results.get("frontier", []):
+            points.append({"label": f"×{row['scale']:g}", "group": f"{name} scaled",
+                           **{s: change(row, s) for s in ("medical", "general")}})  # fmt: skip
+        points.append({"label": name, **{s: change(results, s) for s in ("medical", "general")}})  # a point alone
+    return plot_frontier(points, path, title="forgetting frontier: 5m base, 150 steps per arm")
 
 
 def mcq_cell(results: dict, which: str, bench: str = "general_cmmlu", scoring: str = "text") -> str:
@@ -198,7 +250,12 @@ def main() -> None:
     parser.add_argument("--mcq_questions", type=int, default=600, help="per benchmark; 0 skips multiple choice")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "forgetting")
-    parser.add_argument("--arms", nargs="*", default=[a[0] for a in ARMS])
+    parser.add_argument("--arms", nargs="*", default=None, help="default: every arm")
+    parser.add_argument("--kl_weights", type=float, nargs="*", default=[1.0, 4.0], help="--replay_kl of lora-25-kl*")
+    parser.add_argument("--full_kl_weights", type=float, nargs="*", default=[1.0, 4.0], help="... of full-25-kl*")
+    parser.add_argument("--frontier_arms", nargs="*", default=["lora-0", "lora-25"])
+    parser.add_argument("--scales", type=float, nargs="*", default=[0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--chart", type=Path, default=None, help="also copy the frontier chart here")
     args = parser.parse_args()
     if not (MEDICAL.is_dir() and all((DATA / g).is_dir() for g in GENERAL)):
         print(f"skipped: {DATA} lacks medical_qa_zh_mix or general_zh_*")
@@ -208,12 +265,21 @@ def main() -> None:
     walls["base"] = build_base(args)["seconds"]
     base = evaluate(args, "base", args.out / "base", adapter=False)
     arms: dict[str, dict] = {}
-    for name, method, replay, schedule in ARMS:
-        if name not in args.arms:
+    for name, method, replay, schedule, *kl in [*ARMS, *kl_arms(args)]:
+        if args.arms is not None and name not in args.arms:
             continue
-        walls[name] = train_arm(args, name, method, replay, schedule)
+        walls[name] = train_arm(args, name, method, replay, schedule, *kl)
         arms[name] = evaluate(args, name, args.out / "arms" / name, adapter=True)
+        print(f"{name}: trained in {walls[name]:.0f} s", flush=True)
+        if name in args.frontier_arms and method == "lora":
+            scaled = evaluate(args, name, args.out / "arms" / name, adapter=True, scales=args.scales)
+            arms[name]["frontier"] = scaled["frontier"]
+            for row_name, row in scale_rows(name, scaled).items():
+                arms[row_name], walls[row_name] = row, row["seconds"]
     text = table(base, arms, walls)
+    drawn = chart(arms, args.out / "frontier.png")
+    if drawn and args.chart:
+        args.chart.write_bytes(drawn.read_bytes())
     total = time.perf_counter() - t0
     (args.out / "results.json").write_text(json.dumps({"base": base, "arms": arms, "walls": walls}, indent=2))
     (args.out / "forgetting.md").write_text(text + f"\n\nwhole script: {total / 60:.1f} min\n")

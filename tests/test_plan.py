@@ -207,6 +207,20 @@ def test_plan_json_gives_bytes_per_part_the_peak_and_the_largest_batch_per_memor
     assert plan["activations_per_layer_bytes"]["with_checkpointing"] == 512 * 4096 * 2
 
 
+@pytest.mark.parametrize("peft, copy", [("false", True), ("true", False)])
+def test_replay_kl_costs_a_frozen_copy_of_the_weights_under_full_fine_tuning_only(peft, copy, capsys):
+    argv = ["plan", "--model_name_or_path", str(SEVEN_B), "--use_peft", peft, "--bf16", "true", "--json"]
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--replay_kl", "1"]) == 0
+    kl = json.loads(capsys.readouterr().out)
+    extra = kl["parts"].pop("frozen copy for --replay_kl", 0)
+    # the weights once more, as trained (full fine-tuning keeps fp32 master weights under bf16 autocast)
+    assert extra == (seven_b().parameters() * kl["setup"]["weight_bytes"] if copy else 0)
+    assert not copy or kl["setup"]["weight_bytes"] == 4
+    assert kl["parts"] == plain["parts"] and kl["peak_bytes"] == plain["peak_bytes"] + extra
+
+
 def test_plan_table_names_every_part_and_each_memory_size(capsys):
     assert main(["plan", "--model_name_or_path", str(SEVEN_B), "--device_memory", "24GB,48GB", "--qlora"]) == 0
     out = capsys.readouterr().out

@@ -257,6 +257,28 @@ def test_the_penalised_objective_is_computed_from_the_trials_own_evaluations(tin
     assert trial.intermediate_values == {2: trial.value}
 
 
+def test_tune_searches_replay_kl_and_the_mix_share_against_forgetting(tiny_model_dir, tmp_path):
+    out = tmp_path / "tune"
+    shares = ["medical=0.75,general=0.25", "medical=0.5,general=0.5"]
+    space = f"{{replay_kl: {{choice: [0.5, 2.0]}}, mix: {{choice: ['{shares[0]}', '{shares[1]}']}}}}"
+    argv = _argv(tiny_model_dir, out, "--train_file_dir", f"medical={SAMPLE_QA}", f"general={SAMPLE_GENERAL}",
+                 "--validation_split_percentage", "20", "--objective", "medical", "--objective_penalty",
+                 "general=0.5", "--n_trials", "2", "--max_steps", "2", "--logging_steps", "1",
+                 "--search_space", space)  # fmt: skip
+    assert main(argv) == 0
+    trials = optuna.load_study(study_name="medpt-tune", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for t in trials:  # each trial trained with the values drawn: the mix it asked for, the KL weight it logged
+        assert t.params["replay_kl"] in (0.5, 2.0) and t.params["mix"] in shares
+        folder = out / "trials" / str(t.number)
+        report = json.loads((folder / "data_report.json").read_text())["sources"]
+        asked = dict(x.split("=") for x in t.params["mix"].split(","))
+        assert report["general"]["mix"]["requested_share"] == pytest.approx(float(asked["general"]))
+        assert f"replay_kl: {t.params['replay_kl']}" in (folder / "medpt_config.yaml").read_text()
+        logged = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert any("train_general_loss" in r for r in logged)
+
+
 # --- two workers, rerunning, best.yaml, the report ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_workers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:

@@ -64,6 +64,7 @@ ANSWERS = "answers.jsonl"
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
 REPORT_CURVE = "report_loss_curve.png"
 FORGETTING_CHART = "report_forgetting.png"  # medical vs general perplexity during training (named eval sets)
+REPORT_FRONTIER = "report_frontier.png"  # medical vs general Δ perplexity per adapter scale (eval --adapter_scale)
 REPORT_DELTAS = "report_mcq_ci.png"  # each benchmark's accuracies and Δ accuracy with their 95% intervals
 EXPORT_INFO = "export.json"  # what `medpt export` did with each feature of the adapter, and the commands
 STAGING = ".staging"  # checkpoints and final files are written here, then renamed into place

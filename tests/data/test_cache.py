@@ -31,6 +31,8 @@ def _packed() -> Packed:
         segment_doc=np.array([0, 1], dtype=np.int32),
         block_size=500,
         mode="concat",
+        segment_source=np.array([1, 0], dtype=np.int16),
+        sources=("medical", "general"),
     )
 
 
@@ -38,16 +40,17 @@ def test_saved_split_loads_memory_mapped_after_its_checksums_match(tmp_path: Pat
     split = tmp_path / "entry" / "train"
     cache.save_split(split, _packed())
     meta = json.loads((split / "meta.json").read_text())
-    assert meta["format_version"] == cache.FORMAT_VERSION == 2
+    assert meta["format_version"] == cache.FORMAT_VERSION == 3 and meta["sources"] == ["medical", "general"]
     assert meta["files"]["tokens.npy"] == {
         "bytes": (split / "tokens.npy").stat().st_size,
         "crc32": cache.file_crc32(split / "tokens.npy"),
     }
     loaded = cache.load_split(split)
-    for name in ("tokens", "block_offsets", "segment_offsets", "segment_doc"):
+    for name in ("tokens", "block_offsets", "segment_offsets", "segment_doc", "segment_source"):
         assert isinstance(getattr(loaded, name), np.memmap)
         assert np.array_equal(getattr(loaded, name), getattr(_packed(), name))
-    assert (loaded.block_size, loaded.mode, len(loaded)) == (500, "concat", 2)
+    assert (loaded.block_size, loaded.mode, len(loaded), loaded.sources) == (500, "concat", 2, ("medical", "general"))
+    assert loaded.source_ids(0).tolist() == [1] * 500 and loaded.source_ids(1).tolist() == [1] * 100 + [0] * 400
 
 
 def _truncate(split: Path) -> None:
@@ -67,6 +70,12 @@ def _flip_a_bit(split: Path) -> None:
         (_truncate, "tokens.npy", "4,028 bytes, expected 4,128 (truncated or overwritten)"),
         (_flip_a_bit, "tokens.npy", "checksum mismatch (the file changed after it was written)"),
         (lambda s: (s / "segment_doc.npy").unlink(), "segment_doc.npy", "missing"),
+        (lambda s: (s / "segment_source.npy").unlink(), "segment_source.npy", "missing"),
+        (
+            lambda s: np.save(s / "segment_source.npy", np.array([0, 1], np.int16)),
+            "segment_source.npy",
+            "checksum mismatch (the file changed after it was written)",
+        ),  # fmt: skip
         (lambda s: (s / "meta.json").unlink(), "meta.json", "missing"),
         (lambda s: (s / "meta.json").write_text("{not json"), "meta.json", "unreadable (JSONDecodeError: "),
         (lambda s: (s / "meta.json").write_bytes(b"\xff\xfe"), "meta.json", "unreadable (UnicodeDecodeError: "),
@@ -81,6 +90,8 @@ def _flip_a_bit(split: Path) -> None:
         "truncated",
         "bit-flip",
         "array-missing",
+        "sources-missing",
+        "sources-changed",
         "meta-missing",
         "meta-bad-json",
         "meta-not-utf8",

@@ -199,3 +199,27 @@ def test_prepare_says_once_per_run_how_it_rescaled_the_shares(tokenizer_dir, tmp
     argv[argv.index("medical=0.8,general=0.3")] = "medical=0.8,general=0.2"
     assert main([*argv, "--overwrite_output_dir"]) == 0
     assert "--mix" not in capsys.readouterr().out  # shares that sum to 1: nothing to say
+
+
+@pytest.mark.parametrize("packing", ["concat", "isolated"])
+def test_each_tokens_source_survives_mixing_and_the_cache(packing, tokenizer_dir, tokenizer, tmp_path):
+    """Two sources written in disjoint characters: every token only one of them has must be labelled with it, and the
+    tokens labelled with a source must be exactly what the mix took from it."""
+    alphabets = {"medical": "医药病症治疗诊断", "general": "山水风云日月星辰"}
+    rng = np.random.default_rng(0)
+    files = {}
+    for name, chars in alphabets.items():
+        texts = ["".join(rng.choice(list(chars), int(rng.integers(5, 60)))) for _ in range(80)]
+        files[name] = write_jsonl(tmp_path / f"{name}.jsonl", [{"text": t} for t in texts])
+    result = _prepare(tokenizer_dir, tmp_path, train_file_dir=[f"{n}={p}" for n, p in files.items()],
+                      mix=["medical=0.7,general=0.3"], packing=packing, validation_split_percentage=0.0)  # fmt: skip
+    train = result.train
+    assert train.sources == ("medical", "general")
+    ids = np.concatenate([train.source_ids(i) for i in range(len(train))])
+    tokens = np.concatenate([train.block(i) for i in range(len(train))])
+    own = {n: set(tokenizer("".join(c), add_special_tokens=False)["input_ids"]) for n, c in alphabets.items()}
+    for k, name in enumerate(train.sources):
+        only = np.isin(tokens, list(own[name] - own[train.sources[1 - k]]))
+        assert only.sum() > 100 and (ids[only] == k).all(), name
+    mix = result.report["sources"]
+    assert np.bincount(ids, minlength=2).tolist() == [mix[n]["mix"]["selected_tokens"] for n in train.sources]

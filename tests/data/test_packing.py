@@ -67,3 +67,15 @@ def test_empty_input():
     for mode in ("concat", "isolated", "none"):
         p = pack(tokens, offsets, 8, mode)
         assert len(p) == 0 and p.n_tokens == 0
+
+
+@pytest.mark.parametrize("mode", ["concat", "isolated", "none"])
+def test_every_token_keeps_its_documents_source_through_packing(mode):
+    tokens, offsets = _docs(LENGTHS)
+    doc_source = np.array([0, 1, 1, 0, 2, 1, 0, 0, 2, 1, 0], np.int16)  # a shuffled mix of three sources
+    p = pack(tokens, offsets, 16, mode, doc_source, ("medical", "general", "dialog"))
+    for i in range(len(p)):
+        document = p.block(i) // 1000 - 1  # the tokens encode their document
+        assert np.array_equal(p.source_ids(i), doc_source[document]), i
+    counted = np.bincount(np.concatenate([p.source_ids(i) for i in range(len(p))]), minlength=3)
+    assert counted.tolist() == [sum(n for n, s in zip(LENGTHS, doc_source) if s == k) for k in range(3)]

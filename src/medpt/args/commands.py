@@ -117,7 +117,7 @@ class Command:
 _TEMPLATE = ("template", "template_format")
 _MEMORY = ("model_name_or_path", "revision", "cache_dir", "offline", "torch_dtype", "load_in_4bit",
            "attn_implementation", "block_size", "packing", "use_peft", "target_modules", "lora_rank", "lora_dropout",
-           "lora_dropout_mode", "modules_to_save", "use_dora", "qlora", "bf16", "fp16")  # fmt: skip
+           "lora_dropout_mode", "modules_to_save", "use_dora", "qlora", "replay_kl", "bf16", "fp16")  # fmt: skip
 _MEMORY_TRAINER = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "optim")
 _PREPARED = (rd.CONFIG_FILE, rd.DATA_REPORT, rd.REJECTED, rd.CONTAMINATION, rd.NEAR_DUPLICATES)
 _TRAINED = (*_PREPARED, rd.METRICS, rd.BASE_RECORD, rd.LOSS_CURVE, rd.TRAINING_ARGS, rd.EVAL_SETS_DIR, rd.STAGING,
@@ -126,7 +126,7 @@ _STUDY = (*_PREPARED, rd.EVAL_SETS_DIR, rd.TUNE_INFO, rd.SEARCH_SPACE, rd.STUDY_
           *(rd.STUDY_DB + side for side in ("-journal", "-wal", "-shm")), rd.TRIALS_DIR, rd.BEST_CONFIG, rd.TRIALS_CSV,
           rd.TRIALS_MD, rd.TUNE_HISTORY, rd.TUNE_IMPORTANCE)  # fmt: skip
 _EVALUATED = (rd.EVAL_RESULTS, rd.EVAL_MD, rd.MCQ_DIR, f"{rd.GENERATED}.jsonl", f"{rd.GENERATED}.md", rd.CONTAMINATION)
-_REPORTED = (rd.REPORT_HTML, rd.REPORT_MD, rd.REPORT_CURVE, rd.FORGETTING_CHART, rd.REPORT_DELTAS)
+_REPORTED = (rd.REPORT_HTML, rd.REPORT_MD, rd.REPORT_CURVE, rd.FORGETTING_CHART, rd.REPORT_DELTAS, rd.REPORT_FRONTIER)
 _DEMO = ("tiny-model", "run", "cache", rd.DEMO_QUESTIONS)  # the demo's own layout of its --output_dir
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (

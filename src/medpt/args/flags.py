@@ -121,6 +121,8 @@ def convert(value: Any, tp: Any, flag: str) -> Any:
     if _is_list(tp):
         inner = (typing.get_args(tp) or (Any,))[0]
         items = value if isinstance(value, (list, tuple)) else [value]
+        if inner in (int, float):  # numbers given as one comma-separated string: --adapter_scale 0.25,0.5,1
+            items = [v for item in items for v in (item.split(",") if isinstance(item, str) else [item]) if v != ""]
         return [convert(v, inner, flag) for v in items]
     if origin is dict or tp is dict:
         return _convert_dict(value, flag)

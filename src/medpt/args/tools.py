@@ -31,6 +31,13 @@ class EvalArguments:
         "Apply the adapter to a base other than the one it was trained on. Its numbers then describe neither "
         "model: use only to compare on purpose.",
     )
+    adapter_scale: list[float] | None = _arg(
+        None,
+        "Scale the adapter's update (0: the base, 1: as trained): eval takes several (0.25,0.5,0.75,1) and prints the "
+        "frontier of Δ perplexity per set; merge, export and serve take one.",
+        ge=0,
+        only=("eval", "merge", "export", "serve"),
+    )
     mcq: list[str] | None = _arg(
         None,
         'Multiple-choice benchmarks, NAME=FILE (file, folder or glob of jsonl: {"question", "choices": '
@@ -97,6 +104,10 @@ class EvalArguments:
 
     def __post_init__(self) -> None:
         _check_ranges(self)
+        for scale in self.adapter_scale or []:  # a list: _check_ranges checks single numbers
+            if not (math.isfinite(scale) and scale >= 0):
+                raise MedptError(f"--adapter_scale takes numbers ≥ 0 (0: the base, 1: the adapter as trained), got "
+                                 f"{scale:g}")  # fmt: skip
         _check_named("mcq", self.mcq, "cmexam=data/cmexam/test.jsonl")
         has_mcq = bool(self.mcq or self.mcq_dir or self.mcq_file)
         if self.num_fewshot and not (self.fewshot_file or self.mcq or self.mcq_dir):

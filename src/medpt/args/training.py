@@ -303,10 +303,21 @@ class LoraArguments:
     embedding_learning_rate: float | None = _arg(
         None, "Learning rate for --modules_to_save (embed_tokens, lm_head); default: --learning_rate.", gt=0
     )
+    replay_kl: float = _arg(
+        0.0,
+        "Add W × KL(base ‖ adapted) of the next-token distributions on the replayed sources' tokens (nats per token; "
+        "the base: the adapter switched off, or for --use_peft false a frozen copy of the weights). 0: off.",
+        ge=0,
+        only=_TRAIN,
+    )
+    replay_kl_sources: list[str] | None = _arg(
+        None, "The sources --replay_kl applies to; default: every --mix source but the first.", only=_TRAIN
+    )
 
     def __post_init__(self) -> None:
         self.target_modules = _comma_list(self.target_modules) or []
         self.modules_to_save = _comma_list(self.modules_to_save) or None
+        self.replay_kl_sources = _comma_list(self.replay_kl_sources) or None
         _check_ranges(self)
         if not self.target_modules:
             raise MedptError("--target_modules is empty: use all, or names such as q_proj,v_proj")

@@ -216,8 +216,9 @@ class _Reader:
             os.close(fd)
 
 
-def write_split(directory: Path, docs: DocTable, store: ShardStore, args: DataArguments) -> Any:
-    """Pack `docs` (in this order) and write the split; returns its layout (for the statistics)."""
+def write_split(directory: Path, docs: DocTable, store: ShardStore, args: DataArguments, names: list[str]) -> Any:
+    """Pack `docs` (in this order) and write the split, with each segment's source when the sources are named;
+    returns its layout (for the statistics)."""
     offsets = docs.offsets()
     lay = layout(offsets, args.block_size, args.packing)
     if args.packing == "concat":  # the documents whole, in order
@@ -226,7 +227,12 @@ def write_split(directory: Path, docs: DocTable, store: ShardStore, args: DataAr
     else:  # each piece lies inside one document
         doc = lay.segment_doc.astype(np.int64)
         within, count = lay.run_start - offsets[doc], lay.run_length
-    out = cache.StreamedSplit(directory, lay.n_tokens, lay)
+    segment_source = None
+    if names != [""]:  # a shard holds one source's documents: a document's source is its shard's
+        n_shards = int(docs.shard.max(initial=-1)) + 1
+        shard_source = np.array([names.index(store.meta(i)["name"]) for i in range(n_shards)], np.int16)
+        segment_source = shard_source[docs.shard[lay.segment_doc]] if len(lay.segment_doc) else np.zeros(0, np.int16)
+    out = cache.StreamedSplit(directory, lay.n_tokens, lay, segment_source, tuple(names) if names != [""] else ())
     reader = _Reader(store)
     try:
         _copy(out, reader, docs.shard[doc], docs.start[doc] + within, count)

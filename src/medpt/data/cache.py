@@ -27,9 +27,10 @@ from medpt.errors import MedptError
 from medpt.strictjson import dumps
 
 # Bump when the rendering, tokenization or layout changes, so old entries are not reused.
-# 2: meta.json holds each array file's size and CRC-32.
-FORMAT_VERSION = 2
+# 2: meta.json holds each array file's size and CRC-32. 3: named sources' splits hold segment_source.npy.
+FORMAT_VERSION = 3
 _ARRAYS = ("tokens", "block_offsets", "segment_offsets", "segment_doc")
+_SOURCE_ARRAY = "segment_source"  # only in the splits of named sources, whose names meta.json lists
 # CRC-32 streamed in 1 MiB chunks ran at about 2,700 MB/s (zlib 1.2.13, files in the page cache, AMD EPYC; a
 # 120 MB int32 array in 0.045 s), so checking costs well under a second per GB read; blake2b ran at 700 MB/s. A
 # CRC catches truncation and accidental bit flips, which is all this is for (the cache is not a security boundary).
@@ -83,7 +84,9 @@ def save_split(directory: Path, packed: Packed) -> None:
     files = {}
     for name in _ARRAYS:
         files.update(_save_array(directory / f"{name}.npy", getattr(packed, name)))
-    _write_meta(directory, packed.block_size, packed.mode, files)
+    if packed.segment_source is not None:
+        files.update(_save_array(directory / f"{_SOURCE_ARRAY}.npy", packed.segment_source))
+    _write_meta(directory, packed.block_size, packed.mode, files, packed.sources)
 
 
 def _check_space(directory: Path, nbytes: int) -> None:
@@ -99,19 +102,24 @@ def _save_array(path: Path, array: np.ndarray) -> dict[str, dict[str, int]]:
     return {path.name: {"bytes": path.stat().st_size, "crc32": file_crc32(path)}}
 
 
-def _write_meta(directory: Path, block_size: int, mode: str, files: dict) -> None:
+def _write_meta(directory: Path, block_size: int, mode: str, files: dict, sources: tuple[str, ...] = ()) -> None:
     meta = {"format_version": FORMAT_VERSION, "block_size": block_size, "mode": mode, "files": files}
+    if sources:
+        meta["sources"] = list(sources)
     (directory / "meta.json").write_text(dumps(meta), encoding="utf-8")
 
 
 class StreamedSplit:
     """A split whose tokens are written piece by piece (a corpus larger than memory): `tokens.npy` gets its header for
-    the final length first, then the pieces, its CRC computed on the way; `close` writes the layout arrays."""
+    the final length first, then the pieces, its CRC computed on the way; `close` writes the layout arrays (and the
+    source of each segment, for named sources)."""
 
-    def __init__(self, directory: Path, n_tokens: int, layout: Any):
+    def __init__(self, directory: Path, n_tokens: int, layout: Any, segment_source: np.ndarray | None = None,
+                 sources: tuple[str, ...] = ()):  # fmt: skip
         import io
 
         self.directory, self.n_tokens, self.layout, self.written = directory, n_tokens, layout, 0
+        self.segment_source, self.sources = segment_source, sources
         small = sum(getattr(layout, name).nbytes for name in _ARRAYS[1:])
         _check_space(directory, n_tokens * 4 + small)
         directory.mkdir(parents=True, exist_ok=True)
@@ -143,7 +151,9 @@ class StreamedSplit:
         files = {path.name: {"bytes": path.stat().st_size, "crc32": self.crc}}
         for name in _ARRAYS[1:]:
             files.update(_save_array(self.directory / f"{name}.npy", getattr(self.layout, name)))
-        _write_meta(self.directory, self.layout.block_size, self.layout.mode, files)
+        if self.segment_source is not None:
+            files.update(_save_array(self.directory / f"{_SOURCE_ARRAY}.npy", self.segment_source))
+        _write_meta(self.directory, self.layout.block_size, self.layout.mode, files, self.sources)
 
 
 def _damaged(directory: Path, file: str, problem: str) -> MedptError:
@@ -162,7 +172,9 @@ def load_split(directory: Path) -> Packed:
             raise _damaged(directory, "meta.json", "written by an older medpt (no checksums)")
         files = meta["files"]
         block_size, mode = int(meta["block_size"]), str(meta["mode"])
-        expected = {name: (int(files[f"{name}.npy"]["bytes"]), int(files[f"{name}.npy"]["crc32"])) for name in _ARRAYS}
+        sources = tuple(str(n) for n in meta.get("sources", ()))
+        names = (*_ARRAYS, _SOURCE_ARRAY) if sources else _ARRAYS
+        expected = {name: (int(files[f"{name}.npy"]["bytes"]), int(files[f"{name}.npy"]["crc32"])) for name in names}
     except FileNotFoundError:
         raise _damaged(directory, "meta.json", "missing") from None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
@@ -180,5 +192,5 @@ def load_split(directory: Path) -> Packed:
             raise _damaged(directory, path.name, "missing") from None
         except OSError as e:
             raise _damaged(directory, path.name, f"cannot be read ({e.strerror or e})") from None
-    arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
-    return Packed(**arrays, block_size=block_size, mode=mode)
+    arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in expected}
+    return Packed(**arrays, block_size=block_size, mode=mode, sources=sources)

@@ -13,6 +13,10 @@ without a pad token pads with EOS, and real EOS tokens must keep their loss).
    positions can stay inside a document. A document's full pieces keep their order; its last, shorter piece
    may land in an earlier block.
 3. none: one document piece per row.
+
+Every piece lies inside one document (concat cuts at document and block boundaries alike), so a split that knows
+each piece's source (`segment_source`, an index into `sources`) knows every token's: training logs its loss per
+source and `--replay_kl` picks the tokens it regularises, in every mode and after mixing.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class Packed:
     segment_doc: np.ndarray  # int32, n_segments: which document each piece comes from
     block_size: int
     mode: str
+    segment_source: np.ndarray | None = None  # int16, n_segments: index into `sources` (named sources only)
+    sources: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.block_offsets) - 1
@@ -55,6 +61,15 @@ class Packed:
         lengths = np.diff(seg_starts)
         # arange minus the start of the piece each token is in
         return np.arange(end - start, dtype=np.int64) - np.repeat(seg_starts[:-1], lengths)
+
+    def source_ids(self, i: int) -> np.ndarray:
+        """The source index of every token of block i (int64; a split without named sources has none)."""
+        assert self.segment_source is not None, "this split does not record its sources"
+        start, end = int(self.block_offsets[i]), int(self.block_offsets[i + 1])
+        first = int(np.searchsorted(self.segment_offsets, start, side="right")) - 1
+        last = int(np.searchsorted(self.segment_offsets, end, side="left"))
+        bounds = np.clip(self.segment_offsets[first : last + 1], start, end)
+        return np.repeat(np.asarray(self.segment_source[first:last], np.int64), np.diff(bounds))
 
     def padding(self) -> int:
         """Slots that are padding when every block is padded to block_size."""
@@ -85,19 +100,30 @@ class Layout:
     def n_tokens(self) -> int:
         return int(self.block_offsets[-1])
 
-    def packed(self, tokens: np.ndarray) -> Packed:
-        return Packed(tokens, self.block_offsets, self.segment_offsets, self.segment_doc, self.block_size, self.mode)
+    def packed(self, tokens: np.ndarray, doc_source: np.ndarray | None = None, sources: tuple[str, ...] = ()) -> Packed:
+        """The split of these tokens; `doc_source` (the source index of each document) gives its segments'."""
+        segment_source = None if doc_source is None else np.asarray(doc_source, np.int16)[self.segment_doc]
+        return Packed(tokens, self.block_offsets, self.segment_offsets, self.segment_doc, self.block_size, self.mode,
+                      segment_source, tuple(sources))  # fmt: skip
 
 
-def pack(tokens: np.ndarray, doc_offsets: np.ndarray, block_size: int, mode: str) -> Packed:
-    """Pack documents held in memory (the same layout `layout` gives a streamed corpus)."""
+def pack(
+    tokens: np.ndarray,
+    doc_offsets: np.ndarray,
+    block_size: int,
+    mode: str,
+    doc_source: np.ndarray | None = None,
+    sources: tuple[str, ...] = (),
+) -> Packed:
+    """Pack documents held in memory (the same layout `layout` gives a streamed corpus); `doc_source`: each
+    document's index into `sources`, carried to every token."""
     lay = layout(doc_offsets, block_size, mode)
     if mode == "concat":
-        return lay.packed(tokens)
+        return lay.packed(tokens, doc_source, sources)
     src = np.repeat(lay.run_start - np.cumsum(lay.run_length) + lay.run_length, lay.run_length) + np.arange(
         lay.n_tokens
     )
-    return lay.packed(tokens[src])
+    return lay.packed(tokens[src], doc_source, sources)
 
 
 def layout(doc_offsets: np.ndarray, block_size: int, mode: str) -> Layout:

@@ -205,18 +205,22 @@ def _assemble(entry: Path, store: ShardStore, n_shards: int, g: Any, plan: Any, 
         **g.screening,
     }
     with atomic_dir(entry) as tmp:
-        report["train"] = _write(tmp / "train", plan.train, store, args, *roles_of(g, plan, "train", g.names), log)
+        report["train"] = _write(
+            tmp / "train", plan.train, store, args, *roles_of(g, plan, "train", g.names), log, g.names
+        )
         report["validation"] = None
         if len(plan.validation):
             by_role, basis = roles_of(g, plan, "validation", g.names)
-            report["validation"] = _write(tmp / "validation", plan.validation, store, args, by_role, basis, log)
+            report["validation"] = _write(
+                tmp / "validation", plan.validation, store, args, by_role, basis, log, g.names
+            )
         if named:
             report["sources"] = {}
             for n in g.names:
                 held = plan.validation_by_source[n]
                 if len(held):
                     roles = roles_of(g, plan, "validation", [n])
-                    stats = _write(tmp / f"validation.{n}", held, store, args, *roles, log)
+                    stats = _write(tmp / f"validation.{n}", held, store, args, *roles, log, g.names)
                 mix = plan.mix[n] if plan.mix else None
                 report["sources"][n] = {
                     "records": records[n],
@@ -237,9 +241,9 @@ def _assemble(entry: Path, store: ShardStore, n_shards: int, g: Any, plan: Any, 
 
 
 def _write(directory: Path, docs: Any, store: ShardStore, args: DataArguments, by_role: dict, basis: str,
-           log: Callable) -> dict[str, Any]:  # fmt: skip
+           log: Callable, names: list[str]) -> dict[str, Any]:  # fmt: skip
     t = time.perf_counter()
-    lay = write_split(directory, docs, store, args)
+    lay = write_split(directory, docs, store, args, names)
     stats = split_report(lay, docs, by_role, basis)
     log(
         f"{directory.name}: {stats['documents']:,} documents → {stats['tokens']:,} tokens → {stats['blocks']:,} "

@@ -57,7 +57,14 @@ def _evaluate(config: Any, out: Any, checked: Any, log: Any) -> dict[str, Any]:
     results: dict[str, Any] = {"base_model": variants.base_name, "adapter": config.eval.adapter}
     if checked.stopped_at is not None:  # a stopped run: its latest checkpoint was evaluated (results in RUN/eval)
         results.update(adapter=str(checked.adapter_dir), stopped_at_step=checked.stopped_at)
-    results["sets"] = {name: _lm_set(config, variants, name, packed, log) for name, packed in sets.items()}
+    blocks: dict[str, dict] = {name: {} for name in sets}  # per set, the base's and the adapted model's block sums
+    results["sets"] = {n: _lm_set(config, variants, n, packed, log, blocks[n]) for n, packed in sets.items()}
+    if len(config.eval.adapter_scale or []) > 1 and variants.adapted is not None and sets:
+        from medpt.model.adapter_scale import frontier
+
+        batch_size, pad_id = config.eval_batch_size, variants.tokenizer.pad_token_id
+        score = lambda model, packed: block_sums(model, packed, packed.mode, batch_size, pad_id)  # noqa: E731
+        results["frontier"] = frontier(config, variants, sets, blocks, score, log)
     if benchmarks:
         results["mcq"] = _mcq(config, benchmarks, variants, train, out, log)
     if qas:
@@ -103,14 +110,14 @@ def _prepared_sets(config: Any) -> tuple[dict[str, Any], Any]:
     return sets, train
 
 
-def _lm_set(config: Any, variants: Any, name: str, packed: Any, log: Any) -> dict[str, Any]:
+def _lm_set(config: Any, variants: Any, name: str, packed: Any, log: Any, blocks: dict) -> dict[str, Any]:
     """Loss, accuracy and perplexity of each model on one set; with an adapter, the 95% CI of Δ loss (paired
-    bootstrap over blocks) and of the relative change of perplexity, exp(Δ loss) − 1."""
+    bootstrap over blocks) and of the relative change of perplexity, exp(Δ loss) − 1. Each model's block sums are
+    left in `blocks` (the adapter-scale frontier reuses them)."""
     from medpt.eval.stats import ratio_difference_ci
 
     batch_size = config.eval_batch_size
     result: dict[str, Any] = {}
-    blocks = {}
     for which in variants.names:
         t = time.perf_counter()
         with variants.use(which) as model:

@@ -132,6 +132,10 @@ def format_eval(results: dict[str, Any]) -> str:
         if ci:
             lines += ["", "95% CI of the paired difference: bootstrap over blocks (rows of the prepared split), "
                       "token-weighted; Δ ppl is exp(Δ loss) − 1."]  # fmt: skip
+    if results.get("frontier"):
+        from medpt.model.adapter_scale import format_frontier
+
+        lines += ["", format_frontier(results["frontier"])]
     if results.get("mcq") and "benchmarks" not in results["mcq"]:
         lines += ["", "(multiple-choice results of an older medpt version: run `medpt eval` again to see them)"]
     elif results.get("mcq"):

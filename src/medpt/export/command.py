@@ -39,6 +39,7 @@ def run_export(config: Any, log: Any = print) -> int:
     from medpt.args.resolve import absolute_paths, inputs_of
     from medpt.atomic import atomic_dir
     from medpt.model.adapter import check_variants, lora_run
+    from medpt.model.adapter_scale import single_scale
     from medpt.rundir import check_output, check_replaceable
 
     target = config.export.target
@@ -56,8 +57,9 @@ def run_export(config: Any, log: Any = print) -> int:
     check_replaceable(out, COMMANDS["export"], config.run.overwrite_output_dir, "an export")
     base_name = check_variants(config, log).base_name
     named_base = config.export.base_model or absolute_paths(base_name)
+    scale = single_scale(config, "export")  # merged targets: merge_adapter folds it in; the others: into alpha
     with atomic_dir(out) as tmp:
-        job = Job(config, adapter, facts, base_name, named_base, tmp, out, config.export.quant, log)
+        job = Job(config, adapter, facts, base_name, named_base, tmp, out, config.export.quant, log, scale)
         commands = TARGETS[target].write(job)
         _write_report(job, target, handling, commands)
     return _finish(job, target, commands)
@@ -71,6 +73,7 @@ def _write_report(job: Job, target: str, handling: dict, commands: list[str]) ->
         "adapter": str(job.adapter.resolve()),
         "base_model": job.named_base if target in NAME_THE_BASE else job.base_name,
         "features": {f: {"what": job.facts.describe(f), "done": h.action, "why": h.why} for f, h in handling.items()},
+        "adapter_scale": job.scale,
         "conversions": job.notes,
         "commands": commands,
         "llama_cpp_check": job.report or None,

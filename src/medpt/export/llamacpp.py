@@ -44,6 +44,9 @@ def write(job: Job) -> list[str]:
     alpha = job.facts.alpha_for_alpha_over_r()
     if alpha != job.facts.alpha:
         job.notes.append(f"adapter.lora.alpha {job.facts.alpha:g} → {alpha:g}: llama.cpp's alpha/r = rsLoRA's alpha/√r")
+    if job.scale != 1:  # llama.cpp scales the update by alpha/r: linear in alpha
+        job.notes.append(f"adapter.lora.alpha {alpha:g} → {alpha * job.scale:g}: --adapter_scale {job.scale:g}")
+        alpha *= job.scale
     write_lora_gguf(job.adapter, base.config, job.tmp / ADAPTER_FILE, alpha)
     job.report.update(verify_lora(job, base, tokenizer, base_file, job.tmp / ADAPTER_FILE))
     out_base, out_adapter = job.out / base_file.name, job.out / ADAPTER_FILE

@@ -23,6 +23,7 @@ class Merged:
     base_name: str
     adapter: Path
     dtype: Any
+    scale: float = 1.0  # --adapter_scale: the multiple of the adapter's update that was merged
 
 
 def merge_dtype(torch_dtype: str | None, base_dir: Path) -> Any:
@@ -43,6 +44,7 @@ def merge_adapter(config: Any, adapter: Path, out: Path, log: Any = print, dtype
 
     from medpt.atomic import check_free_space
     from medpt.model.adapter import check_variants, run_tokenizer_dir
+    from medpt.model.adapter_scale import set_adapter_scale, single_scale
     from medpt.model.loading import TOKENIZER_FILES, load_model
 
     m = config.model
@@ -57,8 +59,13 @@ def merge_adapter(config: Any, adapter: Path, out: Path, log: Any = print, dtype
     check_free_space(out, needed, "the merged model")  # out, or the nearest folder above it that exists
     log(f"merging {adapter} into {base_name} ({dtype})")
     base = load_model(m, dtype, name=base_name)
-    model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    return Merged(model, checked.tokenizer, tokenizer_dir, base_name, adapter, dtype)
+    model = PeftModel.from_pretrained(base, str(adapter))
+    scale = single_scale(config, config.command or "merge")
+    if scale != 1:  # merging reads the same per-layer scale: W + scale·ΔW is folded in
+        set_adapter_scale(model, scale)
+        log(f"adapter scale {scale:g}: the adapter's update × {scale:g} is merged")
+    model = model.merge_and_unload()
+    return Merged(model, checked.tokenizer, tokenizer_dir, base_name, adapter, dtype, scale)
 
 
 def save_merged(merged: Merged, directory: Path, command: str) -> None:
@@ -73,6 +80,7 @@ def save_merged(merged: Merged, directory: Path, command: str) -> None:
         "base_model": merged.base_name,
         "adapter": str(merged.adapter.resolve()),
         "dtype": str(merged.dtype).replace("torch.", ""),
+        "adapter_scale": merged.scale,
     }
     atomic_write_text(Path(directory) / MERGE_INFO, dumps(note, indent=2))
     RunDir(Path(directory)).record([p.name for p in Path(directory).iterdir()], command)

@@ -92,6 +92,7 @@ class Job:
     out: Path
     quant: str
     log: Any = print
+    scale: float = 1.0  # --adapter_scale: the multiple of the adapter's update the target gets
     notes: list[str] = field(default_factory=list)  # conversions made, for the report
     report: dict[str, Any] = field(default_factory=dict)  # verification numbers
 
@@ -124,6 +125,10 @@ def write_peft_adapter(job: Job, alpha: float | None = None) -> Path:
             "rsLoRA trained with"
         )
         config.update(lora_alpha=alpha, use_rslora=False)
+    if job.scale != 1:  # every engine scales the update by alpha/r (or alpha/√r): linear in alpha
+        job.notes.append(f"lora_alpha {config['lora_alpha']:g} → {config['lora_alpha'] * job.scale:g}: "
+                         f"--adapter_scale {job.scale:g}")  # fmt: skip
+        config["lora_alpha"] = config["lora_alpha"] * job.scale
     config["base_model_name_or_path"] = job.named_base
     (target / ADAPTER_CONFIG).write_text(dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return target

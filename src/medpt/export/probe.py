@@ -124,4 +124,8 @@ def verify_lora(job: Any, base: Any, tokenizer: Any, base_file: Path, adapter_fi
     if not llama_cpp_available():
         return verify(job, None, tokenizer, base_file, adapter_file)
     adapted = PeftModel.from_pretrained(base, str(job.adapter)).eval()
+    if job.scale != 1:  # compared with the update llama.cpp was given: --adapter_scale folded into the alpha
+        from medpt.model.adapter_scale import set_adapter_scale
+
+        set_adapter_scale(adapted, job.scale)
     return verify(job, adapted, tokenizer, base_file, adapter_file)

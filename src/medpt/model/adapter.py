@@ -208,6 +208,9 @@ def check_variants(config: Any, log: Any = print) -> Checked:
         raise MedptError(f"--max_new_tokens {config.generate.max_new_tokens:,} leaves no room for a question: "
                          f"{base_name} takes {facts.positions:,} positions, question and answer together")  # fmt: skip
     kind = "lora" if is_lora else "full" if is_full else ""
+    from medpt.model.adapter_scale import check_scalable
+
+    check_scalable(config, kind, adapter_dir)
     return Checked(base_name, adapter_dir, kind, facts, tokenizer, stopped.step if stopped is not None else None)
 
 
@@ -225,6 +228,14 @@ def load_variants(config: Any, log: Any = print, checked: Checked | None = None)
         from peft import PeftModel
 
         tuned = PeftModel.from_pretrained(base, str(c.adapter_dir)).eval()
+        scales = config.eval.adapter_scale or []
+        if (
+            len(scales) == 1 and scales[0] != 1
+        ):  # several: `medpt eval` scores each (medpt.model.adapter_scale.frontier)
+            from medpt.model.adapter_scale import set_adapter_scale
+
+            set_adapter_scale(tuned, scales[0])
+            log(f"adapter scale {scales[0]:g}: the adapter's update × {scales[0]:g}")
         return Variants(c.tokenizer, tuned, tuned, True, c.base_name, positions)
     if c.kind == "full":
         tuned = load_model(model, dtype, name=str(c.adapter_dir)).eval().to(device)

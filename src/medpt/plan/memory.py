@@ -72,6 +72,7 @@ class Setup:
     fixed_bytes: int = 0  # the framework's fixed overhead on this device (see medpt.plan.devices)
     reserve: float = 0.0  # GPU: the caching allocator's reserve, a fraction of what comes and goes in a step
     heap_layers: float = 0.0  # CPU: what glibc's heap keeps beyond the tensors, in layers' worth of activations
+    reference_copy: bool = False  # --replay_kl under full fine-tuning: a frozen copy of the starting weights
 
     @property
     def tokens(self) -> int:
@@ -157,12 +158,15 @@ def static_parts(shape: ModelShape, s: Setup) -> dict[str, int]:
     copies = sum(n * 2 for n, size in groups if size == 4) if s.autocast else 0
     if s.autocast and s.method == "qlora":
         copies += shape.vocab * shape.hidden * 2
-    return {
+    parts = {
         "frozen weights": frozen_weight_bytes(shape, s),
         "trainable parameters": sum(n * size for n, size in groups),
         "optimizer states": sum(n * states * (state_bytes or size) for n, size in groups),
         "autocast weight copies": copies,
     }
+    if s.reference_copy:  # LoRA's --replay_kl base is the same weights with the adapter off: no copy
+        parts["frozen copy for --replay_kl"] = shape.parameters() * s.weight_bytes
+    return parts
 
 
 def trained_groups(shape: ModelShape, s: Setup) -> list[tuple[int, int]]:

@@ -96,6 +96,7 @@ def setup_of(config: Any, kind: str) -> Setup:
         optim=str(t.get("optim") or DEFAULT_OPTIM),
         attention=m.attn_implementation or "sdpa",
         packing=config.data.packing,
+        reference_copy=method == "full" and bool(lora.replay_kl),
         **overheads(kind),
     )
 

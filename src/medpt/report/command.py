@@ -28,6 +28,7 @@ from medpt.rundir import (
     METRICS,
     REPORT_CURVE,
     REPORT_DELTAS,
+    REPORT_FRONTIER,
     REPORT_HTML,
     REPORT_MD,
     TRAIN_RESULTS,
@@ -46,7 +47,7 @@ def _load(path: Path) -> Any:
 
 
 def gather(run: Path, out: Path) -> dict[str, Any]:
-    from medpt.report.curves import plot_forgetting, plot_losses, plot_mcq
+    from medpt.report.curves import frontier_points, plot_forgetting, plot_frontier, plot_losses, plot_mcq
 
     if not (run / CONFIG_FILE).is_file():
         raise MedptError(f"{run} is not a medpt run (no {CONFIG_FILE})")
@@ -59,6 +60,12 @@ def gather(run: Path, out: Path) -> dict[str, Any]:
     evaluation = _load(run / EVAL_DIR / EVAL_RESULTS)
     mcq = (evaluation or {}).get("mcq")
     deltas = plot_mcq(mcq, out / REPORT_DELTAS, title=run.name) if mcq and "benchmarks" in mcq else None
+    frontier = None
+    if evaluation and evaluation.get("frontier"):
+        names = list(evaluation["frontier"][0]["sets"])
+        x, y = ("general", "medical") if {"general", "medical"} <= set(names) else (names[-1], names[0])
+        frontier = plot_frontier(frontier_points(evaluation, run.name), out / REPORT_FRONTIER,
+                                 title=f"{run.name}: adapter-scale frontier", x=x, y=y)  # fmt: skip
     return {
         "stopped": stopped_run(run),
         "config": [line for line in (run / CONFIG_FILE).read_text(encoding="utf-8").splitlines() if "# set" in line],
@@ -73,6 +80,7 @@ def gather(run: Path, out: Path) -> dict[str, Any]:
         else [],
         "curve": curve if curve.is_file() else None,
         "forgetting": forgetting,
+        "frontier": frontier,
     }
 
 
@@ -97,6 +105,8 @@ def markdown(run: Path, facts: dict[str, Any]) -> str:
         parts += ["## Base vs adapted\n", format_eval(facts["evaluation"]) + "\n"]
         if facts["deltas"]:
             parts += [f"![multiple choice: accuracy and Δ, 95% intervals]({facts['deltas'].name})\n"]
+        if facts["frontier"]:
+            parts += [f"![adapter-scale frontier]({facts['frontier'].name})\n"]
     elif facts["eval_during_training"]:
         parts += ["## Evaluation at the end of training\n", _kv_md(facts["eval_during_training"])]
     if facts["verify"]:
@@ -149,6 +159,9 @@ def page(run: Path, facts: dict[str, Any]) -> str:
     evaluation = facts["evaluation"]
     if evaluation:
         body += ["<h2>Base vs adapted</h2>", _markdown_html(format_eval(evaluation))]
+        if facts["frontier"]:
+            note = "<p>Δ perplexity of each set against the base at each --adapter_scale, with 95% CIs.</p>"
+            body += ["<h2>Adapter-scale frontier</h2>", note, _image("adapter-scale frontier", facts["frontier"])]
         if facts["deltas"]:
             data = base64.b64encode(facts["deltas"].read_bytes()).decode()
             body += [f"<img alt='multiple choice: accuracy and Δ, 95% intervals' src='data:image/png;base64,{data}'>"]

@@ -22,11 +22,14 @@ def _series(rows: list[dict], keep: Callable[[str], str | None]) -> dict[str, li
 
 
 def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path | None:
-    """Train loss and every eval_*loss series against the step; None when there is nothing to draw."""
+    """Train loss (and, with named sources, each source's train_<source>_loss), and every eval_*loss series against
+    the step; None when there is nothing to draw."""
 
     def keep(key: str) -> str | None:
         if key == "loss":
             return "train loss"
+        if key.startswith("train_") and key.endswith("_loss") and key != "train_loss":
+            return f"train {key.removeprefix('train_').removesuffix('_loss')} loss"
         return key if key.startswith("eval_") and key.endswith("loss") else None
 
     series = _series(read_log(metrics_path), keep)
@@ -132,3 +135,47 @@ def _axis(ax: Any, xlabel: str) -> None:
     ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize="small")
+
+
+def plot_frontier(points: list[dict[str, Any]], png_path: str | Path, title: str = "",
+                  x: str = "general", y: str = "medical") -> Path | None:  # fmt: skip
+    """The forgetting frontier: Δ perplexity on set `y` (the domain gain, down is better) against Δ perplexity on set
+    `x` (the forgetting, left is better), each with its 95% CI as error bars; one point per model (an arm, or an
+    adapter scale), and the points of one `group` (an adapter's scales) joined by a line. A point is
+    {"label", "group", x: (Δ, low, high), y: (Δ, low, high)}, relative changes (0.1 = +10%). None without points."""
+    points = [p for p in points if p.get(x) and p.get(y)]
+    if not points:
+        return None
+    fig, ax = _pyplot().subplots(figsize=(7, 5))
+    groups: dict[str, list[dict]] = {}
+    for p in points:
+        groups.setdefault(p.get("group") or p["label"], []).append(p)
+    for name, members in groups.items():
+        xs, ys = [100 * p[x][0] for p in members], [100 * p[y][0] for p in members]
+        xerr = [[100 * (p[x][0] - p[x][1]) for p in members], [100 * (p[x][2] - p[x][0]) for p in members]]
+        yerr = [[100 * (p[y][0] - p[y][1]) for p in members], [100 * (p[y][2] - p[y][0]) for p in members]]
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o-" if len(members) > 1 else "o", capsize=2, markersize=4,
+                    label=name)  # fmt: skip
+        for p, px, py in zip(members, xs, ys):
+            if p["label"] != name:
+                ax.annotate(p["label"], (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_xlabel(f"Δ perplexity, {x} held-out (%, 95% CI): forgetting →")
+    ax.set_ylabel(f"Δ perplexity, {y} held-out (%, 95% CI): ↓ gain")
+    ax.set_title(title or "forgetting frontier")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, png_path)
+
+
+def frontier_points(evaluation: dict[str, Any], group: str) -> list[dict[str, Any]]:
+    """The points of `medpt eval --adapter_scale ...` results (eval_results.json's "frontier"), for plot_frontier."""
+    points = []
+    for row in evaluation.get("frontier") or []:
+        point: dict[str, Any] = {"label": f"×{row['scale']:g}", "group": group}
+        for name, r in row["sets"].items():
+            low, high = r["perplexity_change_ci"]
+            if low is not None and high is not None:
+                point[name] = (r["perplexity_change"], low, high)
+        points.append(point)
+    return points

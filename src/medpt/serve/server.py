@@ -80,11 +80,13 @@ def _sigterm_interrupts():
 def build(config: Any, log: Any = print) -> Any:
     """The app for a configuration: the run loaded, its engine, its model ids and limits."""
     from medpt.model.adapter import load_variants
+    from medpt.model.adapter_scale import single_scale
     from medpt.serve.app import build_app
     from medpt.serve.engine import Engine
     from medpt.serve.serving import Serving
 
     s = config.serve
+    single_scale(config, "serve")  # one --adapter_scale: load_variants applies it to the served adapter
     variants = load_variants(config, log)
     engine = Engine(variants, s.batching, s.max_batch_size, s.batch_wait_ms)
     models = served_models(variants.base_name, config.eval.adapter if variants.adapted is not None else None)

@@ -157,6 +157,9 @@ def check_before_loading(config: Config) -> ModelFacts:
     if resume.lower() not in ("", *RESUME_WORDS) and Path(resume).is_dir():  # it may be another run's
         check_checkpoint(Path(resume), config.lora, facts)
     check_fits_model(config, facts)
+    from medpt.train.replay_kl import kl_sources
+
+    kl_sources(config)  # --replay_kl_sources against the training sources
     return facts
 
 
@@ -339,15 +342,21 @@ def build_trainer(config: Config, args: Any, model: Any, tokenizer: Any, data: A
         unnamed = {"valid": eval_dataset} if eval_dataset is not None and not data.validation_sets else {}
         eval_dataset = {**unnamed, **named}
     pad_to = None if config.data.packing == "none" else config.data.block_size
+    objective = None
+    if len(data.train.sources) > 1:  # named sources: the loss per source, and --replay_kl on the replayed ones
+        from medpt.train.replay_kl import SourceObjective, kl_sources
+
+        objective = SourceObjective(data.train.sources, config.lora.replay_kl, kl_sources(config), model)
     trainer = MedptTrainer(
         model=model,
         args=args,
-        train_dataset=PackedDataset(data.train),
+        train_dataset=PackedDataset(data.train, sources=objective is not None),
         eval_dataset=eval_dataset,
         data_collator=Collator(tokenizer.pad_token_id, config.data.packing, pad_to),
         processing_class=tokenizer,
         callbacks=[MetricsFileCallback(str(Path(args.output_dir) / METRICS)), InterruptCallback()],
         embedding_learning_rate=config.lora.embedding_learning_rate,
+        objective=objective,
     )
     if not args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)

@@ -9,7 +9,8 @@
 3. a NaN/inf loss stops the run at that step, before the optimizer writes NaN into the weights;
 4. tokens/s counts real tokens (not padding), and the learning rate of --modules_to_save can differ;
 5. callbacks: metrics.jsonl per log step, a progress bar with tokens/s, Ctrl-C = save a checkpoint and stop;
-6. the JSON it writes (metrics.jsonl, *_results.json, the log history in trainer_state.json) is strict JSON: a
+6. with named sources, the training loss per source and `--replay_kl` (medpt.train.replay_kl);
+7. the JSON it writes (metrics.jsonl, *_results.json, the log history in trainer_state.json) is strict JSON: a
    non-finite value (an fp16 step's inf gradient norm, an eval loss that overflowed) is null (medpt.strictjson).
 """
 
@@ -30,7 +31,7 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from medpt.atomic import append_line, atomic_write_text, atomic_writer, make_dir, replace, write_json, writing_into
-from medpt.data.batches import REAL_TOKENS
+from medpt.data.batches import REAL_TOKENS, SOURCE_IDS
 from medpt.errors import MedptError
 from medpt.eval.metrics import TokenStats, token_sums
 from medpt.faults import fault_point
@@ -45,9 +46,11 @@ class NonFiniteLossError(MedptError):
 
 
 class MedptTrainer(Trainer):
-    def __init__(self, *args: Any, embedding_learning_rate: float | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, embedding_learning_rate: float | None = None, objective: Any = None,
+                 **kwargs: Any):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.embedding_learning_rate = embedding_learning_rate
+        self.objective = objective  # medpt.train.replay_kl.SourceObjective, for a training split of named sources
         self._staging: str | None = None
         self._eval_sums: torch.Tensor | None = None
         self._local_tokens = 0  # real tokens seen by this process since the last log
@@ -74,7 +77,21 @@ class MedptTrainer(Trainer):
             self._local_tokens += int(real)
         return loss
 
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:  # fmt: skip
+        source_ids = inputs.pop(SOURCE_IDS, None)
+        if self.objective is None or source_ids is None or return_outputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = self.objective.loss(model, inputs, source_ids, num_items_in_batch)
+        # The same scaling transformers applies to a loss normalised by the global token count (Trainer.compute_loss).
+        args = self.args
+        if args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return loss
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.objective is not None:
+            logs.update(self.objective.logs(lambda t: self.accelerator.reduce(t, reduction="sum")))
         if "loss" in logs:  # a training log: add real tokens seen and tokens/s since the previous one
             count = torch.tensor(self._local_tokens, device=self.args.device, dtype=torch.int64)
             self._local_tokens = 0

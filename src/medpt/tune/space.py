@@ -57,8 +57,9 @@ class Dimension:
             return trial.suggest_float(self.name, *self.values, log=self.kind == "log_uniform")
         if self.kind == "int":
             return trial.suggest_int(self.name, *self.values)
-        if self.kind == "choice":
-            return trial.suggest_categorical(self.name, list(self.values))
+        if self.kind == "choice":  # a list flag's choice (--mix a=0.7,b=0.3) goes to Optuna as its string
+            options = [",".join(map(str, v)) if isinstance(v, list) else v for v in self.values]
+            return self.values[options.index(trial.suggest_categorical(self.name, options))]
         ratio = self.values[0] if len(self.values) == 1 else trial.suggest_categorical(f"{self.name}_per_rank",
                                                                                        list(self.values))  # fmt: skip
         return float(ratio * drawn["lora_rank"])
