@@ -51,6 +51,9 @@ def _preload() -> None:
 def _child(request: dict) -> None:
     try:
         os.setpgid(0, 0)  # a process group of its own, like a command in a shell: Ctrl-C is os.killpg(pid, SIGINT)
+        # Ctrl-C as a terminal delivers it: a test run started in the background (`pytest &` in a script) inherits
+        # SIGINT ignored, which Python keeps, and every command here would then run through its Ctrl-C.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
