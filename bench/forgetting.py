@@ -251,10 +251,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "forgetting")
     parser.add_argument("--arms", nargs="*", default=None, help="default: every arm")
-    parser.add_argument("--kl_weights", type=float, nargs="*", default=[1.0, 4.0], help="--replay_kl of lora-25-kl*")
-    parser.add_argument("--full_kl_weights", type=float, nargs="*", default=[1.0, 4.0], help="... of full-25-kl*")
-    parser.add_argument("--frontier_arms", nargs="*", default=["lora-0", "lora-25"])
-    parser.add_argument("--scales", type=float, nargs="*", default=[0.25, 0.5, 0.75, 1.0])
+    parser.add_argument(
+        "--kl_weights", type=float, nargs="*", default=[1.0, 4.0, 8.0, 16.0], help="--replay_kl of lora-25-kl*"
+    )
+    parser.add_argument("--full_kl_weights", type=float, nargs="*", default=[1.0, 4.0, 8.0], help="... of full-25-kl*")
+    parser.add_argument(
+        "--frontier_arms", nargs="*", default=["lora-0", "lora-25", "lora-50", "lora-25-kl4", "lora-25-kl8"]
+    )
+    parser.add_argument("--scales", type=float, nargs="*", default=[0.25, 0.5, 0.75, 0.9, 1.0])
     parser.add_argument("--chart", type=Path, default=None, help="also copy the frontier chart here")
     args = parser.parse_args()
     if not (MEDICAL.is_dir() and all((DATA / g).is_dir() for g in GENERAL)):
