@@ -65,18 +65,22 @@ METRICS = (
 )
 
 
-def row_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The TokenStats sums of each row (block) of a batch, (rows, 3) float64 on the logits' device.
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each position's next-token cross-entropy, (rows, positions − 1), and the mask of those with a label.
 
     The shift happens here, once: logits at position t are scored against the label at t+1."""
-    logits = logits[:, :-1, :]
     targets = labels[:, 1:].to(logits.device)
-    mask = targets != IGNORE_INDEX
-    flat_logits = logits.reshape(-1, logits.shape[-1]).float()  # fp32 softmax: bf16 loses ~2 digits of the loss
+    flat_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1]).float()  # fp32: bf16 loses ~2 digits of the loss
     loss = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
-    correct = (logits.argmax(-1) == targets) & mask
+    return loss.view(targets.shape), targets != IGNORE_INDEX
+
+
+def row_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The TokenStats sums of each row (block) of a batch, (rows, 3) float64 on the logits' device."""
+    loss, mask = token_losses(logits, labels)
+    correct = (logits[:, :-1, :].argmax(-1) == labels[:, 1:].to(logits.device)) & mask
     # in TokenStats field order; per-token losses summed in float64, so the sum does not depend on the batch size
-    return torch.stack([loss.view(targets.shape).double().sum(1), correct.sum(1).double(), mask.sum(1).double()], 1)
+    return torch.stack([loss.double().sum(1), correct.sum(1).double(), mask.sum(1).double()], 1)
 
 
 def token_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

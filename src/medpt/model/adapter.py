@@ -229,9 +229,7 @@ def load_variants(config: Any, log: Any = print, checked: Checked | None = None)
 
         tuned = PeftModel.from_pretrained(base, str(c.adapter_dir)).eval()
         scales = config.eval.adapter_scale or []
-        if (
-            len(scales) == 1 and scales[0] != 1
-        ):  # several: `medpt eval` scores each (medpt.model.adapter_scale.frontier)
+        if len(scales) == 1 and scales[0] != 1:  # several: `medpt eval` scores each (adapter_scale.frontier)
             from medpt.model.adapter_scale import set_adapter_scale
 
             set_adapter_scale(tuned, scales[0])

@@ -84,7 +84,7 @@ def frontier(config: Any, variants: Any, sets: dict[str, Any], blocks: dict[str,
              log: Any) -> list[dict]:  # fmt: skip
     """One row per scale: each set's perplexity, its relative change against the base and the 95% CI of that
     change. `blocks[set]["base"]` (and "adapted", the scale-1 sums) are reused from the main table; `score(model,
-    packed)` gives a set's block sums (medpt.evaluate.block_sums)."""
+    packed)` gives a set's block sums (medpt.eval.metrics.block_sums)."""
     rows = []
     for scale in scales_of(config):
         t = time.perf_counter()

@@ -163,8 +163,7 @@ def page(run: Path, facts: dict[str, Any]) -> str:
             note = "<p>Δ perplexity of each set against the base at each --adapter_scale, with 95% CIs.</p>"
             body += ["<h2>Adapter-scale frontier</h2>", note, _image("adapter-scale frontier", facts["frontier"])]
         if facts["deltas"]:
-            data = base64.b64encode(facts["deltas"].read_bytes()).decode()
-            body += [f"<img alt='multiple choice: accuracy and Δ, 95% intervals' src='data:image/png;base64,{data}'>"]
+            body += [_image("multiple choice: accuracy and Δ, 95% intervals", facts["deltas"])]
     elif facts["eval_during_training"]:
         body += ["<h2>Evaluation at the end of training</h2>", _kv_table(facts["eval_during_training"])]
     if facts["verify"]:

@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from medpt.errors import MedptError
-
-IGNORE_INDEX = -100
+from medpt.eval.metrics import token_losses
 
 
 def kl_sources(config: Any) -> list[str]:
@@ -44,15 +43,6 @@ def kl_sources(config: Any) -> list[str]:
     if unknown:
         raise MedptError(f"--replay_kl_sources {unknown[0]}: no such source (sources: {', '.join(names)})")
     return list(chosen)
-
-
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token cross-entropy (fp32, like transformers' ForCausalLMLoss) and the mask of tokens with a label. The
-    shift happens here: logits at t are scored against the label at t+1."""
-    targets = labels[:, 1:].to(logits.device)
-    flat = logits[:, :-1, :].float().reshape(-1, logits.shape[-1])
-    loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
-    return loss.view(targets.shape), targets != IGNORE_INDEX
 
 
 def kl_per_token(adapted_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
