@@ -3,6 +3,8 @@ benchmark folder convention, and predictions kept per benchmark."""
 
 import contextlib
 import json
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -180,19 +182,23 @@ def test_predictions_are_kept_per_benchmark_and_contamination_is_flagged(trained
     from medpt.data.pipeline import read_texts
     from medpt.samples import SAMPLE_QA
 
+    # The shared run without its evaluations: other tests evaluate other benchmarks into it, and the list of
+    # prediction files below is exact.
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=lambda folder, _: ["eval"] if Path(folder) == trained_run else [])
     trained_on = next(t for t in read_texts([str(SAMPLE_QA)]) if len(t) > 60)  # most documents are trained on
     copied = trained_on.split("\n")[0].removeprefix("问:")[:30]
     leak = write_jsonl(tmp_path / "leak.jsonl", [_mcq(copied), _mcq("完全无关的问题一二三四五六七八九十甲乙丙丁")])
     clean = write_jsonl(tmp_path / "clean.jsonl", [_mcq("另一个完全无关的问题")])
-    assert main(["eval", "--adapter", str(trained_run), "--mcq", f"leak={leak}", "--mcq_scoring", "letter"]) == 0
-    results = json.loads((trained_run / "eval" / "eval_results.json").read_text())
+    assert main(["eval", "--adapter", str(run), "--mcq", f"leak={leak}", "--mcq_scoring", "letter"]) == 0
+    results = json.loads((run / "eval" / "eval_results.json").read_text())
     if results["mcq"]["benchmarks"]["leak"]["contaminated"] == 0:  # the copied question fell in the held-out 10%
         pytest.skip("the copied document is in the validation split")
     assert results["mcq"]["benchmarks"]["leak"]["contaminated"] == 1
-    row = json.loads((trained_run / "eval" / "contamination.jsonl").read_text())
+    row = json.loads((run / "eval" / "contamination.jsonl").read_text())
     assert row["benchmark"] == "leak" and row["item"].endswith("leak.jsonl:1")
     assert row["ngram"] in normalize(copied)
-    assert "⚠ 1 in training data" in (trained_run / "eval" / "eval.md").read_text()
-    assert main(["eval", "--adapter", str(trained_run), "--mcq", f"clean={clean}", "--mcq_scoring", "letter"]) == 0
-    kept = sorted(p.name for p in (trained_run / "eval" / "mcq").iterdir() if not p.name.startswith("."))
+    assert "⚠ 1 in training data" in (run / "eval" / "eval.md").read_text()
+    assert main(["eval", "--adapter", str(run), "--mcq", f"clean={clean}", "--mcq_scoring", "letter"]) == 0
+    kept = sorted(p.name for p in (run / "eval" / "mcq").iterdir() if not p.name.startswith("."))
     assert kept == ["clean.predictions.jsonl", "leak.predictions.jsonl"]
