@@ -48,6 +48,7 @@ def merge_adapter(config: Any, adapter: Path, out: Path, log: Any = print, dtype
     from medpt.model.loading import TOKENIZER_FILES, load_model
 
     m = config.model
+    scale = single_scale(config, config.command or "merge")  # refused before anything is checked or loaded
     checked = check_variants(config, log)  # the adapter (config.eval.adapter) and its base, before loading either
     base_name, local = checked.base_name, checked.facts.local
     dtype = dtype or merge_dtype(m.torch_dtype, local)
@@ -60,7 +61,6 @@ def merge_adapter(config: Any, adapter: Path, out: Path, log: Any = print, dtype
     log(f"merging {adapter} into {base_name} ({dtype})")
     base = load_model(m, dtype, name=base_name)
     model = PeftModel.from_pretrained(base, str(adapter))
-    scale = single_scale(config, config.command or "merge")
     if scale != 1:  # merging reads the same per-layer scale: W + scale·ΔW is folded in
         set_adapter_scale(model, scale)
         log(f"adapter scale {scale:g}: the adapter's update × {scale:g} is merged")
