@@ -16,8 +16,6 @@ class MedptError(Exception):
 class BadRecordError(MedptError):
     """A record that cannot be turned into a document; carries its location so `--on_bad_record skip` can log it."""
 
-    skip_reason = "bad_record"  # what the data report counts it as, with --on_bad_record skip
-
     def __init__(
         self, source: str, line: int | None, field: str | None, reason: str, raw: object = None, unit: str = "line"
     ):

@@ -24,7 +24,9 @@ from medpt.data.hygiene import sample_indices
 from medpt.data.mixing import interleave, plan_mix
 from medpt.data.packing import layout
 from medpt.data.report import split_stats
-from medpt.data.shards import SHARD_PREFIX, ShardStore
+from medpt.data.shard_meta import SPLITS, Records, SplitTally
+from medpt.data.shards import SHARD_PREFIX, SHARD_TOKENS, ShardStore
+from medpt.data.skips import EMPTY_FILE, SKIP_REASONS
 from medpt.data.tokenize import SPECIAL_ROLE, scale_roles
 from medpt.strictjson import dumps
 
@@ -62,80 +64,60 @@ class Gathered:
     """Everything the shards hold except tokens, by source and split, plus the record accounting."""
 
     tables: dict[tuple[str, str], DocTable]
-    roles: dict[tuple[str, str], dict[str, Any]]
-    records: dict[str, dict[str, Any]]
+    roles: dict[tuple[str, str], SplitTally]  # (source, split) -> its documents' tokens by role, over all shards
+    records: dict[str, Records]  # source -> its records, every skip counted
     inputs: list[dict[str, Any]]
     rejected: list[dict[str, Any]]
     names: list[str] = field(default_factory=list)
     screening: dict[str, Any] = field(default_factory=dict)  # report blocks of medpt.data.screening
 
+    def drop_train(self, name: str, drop: list[int], reason: str) -> None:
+        """Remove these training documents of a source (positions in its table), counting them under `reason`."""
+        table = self.tables[(name, "train")]
+        keep = np.ones(len(table), bool)
+        keep[drop] = False
+        self.tables[(name, "train")] = table.take(np.flatnonzero(keep))
+        self.records[name].skipped[reason] += len(drop)
+
 
 def gather_shards(store: ShardStore, n_shards: int, names: list[str]) -> Gathered:
     parts: dict[tuple[str, str], list[DocTable]] = {}
-    roles: dict[tuple[str, str], dict[str, Any]] = {}
-    records = {n: _empty_records() for n in names}
+    roles: dict[tuple[str, str], SplitTally] = {}
+    records = {n: Records() for n in names}
     inputs: dict[str, list[dict]] = {"train": [], "validation": []}
     rejected: dict[str, list[dict]] = {"train": [], "validation": []}
-    for i in range(n_shards):
-        meta = store.meta(i)
+    for i, meta in enumerate(store.metas(n_shards)):
         lengths = store.array(i, "lengths")
         starts = np.cumsum(lengths) - lengths
-        name, first = meta["name"], 0
-        for split in ("train", "validation"):
-            n = meta[split]["documents"]
+        first = 0
+        for split in SPLITS:
+            n = meta.splits[split].documents
             table = DocTable(np.full(n, i, np.int32), starts[first : first + n], lengths[first : first + n])
-            parts.setdefault((name, split), []).append(table)
+            parts.setdefault((meta.name, split), []).append(table)
             first += n
-            r = roles.setdefault((name, split), {"roles": Counter(), "text_tokens": 0, "special_tokens": 0, "every": 1})
-            r["roles"].update(meta[split]["roles"])
-            r["text_tokens"] += meta[split]["text_tokens"]
-            r["special_tokens"] += meta[split]["special_tokens"]
-            r["every"] = max(r["every"], meta[split]["every"])
-        _add_counts(records[name], meta)
-        kind = meta["kind"]
-        last = inputs[kind][-1] if inputs[kind] else None
-        entry = meta["input"]
+            roles.setdefault((meta.name, split), SplitTally()).add(meta.splits[split])
+        records[meta.name].add(meta.records)
+        last = inputs[meta.kind][-1] if inputs[meta.kind] else None
+        entry = meta.input.to_json()
         if last and last["source"] == entry["source"] and last["split"] == entry["split"]:
             last["records"] += entry["records"]  # slices of one file
         else:
-            inputs[kind].append({**entry, "name": name} if name else dict(entry))
-        rejected[kind] += meta["rejected"]
+            inputs[meta.kind].append({**entry, "name": meta.name} if meta.name else entry)
+        rejected[meta.kind] += meta.rejected
     tables = {key: DocTable.concat(value) for key, value in parts.items()}
     return Gathered(tables, roles, records, inputs["train"] + inputs["validation"],
                     rejected["train"] + rejected["validation"], names)  # fmt: skip
 
 
-def _empty_records() -> dict[str, Any]:
-    return {"read": 0, "skipped": Counter(), "ignored": Counter()}
-
-
-def _add_counts(records: dict[str, Any], meta: dict[str, Any]) -> None:
-    records["read"] += meta["read"]
-    records["skipped"].update(meta["skipped"])
-    records["ignored"].update(meta["ignored"])
-
-
-def records_block(records: dict[str, Any], n_train: int, n_val: int, not_sampled: dict[str, int]) -> dict[str, Any]:
+def records_block(records: Records, n_train: int, n_val: int, not_sampled: dict[str, int]) -> dict[str, Any]:
     """The report's "records" block of one source."""
-    skipped = records["skipped"]
     return {
-        "read": records["read"],
-        "skipped": {
-            r: skipped[r]
-            for r in (
-                "bad_record",
-                "too_large",
-                "empty",
-                "duplicate",
-                "in_validation_set",
-                "near_duplicate",
-                "contaminated",
-            )  # fmt: skip
-        },
-        "empty_files": skipped["empty_file"],
+        "read": records.read,
+        "skipped": {reason: records.skipped[reason] for reason in SKIP_REASONS},
+        "empty_files": records.skipped[EMPTY_FILE],
         "not_sampled": not_sampled,
         "documents": {"train": n_train, "validation": n_val},
-        "ignored_fields": dict(records["ignored"].most_common()),
+        "ignored_fields": dict(records.ignored.most_common()),
     }
 
 
@@ -180,11 +162,11 @@ def roles_of(g: Gathered, plan: Plan, split: str, names: list[str]) -> tuple[dic
         r = g.roles.get((name, split))
         if r is None:
             continue
-        text = Counter(r["roles"])
-        if r["every"] > 1:
-            text = Counter(scale_roles(text, r["text_tokens"]))
+        text = Counter(r.roles)
+        if r.every > 1:
+            text = Counter(scale_roles(text, r.text_tokens))
             estimated = True
-        counts = text + Counter({SPECIAL_ROLE: r["special_tokens"]})
+        counts = text + Counter({SPECIAL_ROLE: r.special_tokens})
         held = plan.contributed[name] if split == "train" else int(plan.validation_by_source[name].length.sum())
         if sum(counts.values()) != held:
             counts, estimated = Counter(scale_roles(counts, held)), True
@@ -206,7 +188,7 @@ class _Reader:
         if fd is None:
             if len(self.fds) >= 64:  # keep few files open
                 os.close(self.fds.pop(next(iter(self.fds))))
-            fd = self.fds[shard] = os.open(self.store.path(shard) / "tokens.bin", os.O_RDONLY)
+            fd = self.fds[shard] = os.open(self.store.path(shard) / SHARD_TOKENS, os.O_RDONLY)
         data = os.pread(fd, count * 4, start * 4)
         assert len(data) == count * 4, "a shard file is shorter than its lengths say"
         return np.frombuffer(data, np.int32)
@@ -230,7 +212,7 @@ def write_split(directory: Path, docs: DocTable, store: ShardStore, args: DataAr
     segment_source = None
     if names != [""]:  # a shard holds one source's documents: a document's source is its shard's
         n_shards = int(docs.shard.max(initial=-1)) + 1
-        shard_source = np.array([names.index(store.meta(i)["name"]) for i in range(n_shards)], np.int16)
+        shard_source = np.array([names.index(meta.name) for meta in store.metas(n_shards)], np.int16)
         segment_source = shard_source[docs.shard[lay.segment_doc]] if len(lay.segment_doc) else np.zeros(0, np.int16)
     out = cache.StreamedSplit(directory, lay.n_tokens, lay, segment_source, tuple(names) if names != [""] else ())
     reader = _Reader(store)
@@ -284,10 +266,9 @@ def dump_texts(path_writer: Any, store: ShardStore, n_shards: int, plan: Plan, g
     written = 0
     for split in ("train", "validation"):
         seen: Counter = Counter()
-        for i in range(n_shards):
-            meta = store.meta(i)
-            name = meta["name"]
-            for text in meta["texts"][split]:
+        for meta in store.metas(n_shards):
+            name = meta.name
+            for text in meta.texts[split]:
                 if keep[(name, split)][seen[name]]:
                     extra = {"source": name} if name else {}
                     path_writer.write(dumps({"text": text, "split": split, **extra}, ensure_ascii=False) + "\n")

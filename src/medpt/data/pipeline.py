@@ -27,6 +27,9 @@ from medpt.args import DataArguments
 from medpt.atomic import atomic_dir, atomic_writer, make_dir, remove_stale_leftovers, writing_into
 from medpt.data import cache, screening
 from medpt.data.assemble import (
+    DocTable,
+    Gathered,
+    Plan,
     dump_texts,
     gather_shards,
     plan_splits,
@@ -35,6 +38,7 @@ from medpt.data.assemble import (
     split_report,
     write_split,
 )
+from medpt.data.contamination import ContaminationIndex
 from medpt.data.mixing import rescaled_note
 from medpt.data.packing import Packed
 from medpt.data.parallel import Future, Workers
@@ -43,6 +47,7 @@ from medpt.data.reading import ReadTask, read_source
 from medpt.data.records import FileSource
 from medpt.data.report import check_record_accounting, check_sources, format_table
 from medpt.data.shards import JobPlan, Selector, ShardStore, run_jobs
+from medpt.data.skips import REJECTED_REASONS
 from medpt.data.sources import SourceFile, check_distinct, data_sources, file_bytes
 from medpt.data.templates import make_renderer
 from medpt.data.tokenize import load_tokenizer_info, tokenizer_info
@@ -100,144 +105,181 @@ def prepare_data(
 ) -> PreparedData:
     """Prepare (or reuse) the training and validation blocks; write data_report.json (+ rejected.jsonl)."""
     t0 = time.perf_counter()
-    files = data_sources(args, hub_cache_dir)
-    prints = [f.source.fingerprint() for f in files]
-    check_distinct(files, prints)  # the same file (or bytes) twice would be trained on twice
-    if args.mix and (note := rescaled_note(args.mix)):
-        log(note)
-    index = screening.contamination_index(args)  # every benchmark file is read and checked before the corpus
-    settings = {k: v for k, v in asdict(args).items() if k not in _NOT_IN_KEY}
-    settings["benchmark_items"] = screening.items_fingerprint(index)
-    key = cache.cache_key(
-        {
-            "inputs": [(f.name, f.split, f.source.suffix, fp) for f, fp in zip(files, prints)],
-            "tokenizer": tokenizer.fingerprint(),
-            "settings": settings,
-            "seed": seed,
-        }
-    )
-    root = cache.cache_root(args.data_cache_dir)
-    _claim_cache(root)
-    remove_stale_leftovers(root, untagged=True)  # the cache is medpt's alone (see _claim_cache)
-    entry = root / key
+    prep = Preparation.start(args, tokenizer, seed, log, hub_cache_dir)
+    _claim_cache(prep.root)
+    remove_stale_leftovers(prep.root, untagged=True)  # the cache is medpt's alone (see _claim_cache)
     # One process prepares a key at a time (DDP ranks, parallel `medpt tune`); a full disk names the cache.
-    with cache.lock(root, key, log), writing_into(root):
-        hit = (entry / REPORT_FILE).is_file() and not args.overwrite_cache
+    with cache.lock(prep.root, prep.key, log), writing_into(prep.root):
+        hit = (prep.entry / REPORT_FILE).is_file() and not args.overwrite_cache
         if hit and not args.dump_text:
-            log(f"reusing prepared data from {entry} (same inputs, tokenizer and settings)")
-            return _finish(entry, output_dir, reused=True, log=log, t0=t0)
-        store, n_shards = _shards(files, args, tokenizer, root / f".{key}.partial", index, log)
-        names = list(dict.fromkeys(f.name for f in files if f.split == "train"))
-        g = gather_shards(store, n_shards, names)
-        lists = {}
-        if args.dedup == "near":
-            lists[NEAR_FILE] = screening.near_dedup(store, n_shards, g, args, log)
-        if index is not None:
-            block, lists[CONTAMINATION_FILE] = screening.contamination_report(
-                index, (store.meta(i) for i in range(n_shards)), args.decontaminate
-            )
-            g.screening["contamination"] = block
+            return prep.reuse(output_dir, t0)
+        store, n_shards = prep.shards()
+        g, lists = prep.screen(store, n_shards)
         plan = plan_splits(g, args, seed)
         if not len(plan.train):
             raise MedptError(f"no training documents left after reading: {dict(g.records)}")
         if args.dump_text:
             with atomic_writer(args.dump_text) as f:
                 log(f"wrote {dump_texts(f, store, n_shards, plan, g):,} rendered documents to {args.dump_text}")
-        if hit:
-            log(f"reusing prepared data from {entry} (same inputs, tokenizer and settings)")
-            return _finish(entry, output_dir, reused=True, log=log, t0=t0)
-        _assemble(entry, store, n_shards, g, plan, args, key, tokenizer, settings, lists, log)
+        if hit:  # the blocks are cached; only the dump was asked for
+            return prep.reuse(output_dir, t0)
+        report = prep.assemble(store, g, plan, lists)
         shutil.rmtree(store.directory, ignore_errors=True)
-    return _finish(entry, output_dir, reused=False, log=log, t0=t0)
+    return _finish(prep.entry, report, output_dir, log, t0)
 
 
-def _shards(files: list[SourceFile], args: DataArguments, tokenizer: TokenizerSource, partial: Path, index: Any,
-            log: Callable):  # fmt: skip
-    """Read, render, dedup, split and tokenize every input into shards under `partial` (resuming completed ones)."""
-    plan = JobPlan(files, args, max(int(args.shard_mb * 2**20), 1))
-    keep_texts = bool(args.dump_text) or args.dedup == "near"  # the shards keep their texts for these
-    store = ShardStore(partial, plan.fingerprint({"dump": keep_texts}))
-    selector = Selector(args.dedup in ("exact", "near"), index, args.decontaminate)
-    done = store.completed()
-    for i in range(done):
-        meta = store.meta(i)
-        selector.replay(meta["name"], meta["kind"], store.array(i, "seen"))
-    if done:
-        log(f"resuming: {done} shard(s) were already prepared in {partial}")
-    n_workers = args.preprocessing_num_workers or min(8, os.cpu_count() or 1)
-    # Spawning workers costs about a second; below a few MB of input one process is faster (streams: always spawn).
-    small = file_bytes(files) < _PARALLEL_MIN_BYTES and not any(f.source.suffix == ".hub-stream" for f in files)
-    with Workers(1 if small else n_workers) as workers:
-        # The tokenizer loads (importing transformers takes seconds) in a worker while the first jobs are read;
-        # the chat template needs it here, to render.
-        here = tokenizer.load() if args.template == "chat_template" else None
-        info = workers.submit(load_tokenizer_info, tokenizer) if here is None else Future(value=tokenizer_info(here))
-        render = make_renderer(args.template, args.template_format, here) if here is not None else None
-        run_jobs(plan, store, selector, workers, info, str(partial / "tokenizer.json"), render, log,
-                 dump=keep_texts)  # fmt: skip
-    return store, store.completed()
+@dataclass
+class Preparation:
+    """One preparation of a training corpus: its inputs, each hashed once, the cache entry they key, and the steps
+    from the inputs to that entry (shards → screening → assembly)."""
 
+    args: DataArguments
+    tokenizer: TokenizerSource
+    seed: int
+    log: Callable[[str], None]
+    files: list[SourceFile]
+    prints: list[str]  # each file's content fingerprint: for the cache key and the shard plan alike
+    index: ContaminationIndex | None  # the checked benchmark items (--check_contamination, --eval_sets), or None
+    settings: dict[str, Any]  # the data flags that shape the blocks (the report shows them)
+    key: str
+    root: Path
 
-def _assemble(entry: Path, store: ShardStore, n_shards: int, g: Any, plan: Any, args: DataArguments, key: str,
-              tokenizer: TokenizerSource, settings: dict, lists: dict[str, list],
-              log: Callable) -> dict[str, Any]:  # fmt: skip
-    """Write the final splits from the shards into the cache entry (visible only once complete)."""
-    named = g.names != [""]
-    records = {
-        n: records_block(
-            g.records[n],
-            len(plan.sampled[(n, "train")]),
-            len(plan.sampled[(n, "validation")]),
-            _not_sampled(g, plan, n),
-        )  # fmt: skip
-        for n in g.names
-    }
-    total = _total(records)
-    for block in (*records.values(), total):
-        check_record_accounting(block)
-    report: dict[str, Any] = {
-        "medpt_version": __version__,
-        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "tokenizer": tokenizer.name,
-        "settings": settings,
-        "inputs": g.inputs,
-        "records": total,
-        **g.screening,
-    }
-    with atomic_dir(entry) as tmp:
-        report["train"] = _write(
-            tmp / "train", plan.train, store, args, *roles_of(g, plan, "train", g.names), log, g.names
+    @classmethod
+    def start(cls, args: DataArguments, tokenizer: TokenizerSource, seed: int, log: Callable[[str], None],
+              hub_cache_dir: str | None) -> Preparation:  # fmt: skip
+        files = data_sources(args, hub_cache_dir)
+        prints = [f.source.fingerprint() for f in files]
+        check_distinct(files, prints)  # the same file (or bytes) twice would be trained on twice
+        if args.mix and (note := rescaled_note(args.mix)):
+            log(note)
+        index = screening.contamination_index(args)  # every benchmark file is read and checked before the corpus
+        settings = {k: v for k, v in asdict(args).items() if k not in _NOT_IN_KEY}
+        settings["benchmark_items"] = screening.items_fingerprint(index)
+        key = cache.cache_key(
+            {
+                "inputs": [(f.name, f.split, f.source.suffix, fp) for f, fp in zip(files, prints)],
+                "tokenizer": tokenizer.fingerprint(),
+                "settings": settings,
+                "seed": seed,
+            }
         )
-        report["validation"] = None
-        if len(plan.validation):
-            by_role, basis = roles_of(g, plan, "validation", g.names)
-            report["validation"] = _write(
-                tmp / "validation", plan.validation, store, args, by_role, basis, log, g.names
+        root = cache.cache_root(args.data_cache_dir)
+        return cls(args, tokenizer, seed, log, files, prints, index, settings, key, root)
+
+    @property
+    def entry(self) -> Path:
+        return self.root / self.key
+
+    @property
+    def names(self) -> list[str]:
+        """The training sources, in the order given ("" alone when they are not named)."""
+        return list(dict.fromkeys(f.name for f in self.files if f.split == "train"))
+
+    def reuse(self, output_dir: str | Path | None, t0: float) -> PreparedData:
+        self.log(f"reusing prepared data from {self.entry} (same inputs, tokenizer and settings)")
+        report = json.loads((self.entry / REPORT_FILE).read_text(encoding="utf-8"))
+        report["cache"]["reused"] = True
+        return _finish(self.entry, report, output_dir, self.log, t0)
+
+    def shards(self) -> tuple[ShardStore, int]:
+        """Read, render, dedup, split and tokenize every input into shards under `.KEY.partial` (resuming the
+        completed ones)."""
+        args, partial = self.args, self.root / f".{self.key}.partial"
+        plan = JobPlan(self.files, self.prints, args, max(int(args.shard_mb * 2**20), 1))
+        keep_texts = bool(args.dump_text) or args.dedup == "near"  # the shards keep their texts for these
+        store = ShardStore(partial, plan.fingerprint({"dump": keep_texts}))
+        selector = Selector(args.dedup in ("exact", "near"), self.index, args.decontaminate)
+        done = store.completed()
+        for i, meta in enumerate(store.metas(done)):
+            selector.replay(meta.name, meta.kind, store.array(i, "seen"))
+        if done:
+            self.log(f"resuming: {done} shard(s) were already prepared in {partial}")
+        n_workers = args.preprocessing_num_workers or min(8, os.cpu_count() or 1)
+        # Spawning workers costs about a second; below a few MB of input one process is faster (streams: always).
+        streamed = any(f.source.suffix == ".hub-stream" for f in self.files)
+        small = file_bytes(self.files) < _PARALLEL_MIN_BYTES and not streamed
+        with Workers(1 if small else n_workers) as workers:
+            # The tokenizer loads (importing transformers takes seconds) in a worker while the first jobs are read;
+            # the chat template needs it here, to render.
+            here = self.tokenizer.load() if args.template == "chat_template" else None
+            info = workers.submit(load_tokenizer_info, self.tokenizer) if here is None else Future(tokenizer_info(here))
+            render = make_renderer(args.template, args.template_format, here) if here is not None else None
+            run_jobs(plan, store, selector, workers, info, str(partial / "tokenizer.json"), render, self.log,
+                     dump=keep_texts)  # fmt: skip
+        return store, store.completed()
+
+    def screen(self, store: ShardStore, n_shards: int) -> tuple[Gathered, dict[str, list]]:
+        """The shards' documents and counts per source, after near dedup; the listings beside the report."""
+        g = gather_shards(store, n_shards, self.names)
+        lists = {}
+        if self.args.dedup == "near":
+            lists[NEAR_FILE] = screening.near_dedup(store, n_shards, g, self.args, self.log)
+        if self.index is not None:
+            block, lists[CONTAMINATION_FILE] = screening.contamination_report(
+                self.index, store.metas(n_shards), self.args.decontaminate
             )
-        if named:
-            report["sources"] = {}
-            for n in g.names:
-                held = plan.validation_by_source[n]
-                if len(held):
-                    roles = roles_of(g, plan, "validation", [n])
-                    stats = _write(tmp / f"validation.{n}", held, store, args, *roles, log, g.names)
-                mix = plan.mix[n] if plan.mix else None
-                report["sources"][n] = {
-                    "records": records[n],
-                    "train": {"documents": len(plan.sampled[(n, "train")]),
-                              "tokens": int(plan.sampled[(n, "train")].length.sum())},  # fmt: skip
-                    **({"mix": mix} if mix else {}),
-                    "validation": {"documents": len(held), "tokens": stats["tokens"], "blocks": stats["blocks"]}
-                    if len(held) else None,
-                }  # fmt: skip
-            check_sources(report)
-        for name, rows in ((REJECTED_FILE, g.rejected), *lists.items()):
-            with open(tmp / name, "w", encoding="utf-8") as f:
-                for item in rows:
-                    f.write(dumps(item, ensure_ascii=False) + "\n")
-        report["cache"] = {"key": key, "path": str(entry), "reused": False}
-        (tmp / REPORT_FILE).write_text(dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-    return report
+            g.screening["contamination"] = block
+        return g, lists
+
+    def assemble(self, store: ShardStore, g: Gathered, plan: Plan, lists: dict[str, list]) -> dict[str, Any]:
+        """Write the final splits from the shards into the cache entry (visible only once complete); return the
+        report it holds."""
+        args, names = self.args, g.names
+        records = {
+            n: records_block(
+                g.records[n],
+                len(plan.sampled[(n, "train")]),
+                len(plan.sampled[(n, "validation")]),
+                _not_sampled(g, plan, n),
+            )  # fmt: skip
+            for n in names
+        }
+        total = _total(records)
+        for block in (*records.values(), total):
+            check_record_accounting(block)
+        report: dict[str, Any] = {
+            "medpt_version": __version__,
+            "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "tokenizer": self.tokenizer.name,
+            "settings": self.settings,
+            "inputs": g.inputs,
+            "records": total,
+            **g.screening,
+        }
+        with atomic_dir(self.entry) as tmp:
+
+            def write(folder: str, docs: DocTable, split: str, of: list[str]) -> dict[str, Any]:
+                return _write(tmp / folder, docs, store, args, *roles_of(g, plan, split, of), self.log, names)
+
+            report["train"] = write("train", plan.train, "train", names)
+            held = plan.validation
+            report["validation"] = write("validation", held, "validation", names) if len(held) else None
+            if names != [""]:
+                report["sources"] = {n: self._source(n, records[n], plan, write) for n in names}
+                check_sources(report)
+            for name, rows in ((REJECTED_FILE, g.rejected), *lists.items()):
+                with open(tmp / name, "w", encoding="utf-8") as f:
+                    for item in rows:
+                        f.write(dumps(item, ensure_ascii=False) + "\n")
+            report["cache"] = {"key": self.key, "path": str(self.entry), "reused": False}
+            text = dumps(report, ensure_ascii=False, indent=2)
+            (tmp / REPORT_FILE).write_text(text, encoding="utf-8")
+        return json.loads(text)  # exactly what a reuse reads back (JSON types, not tuples or numpy numbers)
+
+    @staticmethod
+    def _source(name: str, records: dict[str, Any], plan: Plan, write: Callable) -> dict[str, Any]:
+        """A named source's report block; its held-out documents are written as `validation.NAME`."""
+        held = plan.validation_by_source[name]
+        stats = write(f"validation.{name}", held, "validation", [name]) if len(held) else None
+        mix = plan.mix[name] if plan.mix else None
+        train = plan.sampled[(name, "train")]
+        return {
+            "records": records,
+            "train": {"documents": len(train), "tokens": int(train.length.sum())},
+            **({"mix": mix} if mix else {}),
+            "validation": {"documents": len(held), "tokens": stats["tokens"], "blocks": stats["blocks"]}
+            if stats else None,
+        }  # fmt: skip
 
 
 def _write(directory: Path, docs: Any, store: ShardStore, args: DataArguments, by_role: dict, basis: str,
@@ -302,10 +344,8 @@ _PARALLEL_MIN_BYTES = 4 << 20
 
 
 def _finish(
-    entry: Path, output_dir: str | Path | None, reused: bool, log: Callable[[str], None], t0: float
+    entry: Path, report: dict[str, Any], output_dir: str | Path | None, log: Callable[[str], None], t0: float
 ) -> PreparedData:
-    report = json.loads((entry / REPORT_FILE).read_text(encoding="utf-8"))
-    report["cache"]["reused"] = reused
     splits = {s: cache.load_split(entry / s) if (entry / s).is_dir() else None for s in ("train", "validation")}
     per_source = {
         name: cache.load_split(entry / f"validation.{name}")
@@ -321,7 +361,7 @@ def _finish(
             if listed.is_file() and listed.stat().st_size:
                 with atomic_writer(out / name, "wb") as f, open(listed, "rb") as src:
                     shutil.copyfileobj(src, f)
-        rejected = sum(report["records"]["skipped"].get(r, 0) for r in ("bad_record", "too_large"))
+        rejected = sum(report["records"]["skipped"].get(r, 0) for r in REJECTED_REASONS)
         if (out / REJECTED_FILE).is_file() and rejected:
             log(f"{rejected:,} rejected record(s) with reasons: {out / REJECTED_FILE}")
         found = report.get("contamination")

@@ -15,7 +15,8 @@ from typing import Any
 from medpt.args.resolve import DataArguments
 from medpt.data.formats import Document, detect_format, to_document
 from medpt.data.hygiene import content_hash, in_validation, normalize_text
-from medpt.data.records import FileSource, HubSource
+from medpt.data.records import FileSource, HubSource, RecordTooLarge
+from medpt.data.skips import BAD_RECORD, EMPTY, EMPTY_FILE, TOO_LARGE
 from medpt.data.templates import Rendered, RenderedBatch, make_renderer
 from medpt.errors import BadRecordError, MedptError
 from medpt.strictjson import dumps
@@ -65,7 +66,7 @@ def read_source(
     for record in task.source.records():
         result.read += 1
         if isinstance(record, BadRecordError):
-            _bad(result, record, args, record.skip_reason)
+            _bad(result, record, args, TOO_LARGE if isinstance(record, RecordTooLarge) else BAD_RECORD)
             continue
         try:
             result.fmt = result.fmt or detect_format(record)
@@ -78,7 +79,7 @@ def read_source(
         if args.normalize != "none":
             doc = _normalize(doc, args.normalize)
         if doc.is_empty():
-            result.skipped["empty"] += 1
+            result.skipped[EMPTY] += 1
             continue
         rendered = render(doc)
         result.docs.append(rendered)
@@ -86,7 +87,7 @@ def read_source(
         result.held_out.append(in_validation(doc.split_key, pct))
         result.lines.append(record.line or 0)
     if result.read == 0 and getattr(task.source, "byte_range", None) is None:
-        _bad(result, BadRecordError(task.source.name, None, None, "empty file: no records"), args, "empty_file")
+        _bad(result, BadRecordError(task.source.name, None, None, "empty file: no records"), args, EMPTY_FILE)
     return result
 
 
@@ -110,7 +111,7 @@ def _normalize(doc: Document, mode: str) -> Document:
     return Document(turns=[(r, normalize_text(t, mode)) for r, t in doc.turns])
 
 
-def _bad(result: ReadResult, error: BadRecordError, args: DataArguments, reason: str = "bad_record") -> None:
+def _bad(result: ReadResult, error: BadRecordError, args: DataArguments, reason: str = BAD_RECORD) -> None:
     if args.on_bad_record == "error":
         raise MedptError(f"{error} (to skip and log such records instead, pass --on_bad_record skip)")
     result.skipped[reason] += 1

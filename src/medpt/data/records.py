@@ -65,8 +65,6 @@ class Record:
 class RecordTooLarge(BadRecordError):
     """A record over --max_record_mb: counted apart from malformed records in the data report."""
 
-    skip_reason = "too_large"
-
 
 def record_too_large(texts: Iterable[str], limit: int) -> int | None:
     """The UTF-8 size of `texts` when it exceeds `limit` bytes, else None. A character is at most 4 bytes, so the

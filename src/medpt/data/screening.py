@@ -24,6 +24,8 @@ import numpy as np
 from medpt.args import DataArguments
 from medpt.data.contamination import ContaminationIndex, file_items, read_benchmark_items
 from medpt.data.neardup import near_duplicates
+from medpt.data.shard_meta import ShardMeta
+from medpt.data.skips import NEAR_DUPLICATE
 from medpt.strictjson import dumps
 
 _QUESTION_CHARS = 200  # of a contaminated item's question in contamination.jsonl
@@ -71,16 +73,14 @@ def scan(index: ContaminationIndex, texts: list[str], where: list[str]) -> tuple
     return flagged, hits
 
 
-def contamination_report(
-    index: ContaminationIndex, metas: Iterable[dict[str, Any]], dropped: bool
-) -> tuple[dict, list]:
+def contamination_report(index: ContaminationIndex, metas: Iterable[ShardMeta], dropped: bool) -> tuple[dict, list]:
     """The report block and the listing, from every shard's hits (in input order): an item found in several shards
     is listed once, with its first document and the documents of all shards counted."""
     merged: dict[tuple[str, str], dict[str, Any]] = {}
     documents = 0
     for meta in metas:
-        documents += meta.get("contaminated", 0)
-        for hit in meta.get("contamination", []):
+        documents += meta.contaminated
+        for hit in meta.contamination:
             key = (hit["benchmark"], hit["item"])
             if key in merged:
                 merged[key]["documents"] += hit["documents"]
@@ -100,20 +100,19 @@ def contamination_report(
 
 
 def near_dedup(store: Any, n_shards: int, g: Any, args: DataArguments, log: Callable[[str], None]) -> list[dict]:
-    """Drop the near-duplicate training documents of each source from `g` (its document tables and record counts);
-    return the listing: each dropped document with the one it resembles."""
+    """Drop the near-duplicate training documents of each source from `g` (a medpt.data.assemble.Gathered: its
+    document tables and record counts); return the listing: each dropped document with the one it resembles."""
     listing: list[dict[str, Any]] = []
     for name in g.names:
         # one pass over the shards per source (a meta holds its shard's texts: reading it is the cost)
         texts: dict[str, list[str]] = {"validation": [], "train": []}
         where: dict[str, list[str]] = {"validation": [], "train": []}
-        for i in range(n_shards):
-            meta = store.meta(i)
-            if meta["name"] != name:
+        for meta in store.metas(n_shards):
+            if meta.name != name:
                 continue
             for split in texts:
-                texts[split] += meta["texts"][split]
-                where[split] += [f"{meta['input']['source']}:{line}" for line in meta["lines"][split]]
+                texts[split] += meta.texts[split]
+                where[split] += [f"{meta.input.source}:{line}" for line in meta.lines[split]]
         n_validation = len(texts["validation"])
         if not texts["train"]:
             continue
@@ -127,11 +126,8 @@ def near_dedup(store: Any, n_shards: int, g: Any, args: DataArguments, log: Call
              "kept_split": "validation" if k < n_validation else "train"}
             for i, k in dropped
         ]  # fmt: skip
-        table = g.tables[(name, "train")]
-        keep = np.ones(len(table), bool)
-        keep[drop] = False
-        g.tables[(name, "train")] = table.take(np.flatnonzero(keep))
-        g.records[name]["skipped"]["near_duplicate"] += len(drop)
-        log(f"near dedup{f' ({name})' if name else ''}: {len(drop):,} of {len(table):,} training documents dropped "
+        before = len(g.tables[(name, "train")])
+        g.drop_train(name, drop, NEAR_DUPLICATE)
+        log(f"near dedup{f' ({name})' if name else ''}: {len(drop):,} of {before:,} training documents dropped "
             f"(Jaccard ≥ {args.near_dup_threshold}; {found.candidates:,} candidate pairs)")  # fmt: skip
     return listing

@@ -36,6 +36,8 @@ from medpt.data.parallel import Workers
 from medpt.data.reading import ReadResult, ReadTask, peek_format, read_source
 from medpt.data.records import FileSource, HubSource, HubStream
 from medpt.data.screening import scan
+from medpt.data.shard_meta import SPLITS, InputSlice, Records, ShardMeta, SplitTally
+from medpt.data.skips import CONTAMINATED, DUPLICATE, IN_VALIDATION_SET
 from medpt.data.sources import SourceFile
 from medpt.data.templates import RenderedBatch
 from medpt.data.tokenize import CHUNK, ROLE_SAMPLE_EVERY, TokenizerInfo, encode_task
@@ -44,6 +46,7 @@ from medpt.strictjson import dumps
 
 TRAIN, HELD_OUT, VALIDATION_FILE = 0, 1, 2  # a kept document's origin: train file, hash-split from one, validation file
 SHARD_PREFIX = "shard-"
+SHARD_META, SHARD_TOKENS, SHARD_PLAN = "meta.json", "tokens.bin", "plan.json"  # a shard's files; the store's plan
 # Role counts need token offsets (~60% dearer to encode); for a (source, split) with more input than this, every 8th
 # document is encoded with offsets and the per-role split scaled from them (totals stay exact). ~20k documents.
 EXACT_ROLES_BYTES = 10 << 20
@@ -64,9 +67,12 @@ class JobPlan:
     order given; files cut into slices, hub datasets into row ranges, streamed datasets into batches of rows as they
     arrive (so their jobs are made while the stream is read)."""
 
-    def __init__(self, files: list[SourceFile], args: DataArguments, shard_bytes: int):
+    def __init__(self, files: list[SourceFile], prints: list[str], args: DataArguments, shard_bytes: int):
+        """`prints`: each file's content fingerprint, as computed once for the cache key (hashing a corpus twice
+        doubles the time a cache miss spends before its first shard)."""
         self.args, self.shard_bytes = args, shard_bytes
-        self.inputs = sorted(files, key=lambda f: f.split != "validation")
+        order = sorted(range(len(files)), key=lambda i: files[i].split != "validation")
+        self.inputs, self.prints = [files[i] for i in order], [prints[i] for i in order]
         self.stream_rows = max(1, shard_bytes // 1024)  # a streamed row is taken as ~1 KB: a fixed, resumable cut
         sizes = {id(f): _size(f) for f in files}
         self.every = {}
@@ -94,9 +100,9 @@ class JobPlan:
     def fingerprint(self, extra: dict) -> str:
         """What the shards were made from: a resume with another plan starts over."""
         items = []
-        for f, pieces in zip(self.inputs, self.pieces):
+        for f, fingerprint, pieces in zip(self.inputs, self.prints, self.pieces):
             cut = [getattr(p, "byte_range", None) or getattr(p, "rows", None) for p in pieces or []]
-            items.append((f.name, f.split, f.source.name, f.source.fingerprint(), cut, self.stream_rows))
+            items.append((f.name, f.split, f.source.name, fingerprint, cut, self.stream_rows))
         return hashlib.sha256(dumps([items, extra], default=str).encode()).hexdigest()[:16]
 
     def jobs(self, after: tuple[int, int] | None = None, start: int = 0) -> Iterator[Job]:
@@ -131,7 +137,8 @@ class Kept:
     validation: RenderedBatch
     validation_origin: list[int]  # HELD_OUT or VALIDATION_FILE per validation document
     seen: np.ndarray  # 64-bit hashes this job added to its source's dedup set (for a resumed run to replay)
-    counts: dict[str, Any]
+    records: Records
+    input: InputSlice
     lines: dict[str, list[int]] = field(default_factory=dict)  # split -> the record of each kept document
     contamination: list[dict[str, Any]] = field(default_factory=list)  # benchmark items found (screening.scan)
     contaminated: int = 0  # training documents sharing an n-gram with a benchmark item
@@ -209,16 +216,17 @@ class Selector:
             if self.decontaminate:
                 to_train[flagged] = False
         origin = VALIDATION_FILE if kind == "validation" else HELD_OUT
-        counts = _counts(result, int(len(keys) - kept.sum()), int(dropped.sum()))
+        records = _records(result, int(len(keys) - kept.sum()), int(dropped.sum()))
         if self.decontaminate:
-            counts["skipped"]["contaminated"] = len(flagged)
+            records.skipped[CONTAMINATED] = len(flagged)
         train_idx, val_idx = np.flatnonzero(to_train).tolist(), np.flatnonzero(to_val).tolist()
         return Kept(
             result.docs.take(train_idx),
             result.docs.take(val_idx),
             [origin] * len(val_idx),
             keys[kept] if self.dedup else np.zeros(0, np.uint64),
-            counts,
+            records,
+            InputSlice(result.source, result.split, result.fmt, result.read),
             {"train": [result.lines[i] for i in train_idx], "validation": [result.lines[i] for i in val_idx]},
             hits,
             len(flagged),
@@ -229,16 +237,11 @@ class Selector:
         self._seen(name, kind).add(seen)
 
 
-def _counts(result: ReadResult, duplicates: int, in_validation: int) -> dict[str, Any]:
+def _records(result: ReadResult, duplicates: int, in_validation: int) -> Records:
     skipped = Counter(result.skipped)
-    skipped["duplicate"] += duplicates
-    skipped["in_validation_set"] += in_validation
-    return {
-        "read": result.read,
-        "skipped": dict(skipped),
-        "ignored": dict(result.ignored),
-        "input": {"source": result.source, "split": result.split, "format": result.fmt, "records": result.read},
-    }
+    skipped[DUPLICATE] += duplicates
+    skipped[IN_VALIDATION_SET] += in_validation
+    return Records(result.read, skipped, Counter(result.ignored))
 
 
 # --- the shards on disk ---------------------------------------------------------------------------------------------
@@ -247,7 +250,7 @@ class ShardStore:
 
     def __init__(self, directory: Path, plan: str):
         self.directory = directory
-        marker = directory / "plan.json"
+        marker = directory / SHARD_PLAN
         if directory.is_dir() and (not marker.is_file() or json.loads(marker.read_text())["plan"] != plan):
             shutil.rmtree(directory)  # another plan (inputs or settings changed): nothing to resume
         directory.mkdir(parents=True, exist_ok=True)
@@ -259,25 +262,28 @@ class ShardStore:
     def completed(self) -> int:
         """How many shards, from the first, are complete (a resume continues after them)."""
         n = 0
-        while (self.path(n) / "meta.json").is_file():
+        while (self.path(n) / SHARD_META).is_file():
             n += 1
         return n
 
-    def write(self, index: int, shard: dict[str, Any], arrays: dict[str, np.ndarray], tokens: list[np.ndarray]) -> None:
+    def write(self, index: int, shard: ShardMeta, arrays: dict[str, np.ndarray], tokens: list[np.ndarray]) -> None:
         final = self.path(index)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        with open(tmp / "tokens.bin", "wb") as f:
+        with open(tmp / SHARD_TOKENS, "wb") as f:
             for part in tokens:
                 part.astype(np.int32, copy=False).tofile(f)
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array)
-        (tmp / "meta.json").write_text(dumps(shard, ensure_ascii=False), encoding="utf-8")
+        (tmp / SHARD_META).write_text(dumps(shard.to_json(), ensure_ascii=False), encoding="utf-8")
         replace(tmp, final)
 
-    def meta(self, index: int) -> dict[str, Any]:
-        return json.loads((self.path(index) / "meta.json").read_text(encoding="utf-8"))
+    def meta(self, index: int) -> ShardMeta:
+        return ShardMeta.from_json(json.loads((self.path(index) / SHARD_META).read_text(encoding="utf-8")))
+
+    def metas(self, n_shards: int) -> Iterator[ShardMeta]:
+        return (self.meta(i) for i in range(n_shards))
 
     def array(self, index: int, name: str) -> np.ndarray:
         return np.load(self.path(index) / f"{name}.npy")
@@ -321,7 +327,7 @@ def run_jobs(
     """Read, select and tokenize every job not yet in `store`, writing each as a shard. `dump`: keep each shard's
     texts (and their records' lines) in its meta, for --dump_text and --dedup near."""
     done = store.completed()
-    after = tuple(store.meta(done - 1)["where"]) if done else None
+    after = store.meta(done - 1).where if done else None
     jobs = plan.jobs(after, start=done)
     progress = Progress(plan.total_bytes, log)
     in_process = render is not None or workers.pool is None or any(isinstance(f.source, HubSource) for f in plan.inputs)
@@ -363,30 +369,24 @@ def _worker_info(full: TokenizerInfo, workers: Workers, json_path: str) -> Token
 def _finish(store: ShardStore, job: Job, kept: Kept, parts: list, splits: list[int], result: ReadResult, dump: bool,
             progress: Progress) -> None:  # fmt: skip
     encoded = [p.get() for p in parts]
-    by_split = {"train": encoded[: splits[0]], "validation": encoded[splits[0] :]}
-    meta: dict[str, Any] = {"name": job.task.name, "kind": job.task.split, "job": job.index, "where": job.where,
-                            **kept.counts, "rejected": result.rejected}  # fmt: skip
+    by_split = dict(zip(SPLITS, (encoded[: splits[0]], encoded[splits[0] :])))
+    tallies = {}
     for split, pieces in by_split.items():
         roles: Counter = Counter()
         for p in pieces:
             roles.update(p.sampled_roles)
-        meta[split] = {
-            "documents": int(sum(len(p.lengths) for p in pieces)),
-            "roles": dict(roles),
-            "text_tokens": int(sum(p.text_tokens for p in pieces)),
-            "special_tokens": int(sum(p.n_special for p in pieces)),
-            "every": job.every,
-        }
+        tallies[split] = SplitTally(int(sum(len(p.lengths) for p in pieces)), roles,
+                                    int(sum(p.text_tokens for p in pieces)), int(sum(p.n_special for p in pieces)),
+                                    job.every)  # fmt: skip
     lengths = [p.lengths for p in encoded]
     arrays = {
         "lengths": np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
         "seen": kept.seen,
         "validation_origin": np.asarray(kept.validation_origin, np.uint8),
     }
-    if kept.contamination or kept.contaminated:
-        meta["contamination"], meta["contaminated"] = kept.contamination, kept.contaminated
+    meta = ShardMeta(job.task.name, job.task.split, job.index, job.where, kept.records, kept.input, result.rejected,
+                     tallies, kept.contamination, kept.contaminated)  # fmt: skip
     if dump:
-        meta["texts"] = {"train": kept.train.texts, "validation": kept.validation.texts}
-        meta["lines"] = kept.lines
+        meta.texts, meta.lines = {"train": kept.train.texts, "validation": kept.validation.texts}, kept.lines
     store.write(job.index, meta, arrays, [p.tokens for p in encoded])
     progress.update(job.nbytes, result.read)
