@@ -69,6 +69,9 @@ class Gathered:
     inputs: list[dict[str, Any]]
     rejected: list[dict[str, Any]]
     names: list[str] = field(default_factory=list)
+    shard_names: list[str] = field(default_factory=list)  # each shard's source (a shard holds one source's documents)
+    hits: list[dict[str, Any]] = field(default_factory=list)  # benchmark items found, shard by shard (screening.scan)
+    contaminated: int = 0  # training documents sharing an n-gram with a benchmark item
     screening: dict[str, Any] = field(default_factory=dict)  # report blocks of medpt.data.screening
 
     def drop_train(self, name: str, drop: list[int], reason: str) -> None:
@@ -86,6 +89,7 @@ def gather_shards(store: ShardStore, n_shards: int, names: list[str]) -> Gathere
     records = {n: Records() for n in names}
     inputs: dict[str, list[dict]] = {"train": [], "validation": []}
     rejected: dict[str, list[dict]] = {"train": [], "validation": []}
+    g = Gathered({}, roles, records, [], [], names)
     for i, meta in enumerate(store.metas(n_shards)):
         lengths = store.array(i, "lengths")
         starts = np.cumsum(lengths) - lengths
@@ -104,9 +108,12 @@ def gather_shards(store: ShardStore, n_shards: int, names: list[str]) -> Gathere
         else:
             inputs[meta.kind].append({**entry, "name": meta.name} if meta.name else entry)
         rejected[meta.kind] += meta.rejected
-    tables = {key: DocTable.concat(value) for key, value in parts.items()}
-    return Gathered(tables, roles, records, inputs["train"] + inputs["validation"],
-                    rejected["train"] + rejected["validation"], names)  # fmt: skip
+        g.shard_names.append(meta.name)
+        g.hits += meta.contamination
+        g.contaminated += meta.contaminated
+    g.tables = {key: DocTable.concat(value) for key, value in parts.items()}
+    g.inputs, g.rejected = inputs["train"] + inputs["validation"], rejected["train"] + rejected["validation"]
+    return g
 
 
 def records_block(records: Records, n_train: int, n_val: int, not_sampled: dict[str, int]) -> dict[str, Any]:
@@ -198,9 +205,10 @@ class _Reader:
             os.close(fd)
 
 
-def write_split(directory: Path, docs: DocTable, store: ShardStore, args: DataArguments, names: list[str]) -> Any:
-    """Pack `docs` (in this order) and write the split, with each segment's source when the sources are named;
-    returns its layout (for the statistics)."""
+def write_split(directory: Path, docs: DocTable, store: ShardStore, args: DataArguments, names: list[str],
+                shard_names: list[str]) -> Any:  # fmt: skip
+    """Pack `docs` (in this order) and write the split, with each segment's source when the sources are named
+    (`shard_names`: each shard's source); returns its layout (for the statistics)."""
     offsets = docs.offsets()
     lay = layout(offsets, args.block_size, args.packing)
     if args.packing == "concat":  # the documents whole, in order
@@ -212,7 +220,7 @@ def write_split(directory: Path, docs: DocTable, store: ShardStore, args: DataAr
     segment_source = None
     if names != [""]:  # a shard holds one source's documents: a document's source is its shard's
         n_shards = int(docs.shard.max(initial=-1)) + 1
-        shard_source = np.array([names.index(meta.name) for meta in store.metas(n_shards)], np.int16)
+        shard_source = np.array([names.index(name) for name in shard_names[:n_shards]], np.int16)
         segment_source = shard_source[docs.shard[lay.segment_doc]] if len(lay.segment_doc) else np.zeros(0, np.int16)
     out = cache.StreamedSplit(directory, lay.n_tokens, lay, segment_source, tuple(names) if names != [""] else ())
     reader = _Reader(store)

@@ -216,7 +216,7 @@ class Preparation:
             lists[NEAR_FILE] = screening.near_dedup(store, n_shards, g, self.args, self.log)
         if self.index is not None:
             block, lists[CONTAMINATION_FILE] = screening.contamination_report(
-                self.index, store.metas(n_shards), self.args.decontaminate
+                self.index, g.hits, g.contaminated, self.args.decontaminate
             )
             g.screening["contamination"] = block
         return g, lists
@@ -249,7 +249,7 @@ class Preparation:
         with atomic_dir(self.entry) as tmp:
 
             def write(folder: str, docs: DocTable, split: str, of: list[str]) -> dict[str, Any]:
-                return _write(tmp / folder, docs, store, args, *roles_of(g, plan, split, of), self.log, names)
+                return _write(tmp / folder, docs, store, args, *roles_of(g, plan, split, of), self.log, g)
 
             report["train"] = write("train", plan.train, "train", names)
             held = plan.validation
@@ -283,9 +283,9 @@ class Preparation:
 
 
 def _write(directory: Path, docs: Any, store: ShardStore, args: DataArguments, by_role: dict, basis: str,
-           log: Callable, names: list[str]) -> dict[str, Any]:  # fmt: skip
+           log: Callable, g: Gathered) -> dict[str, Any]:  # fmt: skip
     t = time.perf_counter()
-    lay = write_split(directory, docs, store, args, names)
+    lay = write_split(directory, docs, store, args, g.names, g.shard_names)
     stats = split_report(lay, docs, by_role, basis)
     log(
         f"{directory.name}: {stats['documents']:,} documents → {stats['tokens']:,} tokens → {stats['blocks']:,} "

@@ -24,7 +24,6 @@ import numpy as np
 from medpt.args import DataArguments
 from medpt.data.contamination import ContaminationIndex, file_items, read_benchmark_items
 from medpt.data.neardup import near_duplicates
-from medpt.data.shard_meta import ShardMeta
 from medpt.data.skips import NEAR_DUPLICATE
 from medpt.strictjson import dumps
 
@@ -73,19 +72,19 @@ def scan(index: ContaminationIndex, texts: list[str], where: list[str]) -> tuple
     return flagged, hits
 
 
-def contamination_report(index: ContaminationIndex, metas: Iterable[ShardMeta], dropped: bool) -> tuple[dict, list]:
-    """The report block and the listing, from every shard's hits (in input order): an item found in several shards
-    is listed once, with its first document and the documents of all shards counted."""
+def contamination_report(
+    index: ContaminationIndex, hits: Iterable[dict[str, Any]], documents: int, dropped: bool
+) -> tuple[dict, list]:
+    """The report block and the listing, from every shard's hits (in input order) and the contaminated training
+    documents they count: an item found in several shards is listed once, with its first document and the
+    documents of all shards counted."""
     merged: dict[tuple[str, str], dict[str, Any]] = {}
-    documents = 0
-    for meta in metas:
-        documents += meta.contaminated
-        for hit in meta.contamination:
-            key = (hit["benchmark"], hit["item"])
-            if key in merged:
-                merged[key]["documents"] += hit["documents"]
-            else:
-                merged[key] = dict(hit)
+    for hit in hits:
+        key = (hit["benchmark"], hit["item"])
+        if key in merged:
+            merged[key]["documents"] += hit["documents"]
+        else:
+            merged[key] = dict(hit)
     summary = index.scan([]).summary()  # items and too-short items per benchmark
     for benchmark, _ in merged:
         summary[benchmark]["contaminated"] += 1
