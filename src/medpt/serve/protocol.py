@@ -288,20 +288,30 @@ class CompletionLogprobs(BaseModel):
     top_logprobs: list[dict[str, float] | None]
 
 
-class CompletionChoice(BaseModel):
+class _Choice(BaseModel):
+    """What every choice of every response shape has."""
+
     index: int = 0
-    text: str
     finish_reason: FinishReason | None = None
+
+
+class _Response(BaseModel):
+    """What every response and streamed chunk has (each adds its `object` and `choices`)."""
+
+    id: str
+    created: int
+    model: str
+
+
+class CompletionChoice(_Choice):
+    text: str
     logprobs: CompletionLogprobs | None = None
 
 
-class CompletionResponse(BaseModel):
+class CompletionResponse(_Response):
     """Also each streamed chunk of a completion (with `usage` None, or only in the last one)."""
 
-    id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
 
@@ -326,18 +336,13 @@ class AssistantMessage(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
-    index: int = 0
+class ChatChoice(_Choice):
     message: AssistantMessage
-    finish_reason: FinishReason | None = None
     logprobs: ChatLogprobs | None = None
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatCompletionResponse(_Response):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatChoice]
     usage: Usage
 
@@ -347,18 +352,13 @@ class DeltaMessage(BaseModel):
     content: str | None = None
 
 
-class ChatChunkChoice(BaseModel):
-    index: int = 0
+class ChatChunkChoice(_Choice):
     delta: DeltaMessage
-    finish_reason: FinishReason | None = None
     logprobs: ChatLogprobs | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_Response):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
 
