@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +48,15 @@ class TokenizerSource:
     revision: str | None = None
     cache_dir: str | None = None
     trust_remote_code: bool = False
+    # Kept once resolved, and pickled with the source: a data worker (a spawned process, an empty hub memo) loads
+    # the tokenizer from the folder this process fingerprinted, without asking the hub again.
+    directory: Path | None = field(default=None, init=False, repr=False, compare=False)
 
     def local_dir(self) -> Path:
-        # config.json is fetched too: AutoTokenizer reads the tokenizer class from it for some models.
-        return resolve_local(self.name, [*TOKENIZER_FILES, CONFIG], self.revision, self.cache_dir)
+        if self.directory is None or not self.directory.is_dir():
+            # config.json is fetched too: AutoTokenizer reads the tokenizer class from it for some models.
+            self.directory = resolve_local(self.name, [*TOKENIZER_FILES, CONFIG], self.revision, self.cache_dir)
+        return self.directory
 
     def fingerprint(self) -> str:
         directory = self.local_dir()
