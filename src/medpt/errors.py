@@ -57,8 +57,13 @@ _SHORT_WRITE_WORDS = re.compile(
     r"PytorchStreamWriter failed writing|file write failed|unexpected pos \d+ vs \d+|basic_ios::clear: iostream error"
     r"|\d+ requested and \d+ written"
 )
-# torch's CPU allocator reports an allocation it could not make as a RuntimeError.
-_OUT_OF_MEMORY_WORDS = re.compile(r"DefaultCPUAllocator: (can't allocate memory|not enough memory)")
+# How the libraries report an allocation they could not make, when not as MemoryError: torch's CPU allocator and its
+# file mmap (loading safetensors weights) raise RuntimeError, safetensors' Rust code its own exception type, C++
+# extensions std::bad_alloc; ENOMEM's text ("Cannot allocate memory") is in most of them.
+_OUT_OF_MEMORY_WORDS = re.compile(
+    r"DefaultCPUAllocator: (can't allocate memory|not enough memory)|Cannot allocate memory|std::bad_alloc"
+    r"|kind: OutOfMemory"
+)
 
 
 def user_message(e: BaseException) -> str | None:
@@ -77,10 +82,14 @@ def user_message(e: BaseException) -> str | None:
 
 
 def _out_of_memory(e: BaseException) -> bool:
-    """MemoryError (Python's allocator), ENOMEM (mmap, fork), or torch's CPU allocator's RuntimeError."""
-    if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM):
-        return True
-    return isinstance(e, RuntimeError) and _OUT_OF_MEMORY_WORDS.search(str(e)) is not None
+    """MemoryError (Python's allocator, numpy), ENOMEM (mmap, fork), or a library's message for one (above), in the
+    exception or what it was raised from (a library may wrap it)."""
+    for link in _chain(e):
+        if isinstance(link, MemoryError) or (isinstance(link, OSError) and link.errno == errno.ENOMEM):
+            return True
+        if isinstance(link, Exception) and _OUT_OF_MEMORY_WORDS.search(str(link)):
+            return True
+    return False
 
 
 def _disk_full(e: BaseException) -> bool:
