@@ -131,6 +131,21 @@ def train(model: Path) -> Scenario:
     return Scenario("train", train_argv(model), train_result, outputs=(".",))
 
 
+def train_replay(model: Path) -> Scenario:
+    """The same run on two named sources mixed 80/20, with --replay_kl on the general one: per-source held-out splits
+    and losses, and the KL term's base (the adapter switched off) in every step a resume replays."""
+    plain = train_argv(model)
+
+    def argv(case: Path) -> list:
+        args = plain(case)
+        at = args.index("--train_file_dir")
+        args[at + 1 : at + 2] = [f"medical={SAMPLE_QA}", f"general={SAMPLE_GENERAL}", "--mix",
+                                 "medical=0.8,general=0.2", "--replay_kl", "1"]  # fmt: skip
+        return args
+
+    return Scenario("train --replay_kl", argv, train_result, outputs=(".",))
+
+
 def copy_run(base: Path) -> Callable[[Path], None]:
     return lambda case: shutil.copytree(base, case / "run", symlinks=True)
 
@@ -225,7 +240,8 @@ class Suite:
     """The session's scenarios, the trained run eval/merge/export start from, and each scenario's uninterrupted run
     (its write events and its result), computed once and shared by the kill, interrupt and disk-full tests."""
 
-    NAMES = ("prepare", "train", "eval", "merge", "merge --overwrite", "export", "export --overwrite", "tune")
+    NAMES = ("prepare", "train", "train --replay_kl", "eval", "merge", "merge --overwrite", "export",
+             "export --overwrite", "tune")  # fmt: skip
 
     def __init__(self, zygote, model: Path, root: Path):
         self.zygote, self.model, self.root = zygote, model, root
@@ -254,6 +270,7 @@ class Suite:
         return {
             "prepare": lambda: prepare(model),
             "train": lambda: train(model),
+            "train --replay_kl": lambda: train_replay(model),
             "eval": lambda: evaluate(self.base),
             "merge": lambda: merge(self.base),
             "merge --overwrite": lambda: merge(self.base, overwrite=True),

@@ -1,8 +1,9 @@
 """kill -9 at any write, then the same command: it finishes with exactly the result of an uninterrupted run.
 
-For each command (prepare, train with its checkpoints, eval, merge, export, tune), an uninterrupted run logs its
-write events (medpt.faults): a temporary file opened, a rename into place, the manifest's own update, a log line half
-appended, a checkpoint being staged, a folder between its two renames. Kill points are drawn from that log (seeded),
+For each command (prepare, train with its checkpoints, alone and with --replay_kl on mixed named sources, eval,
+merge, export, tune), an uninterrupted run logs its write events (medpt.faults): a temporary file opened, a rename
+into place, the manifest's own update, a log line half appended, a checkpoint being staged, a folder between its two
+renames. Kill points are drawn from that log (seeded),
 spread over the run and covering every kind of moment, so the suite follows the code as it changes. Each kill is a
 real SIGKILL of the command's own process at that event: no cleanup, no atexit. Then the same command runs again and
 must exit 0, leave none of the killed run's temporaries behind, and produce what the uninterrupted run produced: the
