@@ -89,7 +89,7 @@ def gather_shards(store: ShardStore, n_shards: int, names: list[str]) -> Gathere
     records = {n: Records() for n in names}
     inputs: dict[str, list[dict]] = {"train": [], "validation": []}
     rejected: dict[str, list[dict]] = {"train": [], "validation": []}
-    g = Gathered({}, roles, records, [], [], names)
+    shard_names, hits, contaminated = [], [], 0
     for i, meta in enumerate(store.metas(n_shards)):
         lengths = store.array(i, "lengths")
         starts = np.cumsum(lengths) - lengths
@@ -108,12 +108,12 @@ def gather_shards(store: ShardStore, n_shards: int, names: list[str]) -> Gathere
         else:
             inputs[meta.kind].append({**entry, "name": meta.name} if meta.name else entry)
         rejected[meta.kind] += meta.rejected
-        g.shard_names.append(meta.name)
-        g.hits += meta.contamination
-        g.contaminated += meta.contaminated
-    g.tables = {key: DocTable.concat(value) for key, value in parts.items()}
-    g.inputs, g.rejected = inputs["train"] + inputs["validation"], rejected["train"] + rejected["validation"]
-    return g
+        shard_names.append(meta.name)
+        hits += meta.contamination
+        contaminated += meta.contaminated
+    tables = {key: DocTable.concat(value) for key, value in parts.items()}
+    return Gathered(tables, roles, records, inputs["train"] + inputs["validation"],
+                    rejected["train"] + rejected["validation"], names, shard_names, hits, contaminated)  # fmt: skip
 
 
 def records_block(records: Records, n_train: int, n_val: int, not_sampled: dict[str, int]) -> dict[str, Any]:

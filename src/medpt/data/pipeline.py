@@ -213,7 +213,7 @@ class Preparation:
         g = gather_shards(store, n_shards, self.names)
         lists = {}
         if self.args.dedup == "near":
-            lists[NEAR_FILE] = screening.near_dedup(store, n_shards, g, self.args, self.log)
+            lists[NEAR_FILE] = screening.near_dedup(store, g, self.args, self.log)
         if self.index is not None:
             block, lists[CONTAMINATION_FILE] = screening.contamination_report(
                 self.index, g.hits, g.contaminated, self.args.decontaminate

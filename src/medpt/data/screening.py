@@ -98,17 +98,16 @@ def contamination_report(
     return block, list(merged.values())
 
 
-def near_dedup(store: Any, n_shards: int, g: Any, args: DataArguments, log: Callable[[str], None]) -> list[dict]:
+def near_dedup(store: Any, g: Any, args: DataArguments, log: Callable[[str], None]) -> list[dict]:
     """Drop the near-duplicate training documents of each source from `g` (a medpt.data.assemble.Gathered: its
     document tables and record counts); return the listing: each dropped document with the one it resembles."""
     listing: list[dict[str, Any]] = []
     for name in g.names:
-        # one pass over the shards per source (a meta holds its shard's texts: reading it is the cost)
+        # a meta holds its shard's texts, so reading it is the cost: each source reads its own shards only
         texts: dict[str, list[str]] = {"validation": [], "train": []}
         where: dict[str, list[str]] = {"validation": [], "train": []}
-        for meta in store.metas(n_shards):
-            if meta.name != name:
-                continue
+        for i in (i for i, source in enumerate(g.shard_names) if source == name):
+            meta = store.meta(i)
             for split in texts:
                 texts[split] += meta.texts[split]
                 where[split] += [f"{meta.input.source}:{line}" for line in meta.lines[split]]
